@@ -1,0 +1,158 @@
+//! The origin's settings: every one a flag and an env var, because operators set it up through compose
+//! files and systemd units while the tests and the lab CLI build it in-process.
+//!
+//! The defaults live once, as the strings a user would type, so that `--help`, clap and [`Default`]
+//! cannot disagree; [`Default`] never reads the environment, so in-process servers are reproducible.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use keepalive_common::duration::{parse_duration, parse_timer};
+use keepalive_common::logging::LogFormat;
+
+const DEFAULT_ADDR: &str = "0.0.0.0:8000";
+/// The seed's `int(request.GET.get('sleep', 10))`.
+const DEFAULT_SLEEP: &str = "10s";
+const DEFAULT_HEARTBEAT: &str = "off";
+const DEFAULT_MAX_SLEEP: &str = "1h";
+const DEFAULT_DRAIN_TIMEOUT: &str = "5s";
+const DEFAULT_LOG_FORMAT: &str = "pretty";
+
+/// How the origin listens and what `/polls/streamed` does when the query does not say.
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(
+    name = "keepalive-server",
+    version,
+    about = "The streaming origin: the Django tutorial's /polls/streamed, with heartbeats and metrics",
+    after_help = "Logging: RUST_LOG filters (e.g. RUST_LOG=debug or RUST_LOG=keepalive_server=debug); LOG_FORMAT=json gives one JSON object a line.",
+    long_about = "The streaming origin: the Django tutorial's /polls/streamed, with heartbeats and \
+                  metrics.\n\nDurations are written 250ms, 5s, 1m, or as bare seconds (5, 0.25). \
+                  Every flag can also be set through the env var shown with it; a flag wins over \
+                  its env var."
+)]
+pub struct ServerConfig {
+    /// Address to listen on (HTTP/1.1 and h2c).
+    #[arg(long, env = "SERVER_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+
+    /// Pause between two poem lines when the request has no `sleep` parameter.
+    #[arg(long, env = "SERVER_SLEEP", default_value = DEFAULT_SLEEP, value_parser = parse_duration)]
+    pub sleep: Duration,
+
+    /// While waiting for the next line, send a heartbeat this often when the request has no
+    /// `heartbeat` parameter: a space in text, an SSE comment in sse. 0 or off disables.
+    // Spelled out so that clap takes the parser's `Option` as the value instead of making the flag optional.
+    #[arg(long, env = "SERVER_HEARTBEAT", default_value = DEFAULT_HEARTBEAT, value_parser = parse_timer)]
+    pub heartbeat: std::option::Option<Duration>,
+
+    /// Largest `sleep`, `delay` and `heartbeat` a request may ask for; larger values get a 400.
+    #[arg(long, env = "SERVER_MAX_SLEEP", default_value = DEFAULT_MAX_SLEEP, value_parser = parse_duration)]
+    pub max_sleep: Duration,
+
+    /// On shutdown, how long to let open responses finish before closing them; infinite streams
+    /// never finish by themselves.
+    #[arg(long, env = "SERVER_DRAIN_TIMEOUT", default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Shape of the log lines on stderr: pretty for a terminal, json for a log pipeline.
+    #[arg(long, env = "LOG_FORMAT", default_value = DEFAULT_LOG_FORMAT, value_enum)]
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let duration =
+            |text: &str| parse_duration(text).expect("every default duration is well formed");
+        Self {
+            addr: DEFAULT_ADDR
+                .parse()
+                .expect("DEFAULT_ADDR is a socket address"),
+            sleep: duration(DEFAULT_SLEEP),
+            heartbeat: parse_timer(DEFAULT_HEARTBEAT).expect("DEFAULT_HEARTBEAT is a timer"),
+            max_sleep: duration(DEFAULT_MAX_SLEEP),
+            drain_timeout: duration(DEFAULT_DRAIN_TIMEOUT),
+            log_format: <LogFormat as clap::ValueEnum>::from_str(DEFAULT_LOG_FORMAT, false)
+                .expect("DEFAULT_LOG_FORMAT is a log format"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+    use keepalive_common::config::{try_parse_from, ConfigError};
+
+    /// Parses `args` as if no env var were set, whatever the environment of the test run holds.
+    fn parse_without_env(args: &[&str]) -> ServerConfig {
+        let command = ServerConfig::command().mut_args(|arg| arg.env(None));
+        let matches = command.try_get_matches_from(args).expect("valid arguments");
+        ServerConfig::from_arg_matches(&matches).expect("complete matches")
+    }
+
+    #[test]
+    fn defaults_resolve_as_documented() {
+        let config = ServerConfig::default();
+        assert_eq!(config.addr, "0.0.0.0:8000".parse().expect("address"));
+        assert_eq!(config.sleep, Duration::from_secs(10));
+        assert_eq!(config.heartbeat, None);
+        assert_eq!(config.max_sleep, Duration::from_secs(3600));
+        assert_eq!(config.drain_timeout, Duration::from_secs(5));
+        assert_eq!(config.log_format, LogFormat::Pretty);
+        assert_eq!(parse_without_env(&["keepalive-server"]), config);
+    }
+
+    #[test]
+    fn flags_are_read_as_humane_durations() {
+        let config = parse_without_env(&[
+            "keepalive-server",
+            "--addr",
+            "127.0.0.1:0",
+            "--sleep",
+            "250ms",
+            "--heartbeat",
+            "0.5",
+            "--max-sleep",
+            "1m",
+            "--drain-timeout",
+            "0",
+            "--log-format",
+            "json",
+        ]);
+        assert_eq!(config.addr, "127.0.0.1:0".parse().expect("address"));
+        assert_eq!(config.sleep, Duration::from_millis(250));
+        assert_eq!(config.heartbeat, Some(Duration::from_millis(500)));
+        assert_eq!(config.max_sleep, Duration::from_secs(60));
+        assert_eq!(config.drain_timeout, Duration::ZERO);
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_sleep_is_refused_naming_server_sleep() {
+        let err = try_parse_from::<ServerConfig, _, _>(["keepalive-server", "--sleep", "soon"])
+            .expect_err("soon is not a duration");
+        let ConfigError::Invalid(line) = err else {
+            panic!("want a one-line refusal, got {err:?}");
+        };
+        assert!(line.contains("SERVER_SLEEP"), "{line}");
+        assert!(line.contains("\"soon\""), "{line}");
+        assert!(line.contains("250ms"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn help_names_every_env_var() {
+        let help = ServerConfig::command().render_long_help().to_string();
+        for env in [
+            "SERVER_ADDR",
+            "SERVER_SLEEP",
+            "SERVER_HEARTBEAT",
+            "SERVER_MAX_SLEEP",
+            "SERVER_DRAIN_TIMEOUT",
+            "LOG_FORMAT",
+        ] {
+            assert!(help.contains(env), "--help lacks {env}:\n{help}");
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The origin's binary: settings, logging, a bound socket, signals; everything else is in the library
+//! so that the lab CLI and the tests run the same server.
+
+use std::process::ExitCode;
+
+use keepalive_common::config::parse_or_exit;
+use keepalive_common::{logging, shutdown};
+use keepalive_server::{serve, ServerConfig};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = parse_or_exit::<ServerConfig>();
+    logging::init(config.log_format, "info");
+    let listener = match TcpListener::bind(config.addr).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("keepalive-server: cannot listen on {}: {err}", config.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        addr = %config.addr,
+        sleep = %keepalive_common::duration::display(config.sleep),
+        heartbeat = %config.heartbeat.map_or_else(|| "off".to_owned(), keepalive_common::duration::display),
+        max_sleep = %keepalive_common::duration::display(config.max_sleep),
+        "listening; try /polls/streamed?sleep=1&heartbeat=300ms"
+    );
+    match serve(listener, config, shutdown::signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("keepalive-server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The origin's Prometheus metrics: how many streams run, how they end, what they sent.
+//!
+//! The names are the contract in DESIGN.md; the lab CLI, the acceptance checks and dashboards read
+//! them. prometheus-client appends `_total` to counters itself, so they are registered without it.
+//! Both `reason` label sets are created up front: a counter that appears only after its first
+//! increment cannot be compared before and after (`rate()` and the acceptance checks both need the 0).
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How a stream ended, from the origin's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// The connection went away (or the server closed it) before the last line.
+    ClientGone,
+    /// `lines` were all sent.
+    Completed,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientGone => "client_gone",
+            Self::Completed => "completed",
+        }
+    }
+}
+
+// Written by hand: the derive would print the variant's name (`ClientGone`), not the label value.
+impl EncodeLabelValue for EndReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndLabels {
+    reason: EndReason,
+}
+
+/// Handles on the origin's metrics; clones share the same values.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    streams_active: Gauge,
+    streams_started: Counter,
+    streams_ended: Family<EndLabels, Counter>,
+    lines_sent: Counter,
+    heartbeats_sent: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let streams_active = Gauge::default();
+        let streams_started = Counter::default();
+        let streams_ended = Family::<EndLabels, Counter>::default();
+        let lines_sent = Counter::default();
+        let heartbeats_sent = Counter::default();
+        for reason in [EndReason::ClientGone, EndReason::Completed] {
+            // Creating the sample is the point; the read guard it returns is not needed.
+            drop(streams_ended.get_or_create(&EndLabels { reason }));
+        }
+
+        let mut registry = Registry::default();
+        registry.register(
+            "origin_streams_active",
+            "Streams of /polls/streamed being sent right now",
+            streams_active.clone(),
+        );
+        registry.register(
+            "origin_streams_started",
+            "Streams of /polls/streamed started",
+            streams_started.clone(),
+        );
+        registry.register(
+            "origin_streams_ended",
+            "Streams of /polls/streamed ended, by reason: client_gone or completed",
+            streams_ended.clone(),
+        );
+        registry.register(
+            "origin_lines_sent",
+            "Poem lines sent, all streams together",
+            lines_sent.clone(),
+        );
+        registry.register(
+            "origin_heartbeats_sent",
+            "Heartbeat chunks sent while waiting for a line, all streams together",
+            heartbeats_sent.clone(),
+        );
+
+        Self {
+            registry: Arc::new(registry),
+            streams_active,
+            streams_started,
+            streams_ended,
+            lines_sent,
+            heartbeats_sent,
+        }
+    }
+
+    pub(crate) fn stream_started(&self) {
+        self.streams_started.inc();
+        self.streams_active.inc();
+    }
+
+    pub(crate) fn stream_ended(&self, reason: EndReason) {
+        self.streams_active.dec();
+        self.streams_ended
+            .get_or_create(&EndLabels { reason })
+            .inc();
+    }
+
+    pub(crate) fn line_sent(&self) {
+        self.lines_sent.inc();
+    }
+
+    pub(crate) fn heartbeat_sent(&self) {
+        self.heartbeats_sent.inc();
+    }
+
+    /// Streams being sent right now.
+    pub fn streams_active(&self) -> i64 {
+        self.streams_active.get()
+    }
+
+    /// The OpenMetrics text exposition, which Prometheus scrapes as is.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail, and every label value is one of the fixed strings above.
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("metrics encode into a String");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_end_reasons_show_as_zero_from_the_start() {
+        let text = Metrics::new().encode();
+        for sample in [
+            "origin_streams_active 0\n",
+            "origin_streams_started_total 0\n",
+            "origin_streams_ended_total{reason=\"client_gone\"} 0\n",
+            "origin_streams_ended_total{reason=\"completed\"} 0\n",
+            "origin_lines_sent_total 0\n",
+            "origin_heartbeats_sent_total 0\n",
+        ] {
+            assert!(text.contains(sample), "no {sample:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_stream_is_active_until_it_ends() {
+        let metrics = Metrics::new();
+        metrics.stream_started();
+        assert_eq!(metrics.streams_active(), 1);
+        metrics.stream_ended(EndReason::ClientGone);
+        assert_eq!(metrics.streams_active(), 0);
+        let text = metrics.encode();
+        assert!(text.contains("origin_streams_started_total 1\n"), "{text}");
+        assert!(
+            text.contains("origin_streams_ended_total{reason=\"client_gone\"} 1\n"),
+            "{text}"
+        );
+    }
+}

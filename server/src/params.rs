@@ -1,0 +1,251 @@
+//! The query parameters of `/polls/streamed`, read by hand rather than through serde.
+//!
+//! A derived `Deserialize` would refuse `sleep=abc` with a message about serde, not about `sleep`;
+//! reading the pairs ourselves lets every refusal name the parameter, the value sent and the accepted
+//! form, which is what a user behind a load balancer needs to fix the URL. Unknown parameters are
+//! ignored, as Django's `request.GET.get` does, and a repeated one keeps its last value, as
+//! `QueryDict.get` does.
+
+use std::time::Duration;
+
+use keepalive_common::duration::{display, parse_duration, parse_timer, DURATION_FORM, TIMER_FORM};
+
+use crate::config::ServerConfig;
+use crate::error::InvalidParameter;
+
+const FORMAT_FORM: &str = "text or sse";
+const LINES_FORM: &str = "a whole number of lines, 1 or more";
+
+/// How the poem is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The seed's exact bytes; heartbeats are single spaces.
+    Text,
+    /// Server-sent events: an `id:` per line so that a client can resume, comments as heartbeats.
+    Sse,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Sse => "sse",
+        }
+    }
+}
+
+/// What one request to `/polls/streamed` asked for, with the origin's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamParams {
+    /// Pause between two poem lines; zero sends as fast as the client reads.
+    pub sleep: Duration,
+    /// Heartbeat period while waiting for a line; `None` sends none.
+    pub heartbeat: Option<Duration>,
+    /// Wait before the response headers, to exercise first-byte timers.
+    pub delay: Duration,
+    pub format: Format,
+    /// Poem lines after which the stream ends cleanly; `None` streams forever, as the seed does.
+    pub lines: Option<u64>,
+}
+
+impl StreamParams {
+    /// Reads a raw (still percent-encoded) query string against the origin's defaults and bounds.
+    pub fn from_query(query: &str, config: &ServerConfig) -> Result<Self, InvalidParameter> {
+        let mut params = Self {
+            sleep: config.sleep,
+            heartbeat: config.heartbeat,
+            delay: Duration::ZERO,
+            format: Format::Text,
+            lines: None,
+        };
+        let max = config.max_sleep;
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            match name.as_ref() {
+                "sleep" => params.sleep = duration("sleep", &value, max)?,
+                "delay" => params.delay = duration("delay", &value, max)?,
+                "heartbeat" => params.heartbeat = timer("heartbeat", &value, max)?,
+                "format" => params.format = format(&value)?,
+                "lines" => params.lines = Some(lines(&value)?),
+                _ => {}
+            }
+        }
+        Ok(params)
+    }
+}
+
+fn invalid(parameter: &'static str, value: &str, expected: impl Into<String>) -> InvalidParameter {
+    InvalidParameter {
+        parameter,
+        value: value.to_owned(),
+        expected: expected.into(),
+    }
+}
+
+fn duration(
+    parameter: &'static str,
+    value: &str,
+    max: Duration,
+) -> Result<Duration, InvalidParameter> {
+    let duration = parse_duration(value).map_err(|_| invalid(parameter, value, DURATION_FORM))?;
+    at_most(parameter, value, duration, max, DURATION_FORM)
+}
+
+fn timer(
+    parameter: &'static str,
+    value: &str,
+    max: Duration,
+) -> Result<Option<Duration>, InvalidParameter> {
+    match parse_timer(value).map_err(|_| invalid(parameter, value, TIMER_FORM))? {
+        Some(period) => at_most(parameter, value, period, max, TIMER_FORM).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Refuses durations above `SERVER_MAX_SLEEP`: one request must not be able to park a stream (and a
+/// connection slot) for as long as it likes.
+fn at_most(
+    parameter: &'static str,
+    value: &str,
+    duration: Duration,
+    max: Duration,
+    form: &str,
+) -> Result<Duration, InvalidParameter> {
+    if duration <= max {
+        return Ok(duration);
+    }
+    Err(invalid(
+        parameter,
+        value,
+        format!("{form}, at most {} (SERVER_MAX_SLEEP)", display(max)),
+    ))
+}
+
+fn format(value: &str) -> Result<Format, InvalidParameter> {
+    match value {
+        "text" => Ok(Format::Text),
+        "sse" => Ok(Format::Sse),
+        _ => Err(invalid("format", value, FORMAT_FORM)),
+    }
+}
+
+fn lines(value: &str) -> Result<u64, InvalidParameter> {
+    match value.trim().parse::<u64>() {
+        Ok(count) if count >= 1 => Ok(count),
+        _ => Err(invalid("lines", value, LINES_FORM)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            sleep: Duration::from_secs(7),
+            heartbeat: Some(Duration::from_secs(2)),
+            max_sleep: Duration::from_secs(60),
+            ..ServerConfig::default()
+        }
+    }
+
+    fn parse(query: &str) -> Result<StreamParams, InvalidParameter> {
+        StreamParams::from_query(query, &config())
+    }
+
+    #[test]
+    fn absent_parameters_take_the_configured_defaults() {
+        assert_eq!(
+            parse(""),
+            Ok(StreamParams {
+                sleep: Duration::from_secs(7),
+                heartbeat: Some(Duration::from_secs(2)),
+                delay: Duration::ZERO,
+                format: Format::Text,
+                lines: None,
+            })
+        );
+    }
+
+    #[test]
+    fn every_parameter_is_read() {
+        let params = parse("sleep=0.25&heartbeat=off&delay=1m&format=sse&lines=12&utm_source=x")
+            .expect("valid query");
+        assert_eq!(
+            params,
+            StreamParams {
+                sleep: Duration::from_millis(250),
+                heartbeat: None,
+                delay: Duration::from_secs(60),
+                format: Format::Sse,
+                lines: Some(12),
+            }
+        );
+    }
+
+    #[test]
+    fn seconds_units_zero_and_percent_encoding_are_accepted() {
+        assert_eq!(
+            parse("sleep=10").map(|p| p.sleep),
+            Ok(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse("sleep=250ms").map(|p| p.sleep),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse("sleep=1m").map(|p| p.sleep),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!(parse("sleep=0").map(|p| p.sleep), Ok(Duration::ZERO));
+        assert_eq!(
+            parse("sleep=1%6D").map(|p| p.sleep),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!(parse("heartbeat=0").map(|p| p.heartbeat), Ok(None));
+    }
+
+    #[test]
+    fn the_last_of_repeated_parameters_wins() {
+        assert_eq!(
+            parse("sleep=1&sleep=2").map(|p| p.sleep),
+            Ok(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn bad_values_name_parameter_value_and_form() {
+        let cases = [
+            ("sleep=abc", "sleep", "abc", DURATION_FORM),
+            ("sleep=-1", "sleep", "-1", DURATION_FORM),
+            ("sleep=NaN", "sleep", "NaN", DURATION_FORM),
+            ("sleep=", "sleep", "", DURATION_FORM),
+            ("heartbeat=xyz", "heartbeat", "xyz", TIMER_FORM),
+            ("delay=-3", "delay", "-3", DURATION_FORM),
+            ("format=xml", "format", "xml", FORMAT_FORM),
+            ("lines=0", "lines", "0", LINES_FORM),
+            ("lines=x", "lines", "x", LINES_FORM),
+            ("lines=-2", "lines", "-2", LINES_FORM),
+        ];
+        for (query, parameter, value, form) in cases {
+            let err = parse(query).expect_err(query);
+            assert_eq!(err.parameter, parameter, "{query}");
+            assert_eq!(err.value, value, "{query}");
+            assert_eq!(err.expected, form, "{query}");
+        }
+    }
+
+    #[test]
+    fn durations_above_max_sleep_are_refused_with_the_bound() {
+        for query in ["sleep=61", "delay=2m", "heartbeat=1h"] {
+            let err = parse(query).expect_err(query);
+            assert!(
+                err.expected.ends_with("at most 1m (SERVER_MAX_SLEEP)"),
+                "{err:?}"
+            );
+        }
+        assert_eq!(
+            parse("sleep=60").map(|p| p.sleep),
+            Ok(Duration::from_secs(60))
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! The origin's routes, all in one table: the seed's two views, plus health and metrics for operators.
+//!
+//! Handlers are thin: they read the request into typed values and hand over to [`crate::poem`] or
+//! [`crate::metrics`]; anything refused becomes an [`ApiError`], so every error has the same JSON shape,
+//! including unknown paths and methods.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{header, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+
+use crate::error::ApiError;
+use crate::metrics;
+use crate::params::StreamParams;
+use crate::poem;
+use crate::state::AppState;
+
+/// The seed's `polls.views.index`, byte for byte.
+pub const POLLS_INDEX: &str = "Hello, world. You're at the polls index.";
+
+/// The origin as a router, ready for `axum::serve`, [`crate::serve`] or `tower::ServiceExt::oneshot`.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        // Django's APPEND_SLASH would redirect `/polls`; answering it directly keeps one round trip
+        // out of every measurement.
+        .route("/polls", get(polls_index))
+        .route("/polls/", get(polls_index))
+        .route("/polls/streamed", get(streamed))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn polls_index() -> &'static str {
+    POLLS_INDEX
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        state.metrics().encode(),
+    )
+}
+
+/// `/polls/streamed`: the peer comes from [`crate::serve`]'s connection; absent under `oneshot`.
+async fn streamed(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> Result<Response, ApiError> {
+    let params = StreamParams::from_query(query.as_deref().unwrap_or_default(), state.config())?;
+    if !params.delay.is_zero() {
+        // Holding back the response head is what a first-byte timer measures.
+        tokio::time::sleep(params.delay).await;
+    }
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
+    Ok(poem::response(params, state.metrics().clone(), peer))
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound {
+        path: uri.path().to_owned(),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method,
+        path: uri.path().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use keepalive_common::duration::{DURATION_FORM, TIMER_FORM};
+    use tokio::time::Instant;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::ServerConfig;
+
+    fn state() -> AppState {
+        AppState::new(ServerConfig {
+            max_sleep: Duration::from_secs(60),
+            ..ServerConfig::default()
+        })
+    }
+
+    async fn get(app: Router, uri: &str) -> Response {
+        let request = Request::get(uri).body(Body::empty()).expect("request");
+        app.oneshot(request).await.expect("infallible")
+    }
+
+    async fn text(response: Response) -> String {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("utf-8")
+    }
+
+    fn header<'a>(response: &'a Response, name: &str) -> &'a str {
+        response
+            .headers()
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header"))
+            .to_str()
+            .expect("ascii header")
+    }
+
+    async fn json(response: Response) -> serde_json::Value {
+        assert_eq!(header(&response, "content-type"), "application/json");
+        serde_json::from_str(&text(response).await).expect("json body")
+    }
+
+    #[tokio::test]
+    async fn polls_index_is_the_seeds_text() {
+        for uri in ["/polls/", "/polls"] {
+            let response = get(app(state()), uri).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(
+                header(&response, "content-type"),
+                "text/plain; charset=utf-8"
+            );
+            assert_eq!(
+                text(response).await,
+                "Hello, world. You're at the polls index."
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_says_ok() {
+        let response = get(app(state()), "/healthz").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(text(response).await, "ok");
+    }
+
+    #[tokio::test]
+    async fn bad_parameters_get_400_naming_parameter_value_and_form() {
+        let cases = [
+            ("sleep=abc", "sleep", "abc", DURATION_FORM),
+            ("sleep=-1", "sleep", "-1", DURATION_FORM),
+            ("sleep=NaN", "sleep", "NaN", DURATION_FORM),
+            ("heartbeat=xyz", "heartbeat", "xyz", TIMER_FORM),
+            ("format=xml", "format", "xml", "text or sse"),
+            ("delay=-3", "delay", "-3", DURATION_FORM),
+            ("lines=0", "lines", "0", "1 or more"),
+            ("lines=x", "lines", "x", "1 or more"),
+        ];
+        for (query, parameter, value, form) in cases {
+            let response = get(app(state()), &format!("/polls/streamed?{query}")).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+            let body = json(response).await;
+            assert_eq!(body["status"], 400, "{query}: {body}");
+            assert_eq!(body["error"], "invalid parameter", "{query}: {body}");
+            assert_eq!(body["parameter"], parameter, "{query}: {body}");
+            assert_eq!(body["value"], value, "{query}: {body}");
+            let detail = body["detail"].as_str().expect("detail");
+            assert!(
+                detail.starts_with(&format!("{parameter}={value:?}: expected ")),
+                "{query}: {detail}"
+            );
+            assert!(detail.contains(form), "{query}: {detail}");
+        }
+    }
+
+    #[tokio::test]
+    async fn durations_above_max_sleep_get_400_with_the_bound() {
+        for query in ["sleep=2m", "delay=61", "heartbeat=1h"] {
+            let response = get(app(state()), &format!("/polls/streamed?{query}")).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+            let body = json(response).await;
+            let detail = body["detail"].as_str().expect("detail");
+            assert!(
+                detail.ends_with("at most 1m (SERVER_MAX_SLEEP)"),
+                "{detail}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_get_404_json() {
+        let response = get(app(state()), "/nope").await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let body = json(response).await;
+        assert_eq!(body["status"], 404);
+        assert_eq!(body["error"], "not found");
+        assert!(body["detail"].as_str().expect("detail").contains("/nope"));
+        assert!(body.get("parameter").is_none(), "{body}");
+    }
+
+    #[tokio::test]
+    async fn other_methods_get_405_json() {
+        let request = Request::post("/polls/streamed")
+            .body(Body::empty())
+            .expect("request");
+        let response = app(state()).oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let body = json(response).await;
+        assert_eq!(body["status"], 405);
+        assert_eq!(
+            body["detail"],
+            "POST /polls/streamed: only GET and HEAD are served here"
+        );
+    }
+
+    #[tokio::test]
+    async fn streams_tell_proxies_not_to_buffer() {
+        for (format, content_type) in [
+            ("text", "text/plain; charset=utf-8"),
+            ("sse", "text/event-stream"),
+        ] {
+            let uri = format!("/polls/streamed?format={format}&lines=1&sleep=0");
+            let response = get(app(state()), &uri).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(header(&response, "content-type"), content_type);
+            assert_eq!(header(&response, "cache-control"), "no-cache, no-transform");
+            assert_eq!(header(&response, "x-accel-buffering"), "no");
+        }
+    }
+
+    #[tokio::test]
+    async fn finite_text_stream_is_the_seeds_bytes() {
+        let response = get(app(state()), "/polls/streamed?lines=5&sleep=0&unknown=1").await;
+        assert_eq!(
+            text(response).await,
+            "[         0 s] Little brown lady\n\
+             [         0 s] Jumped into the blue water\n\
+             [         0 s] And smiled\n\
+             =========== Here we go again ===========\n\
+             [         0 s] Little brown lady\n\
+             [         0 s] Jumped into the blue water\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn finite_sse_stream_numbers_lines_and_not_the_banner() {
+        let response = get(app(state()), "/polls/streamed?format=sse&lines=4&sleep=0").await;
+        assert_eq!(
+            text(response).await,
+            "id: 1\ndata: [         0 s] Little brown lady\n\n\
+             id: 2\ndata: [         0 s] Jumped into the blue water\n\n\
+             id: 3\ndata: [         0 s] And smiled\n\n\
+             data: =========== Here we go again ===========\n\n\
+             id: 4\ndata: [         0 s] Little brown lady\n\n"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_holds_back_the_response_head() {
+        let start = Instant::now();
+        let response = get(app(state()), "/polls/streamed?delay=3s&lines=1&sleep=0").await;
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            text(response).await,
+            "[         0 s] Little brown lady\n",
+            "the stream's clock starts after the delay"
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_count_completed_and_abandoned_streams() {
+        let state = state();
+        text(get(app(state.clone()), "/polls/streamed?lines=3&sleep=0").await).await;
+        let abandoned = get(app(state.clone()), "/polls/streamed?sleep=5").await;
+        let mut body = abandoned.into_body();
+        body.frame().await.expect("first line").expect("data");
+        assert_eq!(state.metrics().streams_active(), 1);
+        drop(body);
+
+        let response = get(app(state.clone()), "/metrics").await;
+        assert_eq!(
+            header(&response, "content-type"),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        let exposition = text(response).await;
+        for sample in [
+            "origin_streams_active 0\n",
+            "origin_streams_started_total 2\n",
+            "origin_streams_ended_total{reason=\"completed\"} 1\n",
+            "origin_streams_ended_total{reason=\"client_gone\"} 1\n",
+            "origin_lines_sent_total 4\n",
+        ] {
+            assert!(
+                exposition.contains(sample),
+                "no {sample:?} in:\n{exposition}"
+            );
+        }
+    }
+}
