@@ -1,0 +1,193 @@
+//! The proxy's settings: every one a flag and an env var (`--help` lists both). Timers start from
+//! `PROXY_PRESET` (nginx's defaults unless told otherwise); an explicitly set timer wins over the
+//! preset, so `PROXY_PRESET=heroku PROXY_IDLE_TIMEOUT=5s` is Heroku with a shorter idle window.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use keepalive_common::duration::{parse_duration, parse_timer, DurationError};
+use keepalive_common::logging::LogFormat;
+
+use crate::forward::Upstream;
+use crate::preset::{Preset, TimerSet};
+
+const DEFAULT_ADDR: &str = "0.0.0.0:8080";
+const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
+const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A timer set explicitly: a duration, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerSetting(pub Option<Duration>);
+
+fn timer(value: &str) -> Result<TimerSetting, DurationError> {
+    parse_timer(value).map(TimerSetting)
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "keepalive-proxy",
+    version,
+    about = "A reverse proxy that enforces load-balancer timers on streaming HTTP responses",
+    after_help = "Logging: RUST_LOG filters (e.g. RUST_LOG=debug or RUST_LOG=keepalive_proxy=debug); LOG_FORMAT=json gives one JSON object a line.",
+    long_about = "A reverse proxy that enforces load-balancer timers on streaming HTTP responses.\n\n\
+        Timers take a duration (250ms, 5s, 1m, or bare seconds like 1.5); 0 or off disables one. \
+        They start from PROXY_PRESET; any timer set explicitly wins over the preset. A timer that \
+        fires before the response headers answers 504; after them it cuts the stream the way nginx \
+        does: a chunked body without its last chunk (curl exits 18), an HTTP/2 stream reset."
+)]
+pub struct ProxyConfig {
+    /// Address to accept clients on (HTTP/1.1 and h2c)
+    #[arg(long, env = "PROXY_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+
+    /// The origin every request goes to; the proxy forwards nowhere else
+    #[arg(long, env = "PROXY_UPSTREAM", default_value = DEFAULT_UPSTREAM)]
+    pub upstream: Upstream,
+
+    /// Address of the admin listener serving /metrics and /healthz
+    #[arg(long, env = "PROXY_ADMIN_ADDR", default_value = DEFAULT_ADMIN_ADDR)]
+    pub admin_addr: SocketAddr,
+
+    /// Real load balancer whose timers to start from
+    #[arg(long, env = "PROXY_PRESET", value_enum, default_value = "nginx")]
+    pub preset: Preset,
+
+    /// TCP connect to the origin; expiry answers 504 (a refused connect answers 502)
+    #[arg(long, env = "PROXY_CONNECT_TIMEOUT", value_parser = timer)]
+    pub connect_timeout: Option<TimerSetting>,
+
+    /// Request forwarded -> response headers received; expiry answers 504
+    #[arg(long, env = "PROXY_FIRST_BYTE_TIMEOUT", value_parser = timer)]
+    pub first_byte_timeout: Option<TimerSetting>,
+
+    /// Longest silence from the origin, before headers (504) and between body chunks (cut)
+    #[arg(long, env = "PROXY_IDLE_TIMEOUT", value_parser = timer)]
+    pub idle_timeout: Option<TimerSetting>,
+
+    /// Total lifetime of one exchange, heartbeats or not: 504 before headers, cut after
+    #[arg(long, env = "PROXY_MAX_DURATION", value_parser = timer)]
+    pub max_duration: Option<TimerSetting>,
+
+    /// Time a client has to send its request head, from accept or its first byte (slowloris)
+    #[arg(long, env = "PROXY_HEADER_TIMEOUT", value_parser = timer)]
+    pub header_timeout: Option<TimerSetting>,
+
+    /// Idle client connection between requests; expiry closes it
+    #[arg(long, env = "PROXY_KEEPALIVE_TIMEOUT", value_parser = timer)]
+    pub keepalive_timeout: Option<TimerSetting>,
+
+    /// On SIGTERM/Ctrl-C, how long open streams may go on before they are cut
+    #[arg(long, env = "PROXY_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Log format
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+impl ProxyConfig {
+    /// The timers in force: each explicit setting, else the preset's value.
+    pub fn timers(&self) -> TimerSet {
+        let preset = self.preset.timers();
+        let pick = |explicit: Option<TimerSetting>, preset: Option<Duration>| {
+            explicit.map_or(preset, |TimerSetting(setting)| setting)
+        };
+        TimerSet {
+            connect: pick(self.connect_timeout, preset.connect),
+            first_byte: pick(self.first_byte_timeout, preset.first_byte),
+            idle: pick(self.idle_timeout, preset.idle),
+            max_duration: pick(self.max_duration, preset.max_duration),
+            header: pick(self.header_timeout, preset.header),
+            keepalive: pick(self.keepalive_timeout, preset.keepalive),
+        }
+    }
+
+    /// Sets every timer explicitly, as the lab CLI and the tests do.
+    pub fn with_timers(mut self, timers: TimerSet) -> Self {
+        self.connect_timeout = Some(TimerSetting(timers.connect));
+        self.first_byte_timeout = Some(TimerSetting(timers.first_byte));
+        self.idle_timeout = Some(TimerSetting(timers.idle));
+        self.max_duration = Some(TimerSetting(timers.max_duration));
+        self.header_timeout = Some(TimerSetting(timers.header));
+        self.keepalive_timeout = Some(TimerSetting(timers.keepalive));
+        self
+    }
+}
+
+impl Default for ProxyConfig {
+    /// The documented defaults, without reading the environment.
+    fn default() -> Self {
+        Self {
+            addr: DEFAULT_ADDR.parse().expect("default address is valid"),
+            upstream: DEFAULT_UPSTREAM.parse().expect("default upstream is valid"),
+            admin_addr: DEFAULT_ADMIN_ADDR
+                .parse()
+                .expect("default admin address is valid"),
+            preset: Preset::Nginx,
+            connect_timeout: None,
+            first_byte_timeout: None,
+            idle_timeout: None,
+            max_duration: None,
+            header_timeout: None,
+            keepalive_timeout: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            log_format: LogFormat::Pretty,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keepalive_common::config::{try_parse_from, ConfigError};
+
+    fn parse(args: &[&str]) -> Result<ProxyConfig, ConfigError> {
+        try_parse_from(std::iter::once("keepalive-proxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn explicit_timers_override_the_preset() {
+        let config = parse(&[
+            "--preset",
+            "heroku",
+            "--idle-timeout",
+            "5s",
+            "--max-duration",
+            "off",
+        ])
+        .expect("valid");
+        let timers = config.timers();
+        assert_eq!(timers.idle, Some(Duration::from_secs(5)));
+        assert_eq!(timers.first_byte, Some(Duration::from_secs(30)));
+        assert_eq!(timers.max_duration, None);
+        assert_eq!(timers.connect, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn default_preset_is_nginx() {
+        let config = parse(&[]).expect("valid");
+        assert_eq!(config.timers(), Preset::Nginx.timers());
+        assert_eq!(ProxyConfig::default().timers(), Preset::Nginx.timers());
+    }
+
+    #[test]
+    fn bad_timer_names_the_variable_value_and_form() {
+        let Err(ConfigError::Invalid(line)) = parse(&["--idle-timeout", "soon"]) else {
+            panic!("accepted a bad timer");
+        };
+        assert!(line.contains("PROXY_IDLE_TIMEOUT"), "{line}");
+        assert!(line.contains("soon"), "{line}");
+        assert!(line.contains("250ms"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn bad_upstream_is_refused() {
+        let Err(ConfigError::Invalid(line)) = parse(&["--upstream", "https://example.test"]) else {
+            panic!("accepted an https upstream");
+        };
+        assert!(line.contains("PROXY_UPSTREAM"), "{line}");
+    }
+}

@@ -1,0 +1,162 @@
+//! The innermost service: sends the request to the configured upstream over hyper-util's pooled
+//! client and hands back the origin's response untouched but for hop-by-hop fields.
+//!
+//! The request's own target is ignored except for its path and query: whatever authority a client
+//! writes (absolute-form, `Host`, `:authority`), the request goes to the one upstream, so this is never
+//! an open proxy.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{header::HOST, HeaderValue, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::Service;
+
+use crate::headers::{append_via, set_forwarded, strip_hop_by_hop};
+use crate::timeouts::connect::ConnectTimeout;
+use crate::BoxError;
+
+/// The origin this proxy forwards to: plain HTTP, one authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    authority: Authority,
+}
+
+impl Upstream {
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}", self.authority)
+    }
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        const FORM: &str =
+            "expected an http:// URL with a host and port, like http://127.0.0.1:8000";
+        let uri: Uri = value.parse().map_err(|_| FORM.to_owned())?;
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return Err(format!(
+                "only plain http:// upstreams are supported; {FORM}"
+            ));
+        }
+        let path_is_root = uri.path_and_query().is_none_or(|p| p.as_str() == "/");
+        match uri.authority() {
+            Some(authority) if path_is_root => Ok(Self {
+                authority: authority.clone(),
+            }),
+            _ => Err(FORM.to_owned()),
+        }
+    }
+}
+
+/// The client's address, put in each request's extensions by the connection that received it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// A client tried to use the proxy as a tunnel; answered 405 at the edge.
+#[derive(Debug, thiserror::Error)]
+#[error("CONNECT is not supported: this proxy only forwards requests to its upstream")]
+pub struct ConnectRefused;
+
+#[derive(Clone)]
+pub struct Forward {
+    client: Client<ConnectTimeout, Incoming>,
+    upstream: Upstream,
+}
+
+impl Forward {
+    pub fn new(upstream: Upstream, connector: ConnectTimeout) -> Self {
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Self { client, upstream }
+    }
+
+    fn upstream_request(&self, request: Request<Incoming>) -> Request<Incoming> {
+        let (mut parts, body) = request.into_parts();
+        // HTTP/2 carries the host in `:authority`; the origin speaks HTTP/1.1 and expects `Host`.
+        let authority_host = parts
+            .uri
+            .authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut target = http::uri::Parts::default();
+        target.scheme = Some(Scheme::HTTP);
+        target.authority = Some(self.upstream.authority.clone());
+        target.path_and_query = Some(path);
+        if let Ok(uri) = Uri::from_parts(target) {
+            parts.uri = uri;
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        if !parts.headers.contains_key(HOST) {
+            if let Some(host) = authority_host.clone() {
+                parts.headers.insert(HOST, host);
+            }
+        }
+        if let Some(ClientAddr(client)) = parts.extensions.get::<ClientAddr>() {
+            set_forwarded(&mut parts.headers, client.ip(), authority_host);
+        }
+        append_via(&mut parts.headers, parts.version);
+        parts.version = Version::HTTP_11;
+        Request::from_parts(parts, body)
+    }
+}
+
+impl Service<Request<Incoming>> for Forward {
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        if request.method() == Method::CONNECT {
+            return Box::pin(std::future::ready(Err(ConnectRefused.into())));
+        }
+        let sending = self.client.request(self.upstream_request(request));
+        Box::pin(async move {
+            let mut response = sending.await?;
+            let version = response.version();
+            strip_hop_by_hop(response.headers_mut());
+            append_via(response.headers_mut(), version);
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_must_be_a_plain_http_origin() {
+        let upstream: Upstream = "http://127.0.0.1:8000".parse().expect("valid");
+        assert_eq!(upstream.to_string(), "http://127.0.0.1:8000");
+        assert!("http://server:8000/".parse::<Upstream>().is_ok());
+        for bad in [
+            "https://a:1",
+            "127.0.0.1:8000",
+            "http://a:1/prefix",
+            "not a url",
+            "",
+        ] {
+            assert!(bad.parse::<Upstream>().is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! keepalive-proxy: a reverse proxy that behaves like a load balancer towards long streaming
+//! responses. It enforces the timers real balancers have (connect, first byte, idle, total, header,
+//! keep-alive), ends streams the way they do, and logs and counts every firing.
+//!
+//! [`serve`] runs it on a listener the caller bound, until a shutdown future resolves; [`stack`] is the
+//! whole request path as one tower stack, readable top to bottom.
+
+pub mod admin;
+pub mod config;
+pub mod edge;
+pub mod forward;
+pub mod headers;
+pub mod metrics;
+pub mod preset;
+mod server;
+pub mod timeouts;
+
+use std::convert::Infallible;
+use std::future::Future;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tower::{Service, ServiceBuilder};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use config::ProxyConfig;
+pub use metrics::Metrics;
+pub use preset::{Preset, TimerSet};
+
+use edge::EdgeLayer;
+use forward::Forward;
+use timeouts::client_conn::ClientConnLimits;
+use timeouts::connect::ConnectTimeout;
+use timeouts::first_byte::FirstByteTimeoutLayer;
+use timeouts::idle::IdleTimeoutLayer;
+use timeouts::max_duration::MaxDurationLayer;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request path, outermost first. Each timer fails with a typed error; only the edge turns errors
+/// into responses, cuts, logs and metrics.
+pub fn stack(
+    config: &ProxyConfig,
+    metrics: Metrics,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<impl http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + use<>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone
+       + Send
+       + 'static {
+    let timers = config.timers();
+    ServiceBuilder::new()
+        // Keep the id a client or an outer balancer sent; mint one otherwise.
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<Incoming>| {
+                tracing::debug_span!(
+                    "request",
+                    method = %request.method(),
+                    uri = %request.uri(),
+                    request_id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|id| id.to_str().ok())
+                        .unwrap_or("-"),
+                )
+            }),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(EdgeLayer::new(metrics))
+        .layer(MaxDurationLayer::new(timers.max_duration))
+        .layer(FirstByteTimeoutLayer::new(timers.first_byte))
+        .layer(IdleTimeoutLayer::new(timers.idle))
+        .service(Forward::new(
+            config.upstream.clone(),
+            ConnectTimeout::new(timers.connect),
+        ))
+}
+
+/// Proxies clients accepted on `listener` to `config.upstream` until `shutdown` resolves, then drains
+/// open streams for at most `config.drain_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    config: ProxyConfig,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()>,
+) {
+    let timers = config.timers();
+    tracing::info!(
+        addr = %listener.local_addr().map_or_else(|err| err.to_string(), |addr| addr.to_string()),
+        upstream = %config.upstream,
+        preset = config.preset.name(),
+        connect = %show(timers.connect),
+        first_byte = %show(timers.first_byte),
+        idle = %show(timers.idle),
+        max_duration = %show(timers.max_duration),
+        header = %show(timers.header),
+        keepalive = %show(timers.keepalive),
+        "proxy listening",
+    );
+    let limits = ClientConnLimits {
+        header: timers.header,
+        keepalive: timers.keepalive,
+    };
+    let service = stack(&config, metrics.clone());
+    server::run(
+        listener,
+        service,
+        limits,
+        config.drain_timeout,
+        metrics,
+        shutdown,
+    )
+    .await;
+}
+
+fn show(timer: Option<std::time::Duration>) -> String {
+    timer.map_or_else(|| "off".to_owned(), keepalive_common::duration::display)
+}

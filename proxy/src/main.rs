@@ -1,0 +1,52 @@
+//! The keepalive-proxy binary: settings from flags and env, both listeners bound, signals wired to
+//! a graceful shutdown. Everything else lives in the library.
+
+use keepalive_common::{config::parse_or_exit, logging, shutdown};
+use keepalive_proxy::{admin, Metrics, ProxyConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() {
+    let config: ProxyConfig = parse_or_exit();
+    logging::init(config.log_format, "info");
+    let (listener, admin_listener) = match bind(&config).await {
+        Ok(listeners) => listeners,
+        Err(message) => {
+            eprintln!("keepalive-proxy: {message}");
+            std::process::exit(1);
+        }
+    };
+    tracing::info!(addr = %config.admin_addr, "admin listening (/metrics, /healthz)");
+    let metrics = Metrics::new();
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown::signal().await;
+            stop.cancel();
+        }
+    });
+    tokio::join!(
+        keepalive_proxy::serve(
+            listener,
+            config,
+            metrics.clone(),
+            stop.clone().cancelled_owned()
+        ),
+        admin::serve(admin_listener, metrics, stop.cancelled_owned()),
+    );
+}
+
+async fn bind(config: &ProxyConfig) -> Result<(TcpListener, TcpListener), String> {
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .map_err(|err| format!("cannot listen on PROXY_ADDR={}: {err}", config.addr))?;
+    let admin = TcpListener::bind(config.admin_addr).await.map_err(|err| {
+        format!(
+            "cannot listen on PROXY_ADMIN_ADDR={}: {err}",
+            config.admin_addr
+        )
+    })?;
+    Ok((listener, admin))
+}

@@ -1,0 +1,135 @@
+//! The proxy's Prometheus metrics, served on the admin listener. Names are the contract in DESIGN.md;
+//! labels use the same vocabulary as env vars and logs (`timer="idle"`).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::timeouts::Timer;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimerLabel {
+    timer: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// Every metric the proxy exports; cheap to clone (the counters are shared).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: std::sync::Arc<Registry>,
+    requests: Family<StatusLabel, Counter>,
+    streams_active: Gauge,
+    timeouts: Family<TimerLabel, Counter>,
+    client_disconnects: Counter,
+    upstream_errors: Family<KindLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "proxy_requests",
+            "Responses sent to clients, by status",
+            requests.clone(),
+        );
+        let streams_active = Gauge::default();
+        registry.register(
+            "proxy_streams_active",
+            "Requests whose response is still being forwarded",
+            streams_active.clone(),
+        );
+        let timeouts = Family::<TimerLabel, Counter>::default();
+        registry.register(
+            "proxy_timeouts",
+            "Timer firings, by timer",
+            timeouts.clone(),
+        );
+        let client_disconnects = Counter::default();
+        registry.register(
+            "proxy_client_disconnects",
+            "Clients that went away before their response ended",
+            client_disconnects.clone(),
+        );
+        let upstream_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "proxy_upstream_errors",
+            "Failures talking to the origin, by kind",
+            upstream_errors.clone(),
+        );
+        // Every timer shows up as 0 from the start, so a dashboard can tell "never fired" from "unknown".
+        for timer in Timer::ALL {
+            drop(timeouts.get_or_create(&TimerLabel {
+                timer: timer.as_str(),
+            }));
+        }
+        Self {
+            registry: std::sync::Arc::new(registry),
+            requests,
+            streams_active,
+            timeouts,
+            client_disconnects,
+            upstream_errors,
+        }
+    }
+
+    pub fn response_sent(&self, status: http::StatusCode) {
+        self.requests
+            .get_or_create(&StatusLabel {
+                status: status.as_u16(),
+            })
+            .inc();
+    }
+
+    pub fn stream_opened(&self) {
+        self.streams_active.inc();
+    }
+
+    pub fn stream_closed(&self) {
+        self.streams_active.dec();
+    }
+
+    pub fn timer_fired(&self, timer: Timer) {
+        self.timeouts
+            .get_or_create(&TimerLabel {
+                timer: timer.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn client_disconnected(&self) {
+        self.client_disconnects.inc();
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,175 @@
+//! `PROXY_PRESET`: the timers of real load balancers, one table row each, with where the numbers come
+//! from. Checked against the vendors' documentation and, for nginx and HAProxy, Debian 12's packages
+//! (nginx 1.22, HAProxy 2.6). A timer a vendor does not document is off here, and says so in its note.
+
+use std::time::Duration;
+
+/// The six timers; `None` is off (the balancer has no such timer, or documents none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TimerSet {
+    pub connect: Option<Duration>,
+    pub first_byte: Option<Duration>,
+    pub idle: Option<Duration>,
+    pub max_duration: Option<Duration>,
+    pub header: Option<Duration>,
+    pub keepalive: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    Nginx,
+    Haproxy,
+    Envoy,
+    AwsAlb,
+    Heroku,
+    Cloudflare,
+    Gcp,
+}
+
+const fn secs(seconds: u64) -> Option<Duration> {
+    Some(Duration::from_secs(seconds))
+}
+
+impl Preset {
+    pub const ALL: [Preset; 7] = [
+        Preset::Nginx,
+        Preset::Haproxy,
+        Preset::Envoy,
+        Preset::AwsAlb,
+        Preset::Heroku,
+        Preset::Cloudflare,
+        Preset::Gcp,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Nginx => "nginx",
+            Preset::Haproxy => "haproxy",
+            Preset::Envoy => "envoy",
+            Preset::AwsAlb => "aws-alb",
+            Preset::Heroku => "heroku",
+            Preset::Cloudflare => "cloudflare",
+            Preset::Gcp => "gcp",
+        }
+    }
+
+    pub fn timers(self) -> TimerSet {
+        match self {
+            // proxy_connect_timeout, proxy_read_timeout (header wait and between reads, never a
+            // total), client_header_timeout, keepalive_timeout: all nginx's built-in defaults.
+            Preset::Nginx => TimerSet {
+                connect: secs(60),
+                first_byte: secs(60),
+                idle: secs(60),
+                max_duration: None,
+                header: secs(60),
+                keepalive: secs(75),
+            },
+            // Debian's /etc/haproxy/haproxy.cfg: timeout connect 5000, client 50000, server 50000;
+            // http-request and http-keep-alive are unset, so both fall back to timeout client.
+            Preset::Haproxy => TimerSet {
+                connect: secs(5),
+                first_byte: secs(50),
+                idle: secs(50),
+                max_duration: None,
+                header: secs(50),
+                keepalive: secs(50),
+            },
+            // Cluster connect_timeout 5 s; route timeout 15 s, which covers the whole response
+            // (headers and body); stream_idle_timeout 5 min; request_headers_timeout disabled;
+            // HCM idle_timeout 1 h.
+            Preset::Envoy => TimerSet {
+                connect: secs(5),
+                first_byte: None,
+                idle: secs(300),
+                max_duration: secs(15),
+                header: None,
+                keepalive: secs(3600),
+            },
+            // One 60 s idle timeout for client and target connections alike; 10 s to connect to
+            // a target. client_keep_alive (3600 s) is a connection age, not an idle timer.
+            Preset::AwsAlb => TimerSet {
+                connect: secs(10),
+                first_byte: secs(60),
+                idle: secs(60),
+                max_duration: None,
+                header: secs(60),
+                keepalive: secs(60),
+            },
+            // H19 after 5 s connecting to a dyno; H12 when no response starts within 30 s; then a
+            // rolling 55 s window (H15 from the dyno, H28 from the client). Client keep-alive: not
+            // documented.
+            Preset::Heroku => TimerSet {
+                connect: secs(5),
+                first_byte: secs(30),
+                idle: secs(55),
+                max_duration: None,
+                header: secs(55),
+                keepalive: None,
+            },
+            // 522 after 19 s connecting; 524 when 125 s pass between two reads from the origin
+            // (Proxy Read Timeout); HTTP/1.1 keep-alive 400 s. Header timeout: not documented.
+            Preset::Cloudflare => TimerSet {
+                connect: secs(19),
+                first_byte: secs(125),
+                idle: secs(125),
+                max_duration: None,
+                header: None,
+                keepalive: secs(400),
+            },
+            // Backend service timeout 30 s: from the first request byte to the last response
+            // byte, data or not; client HTTP keep-alive 610 s. Connect and header timeouts: not
+            // documented.
+            Preset::Gcp => TimerSet {
+                connect: None,
+                first_byte: None,
+                idle: None,
+                max_duration: secs(30),
+                header: None,
+                keepalive: secs(610),
+            },
+        }
+    }
+
+    /// Where the numbers come from, for `--help`, logs and the README.
+    pub fn source(self) -> &'static str {
+        match self {
+            Preset::Nginx => "https://nginx.org/en/docs/http/ngx_http_proxy_module.html, https://nginx.org/en/docs/http/ngx_http_core_module.html",
+            Preset::Haproxy => "Debian 12 haproxy 2.6 /etc/haproxy/haproxy.cfg; https://docs.haproxy.org/2.6/configuration.html#4.2",
+            Preset::Envoy => "https://www.envoyproxy.io/docs/envoy/latest/faq/configuration/timeouts",
+            Preset::AwsAlb => "https://docs.aws.amazon.com/elasticloadbalancing/latest/application/edit-load-balancer-attributes.html, https://docs.aws.amazon.com/elasticloadbalancing/latest/application/load-balancer-troubleshooting.html",
+            Preset::Heroku => "https://devcenter.heroku.com/articles/request-timeout, https://devcenter.heroku.com/articles/error-codes",
+            Preset::Cloudflare => "https://developers.cloudflare.com/fundamentals/reference/connection-limits/",
+            Preset::Gcp => "https://cloud.google.com/load-balancing/docs/https#timeout-bes, https://cloud.google.com/load-balancing/docs/https/request-distribution",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_resolve_to_their_table_values() {
+        assert_eq!(Preset::Nginx.timers().idle, secs(60));
+        assert_eq!(Preset::Nginx.timers().keepalive, secs(75));
+        assert_eq!(Preset::Haproxy.timers().connect, secs(5));
+        assert_eq!(Preset::Haproxy.timers().idle, secs(50));
+        assert_eq!(Preset::Envoy.timers().max_duration, secs(15));
+        assert_eq!(Preset::Envoy.timers().idle, secs(300));
+        assert_eq!(Preset::AwsAlb.timers().idle, secs(60));
+        assert_eq!(Preset::Heroku.timers().first_byte, secs(30));
+        assert_eq!(Preset::Heroku.timers().idle, secs(55));
+        assert_eq!(Preset::Cloudflare.timers().idle, secs(125));
+        assert_eq!(Preset::Gcp.timers().max_duration, secs(30));
+        assert_eq!(Preset::Gcp.timers().idle, None);
+    }
+
+    #[test]
+    fn names_round_trip_through_the_cli_parser() {
+        use clap::ValueEnum;
+        for preset in Preset::ALL {
+            assert_eq!(Preset::from_str(preset.name(), true), Ok(preset));
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The client side: the accept loop, one task per connection, HTTP/1.1 or h2c as the client speaks
+//! (hyper-util's auto builder), the `header`/`keepalive` watchdog, and a bounded graceful shutdown.
+//!
+//! The accept loop and the bounded drain are shared with the origin (`keepalive_common::accept`); what
+//! is the proxy's own is the per-connection work: the client's address and in-flight guard on every
+//! request, and the watchdog that closes connections idle past the header or keep-alive limit.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use keepalive_common::accept::{serve_connections, Stopping};
+use keepalive_common::duration::display;
+use tokio::net::{TcpListener, TcpStream};
+use tower::{Service, ServiceExt};
+
+use crate::forward::ClientAddr;
+use crate::metrics::Metrics;
+use crate::timeouts::client_conn::{watchdog, Activity, ActivityIo, ClientConnLimits};
+
+/// Serves clients from `listener` with `service` until `shutdown` resolves, then drains.
+pub async fn run<S, B>(
+    listener: TcpListener,
+    service: S,
+    limits: ClientConnLimits,
+    drain_timeout: Duration,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::BoxError>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The watchdog enforces the header timer (see timeouts/client_conn.rs); hyper's own would also
+    // close idle keep-alive connections at the header limit.
+    builder.http1().header_read_timeout(None);
+    let builder = Arc::new(builder);
+    serve_connections(listener, shutdown, drain_timeout, |tcp, peer, stopping| {
+        connection(
+            tcp,
+            peer,
+            Arc::clone(&builder),
+            service.clone(),
+            limits,
+            metrics.clone(),
+            stopping,
+        )
+    })
+    .await;
+}
+
+async fn connection<S, B>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    service: S,
+    limits: ClientConnLimits,
+    metrics: Metrics,
+    mut stopping: Stopping,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::BoxError>,
+{
+    let activity = Activity::new();
+    let io = TokioIo::new(ActivityIo::new(tcp, Arc::clone(&activity)));
+    let service = {
+        let activity = Arc::clone(&activity);
+        service.map_request(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ClientAddr(peer));
+            let in_flight = activity.request_started(request.version());
+            request.extensions_mut().insert(in_flight);
+            request
+        })
+    };
+    let conn = builder.serve_connection(io, TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, %err, "client connection ended with an error");
+                }
+                return;
+            }
+            expired = watchdog(&activity, limits) => {
+                metrics.timer_fired(expired.timer);
+                let limit = display(expired.limit);
+                tracing::info!(
+                    timer = %expired.timer,
+                    %limit,
+                    %peer,
+                    "{} timer fired: closing the client connection",
+                    expired.timer,
+                );
+                return;
+            }
+            () = stopping.requested(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
