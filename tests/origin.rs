@@ -1,0 +1,105 @@
+//! The origin over a real socket, without the proxy: the seed's bytes exactly as a client on the wire
+//! receives them, and the elapsed labels measured against a real clock.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{get, origin_config, raw_request, start_origin};
+
+#[tokio::test]
+async fn polls_index_is_the_seeds_text() {
+    let origin = start_origin(origin_config()).await;
+    let transcript = raw_request(
+        origin.addr,
+        &get("/polls/", "Connection: close\r\n"),
+        Duration::from_secs(5),
+    )
+    .await;
+    let response = transcript.response();
+    assert_eq!(response.status, 200, "{}", transcript.text());
+    assert_eq!(response.text(), "Hello, world. You're at the polls index.");
+}
+
+#[tokio::test]
+async fn finite_stream_is_the_seeds_bytes_in_chunks_with_a_clean_end() {
+    let origin = start_origin(origin_config()).await;
+    let transcript = raw_request(
+        origin.addr,
+        &get("/polls/streamed?lines=4&sleep=0", "Connection: close\r\n"),
+        Duration::from_secs(5),
+    )
+    .await;
+    let response = transcript.response();
+    assert_eq!(response.status, 200, "{}", transcript.text());
+    assert!(response.is_chunked(), "{:?}", response.headers);
+    assert_eq!(
+        response.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(
+        response.header("cache-control"),
+        Some("no-cache, no-transform")
+    );
+    assert_eq!(response.header("x-accel-buffering"), Some("no"));
+    let body = response.data();
+    assert!(
+        body.complete,
+        "a finite stream ends with the last chunk: {:?}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert_eq!(
+        String::from_utf8(body.data).expect("UTF-8 body"),
+        "[         0 s] Little brown lady\n\
+         [         0 s] Jumped into the blue water\n\
+         [         0 s] And smiled\n\
+         =========== Here we go again ===========\n\
+         [         0 s] Little brown lady\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elapsed_labels_are_whole_seconds_since_the_stream_began() {
+    let origin = start_origin(origin_config()).await;
+    let transcript = raw_request(
+        origin.addr,
+        &get("/polls/streamed?sleep=1&lines=3", "Connection: close\r\n"),
+        Duration::from_secs(3),
+    )
+    .await;
+    let response = transcript.response();
+    assert_eq!(response.status, 200, "{}", transcript.text());
+    let body = response.data();
+    assert!(
+        body.complete,
+        "three lines a second apart end within 3 s; got {:?} ending {:?} at {:?}",
+        String::from_utf8_lossy(&body.data),
+        transcript.ending,
+        transcript.ended_at
+    );
+    assert_eq!(
+        String::from_utf8(body.data).expect("UTF-8 body"),
+        "[         0 s] Little brown lady\n\
+         [         1 s] Jumped into the blue water\n\
+         [         2 s] And smiled\n"
+    );
+    let last = transcript.last_byte_at.expect("bytes arrived");
+    assert!(
+        last >= Duration::from_millis(1950),
+        "the third line is due 2 s after the first, arrived at {last:?}"
+    );
+}
+
+#[tokio::test]
+async fn healthz_answers_ok() {
+    let origin = start_origin(origin_config()).await;
+    let transcript = raw_request(
+        origin.addr,
+        &get("/healthz", "Connection: close\r\n"),
+        Duration::from_secs(5),
+    )
+    .await;
+    let response = transcript.response();
+    assert_eq!(response.status, 200, "{}", transcript.text());
+    assert_eq!(response.text().trim_end(), "ok");
+}
