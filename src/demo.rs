@@ -3,6 +3,7 @@
 //! idle timer cuts, one that heartbeats save, one that hits the first-byte timer) and narrates, from
 //! both servers' logs, what happens to each stream.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ pub struct DemoArgs {
     idle_timeout: std::option::Option<Duration>,
 
     /// Longest wait for response headers before the proxy answers 504
-    #[arg(long, env = "PROXY_FIRST_BYTE_TIMEOUT", default_value = "10s", value_parser = parse_timer)]
+    #[arg(long, env = "PROXY_FIRST_BYTE_TIMEOUT", default_value = "3s", value_parser = parse_timer)]
     first_byte_timeout: std::option::Option<Duration>,
 
     /// Total lifetime of one response, heartbeats or not
@@ -59,14 +60,19 @@ impl DemoArgs {
     }
 }
 
-pub async fn run(args: DemoArgs) -> Result<(), String> {
+pub async fn run(mut args: DemoArgs) -> Result<(), String> {
     init_narration();
-    let origin = bind(args.origin_addr, "origin (SERVER_ADDR)").await?;
-    let proxy = bind(args.proxy_addr, "proxy (PROXY_ADDR)").await?;
-    let admin_listener = bind(args.admin_addr, "proxy admin (PROXY_ADMIN_ADDR)").await?;
-    let upstream = format!("http://{}", args.origin_addr)
+    let (origin, origin_addr) = bind(args.origin_addr, "origin (SERVER_ADDR)").await?;
+    let (proxy, proxy_addr) = bind(args.proxy_addr, "proxy (PROXY_ADDR)").await?;
+    let (admin_listener, admin_addr) =
+        bind(args.admin_addr, "proxy admin (PROXY_ADMIN_ADDR)").await?;
+    // Port 0 picks a free port: from here on, the addresses are the ones actually bound.
+    args.origin_addr = origin_addr;
+    args.proxy_addr = proxy_addr;
+    args.admin_addr = admin_addr;
+    let upstream = format!("http://{origin_addr}")
         .parse()
-        .map_err(|err| format!("cannot proxy to {}: {err}", args.origin_addr))?;
+        .map_err(|err| format!("cannot proxy to {origin_addr}: {err}"))?;
 
     let server_config = ServerConfig {
         addr: args.origin_addr,
@@ -108,10 +114,13 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     origin_result.map_err(|err| format!("origin failed: {err}"))
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).await.map_err(|err| {
-        format!("cannot listen on {addr} for the {what}: {err}; pick another address with --help")
-    })
+async fn bind(addr: SocketAddr, what: &str) -> Result<(TcpListener, SocketAddr), String> {
+    let fail = |err: std::io::Error| {
+        format!("cannot listen on {addr} for the {what}: {err}; pick another address (see --help)")
+    };
+    let listener = TcpListener::bind(addr).await.map_err(fail)?;
+    let bound = listener.local_addr().map_err(fail)?;
+    Ok((listener, bound))
 }
 
 /// Logs as a narration: time since start, who speaks (origin or proxy), what happened.
@@ -122,6 +131,8 @@ fn init_narration() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_timer(Uptime::default())
+        // Colours for a terminal only: a demo piped into a file or a test reads plain text.
+        .with_ansi(std::io::stdout().is_terminal())
         .compact()
         .init();
 }
@@ -152,12 +163,22 @@ fn instructions(args: &DemoArgs) -> String {
             heartbeat = display(heartbeat),
         );
     }
-    if let Some(first_byte) = args.first_byte_timeout {
+    // The idle timer also bounds the wait for headers (as nginx's proxy_read_timeout does), so
+    // whichever of the two is shorter answers the 504.
+    let header_timers = [
+        (args.first_byte_timeout, "first-byte"),
+        (args.idle_timeout, "idle"),
+    ];
+    if let Some((limit, timer)) = header_timers
+        .into_iter()
+        .filter_map(|(limit, timer)| limit.map(|limit| (limit, timer)))
+        .min_by_key(|(limit, _)| *limit)
+    {
         text += &format!(
-            "\n  3. Headers held back {delay}: the {first_byte} first-byte timer answers 504:\n     \
+            "\n  3. Headers held back {delay}: the {limit} {timer} timer answers 504:\n     \
              curl -i '{proxy}/polls/streamed?delay={delay}'\n",
-            delay = display(first_byte + Duration::from_secs(5)),
-            first_byte = display(first_byte),
+            delay = display(limit + Duration::from_secs(5)),
+            limit = display(limit),
         );
     }
     text + "\nWhat happens to each stream is narrated below. Ctrl-C stops.\n\n"
