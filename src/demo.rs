@@ -14,7 +14,6 @@ use keepalive_server::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::fmt::time::Uptime;
-use tracing_subscriber::EnvFilter;
 
 /// How long open streams may go on after Ctrl-C; the demo's streams are infinite, so keep it short.
 const DEMO_DRAIN: Duration = Duration::from_secs(1);
@@ -125,8 +124,12 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<(TcpListener, SocketAddr),
 
 /// Logs as a narration: time since start, who speaks (origin or proxy), what happened.
 fn init_narration() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("keepalive_server=info,keepalive_proxy=info,keepalive_lab=info")
+    let filter = keepalive_common::logging::filter(
+        "keepalive_server=info,keepalive_proxy=info,keepalive_lab=info",
+    )
+    .unwrap_or_else(|line| {
+        eprintln!("keepalive-lab: {line}");
+        std::process::exit(2);
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -131,6 +131,49 @@ fn server_refuses_a_bad_sleep_with_exit_code_2_and_one_line() {
     assert_refused(&output, "SERVER_SLEEP", "abc");
 }
 
+#[test]
+fn server_refuses_a_default_sleep_above_its_maximum() {
+    let output = run(
+        Command::new(binary("keepalive-server")),
+        &[
+            ("SERVER_SLEEP", "2h".to_owned()),
+            ("SERVER_ADDR", free_addr()),
+        ],
+    );
+    assert_refused(&output, "SERVER_SLEEP", "2h");
+}
+
+#[test]
+fn proxy_refuses_an_unknown_preset_listing_the_known_ones() {
+    let output = run(
+        Command::new(binary("keepalive-proxy")),
+        &[
+            ("PROXY_PRESET", "apache".to_owned()),
+            ("PROXY_ADDR", free_addr()),
+            ("PROXY_ADMIN_ADDR", free_addr()),
+        ],
+    );
+    assert_refused(&output, "PROXY_PRESET", "apache");
+    let line = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        line.contains("aws-alb") && line.contains("heroku"),
+        "{line}"
+    );
+}
+
+#[test]
+fn proxy_refuses_a_bad_rust_log_instead_of_hiding_logs() {
+    let output = run(
+        Command::new(binary("keepalive-proxy")),
+        &[
+            ("RUST_LOG", "keepalive_proxy=loud".to_owned()),
+            ("PROXY_ADDR", free_addr()),
+            ("PROXY_ADMIN_ADDR", free_addr()),
+        ],
+    );
+    assert_refused(&output, "RUST_LOG", "keepalive_proxy=loud");
+}
+
 fn proxy_help() -> String {
     let mut command = Command::new(binary("keepalive-proxy"));
     command.arg("--help");

@@ -67,10 +67,16 @@ fn explain(command: &clap::Command, err: clap::Error) -> ConfigError {
         Some(env) => format!("{} ({long})", env.to_string_lossy()),
         None => long.to_owned(),
     };
-    let reason = err
-        .source()
-        .map(ToString::to_string)
-        .unwrap_or_else(|| "invalid value".to_owned());
+    let reason = match (err.source(), err.get(ContextKind::ValidValue)) {
+        (Some(source), _) if source.is::<std::net::AddrParseError>() => {
+            format!("{source}; expected an IP address and a port, like 0.0.0.0:8080")
+        }
+        (Some(source), _) => source.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => {
+            format!("expected one of {}", valid.join(", "))
+        }
+        (None, _) => "invalid value".to_owned(),
+    };
     ConfigError::Invalid(format!(
         "{}: invalid value for {name}: {value:?}: {reason}",
         command.get_name()

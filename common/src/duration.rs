@@ -12,6 +12,11 @@ pub const DURATION_FORM: &str = "a duration like 250ms, 5s, 1m, or bare seconds 
 pub const TIMER_FORM: &str =
     "a duration like 250ms, 5s, 1m, or bare seconds like 5 or 0.25; 0 or off disables";
 
+/// The longest duration accepted anywhere. Deadlines are `Instant::now() + duration`, which panics on
+/// overflow, and no balancer timer or poem pause is meaningfully longer than this.
+pub const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+const LONGEST_FORM: &str = "a duration of at most 365 days";
+
 /// Why a duration could not be read; its `Display` names the value and the accepted form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{value:?} is not {form}")]
@@ -47,11 +52,19 @@ fn parse(value: &str, form: &'static str) -> Result<Duration, DurationError> {
     if trimmed.is_empty() {
         return Err(error());
     }
-    if trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+    let duration = if trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         let seconds: f64 = trimmed.parse().map_err(|_| error())?;
-        return Duration::try_from_secs_f64(seconds).map_err(|_| error());
+        Duration::try_from_secs_f64(seconds).map_err(|_| error())?
+    } else {
+        humantime::parse_duration(trimmed).map_err(|_| error())?
+    };
+    if duration > LONGEST {
+        return Err(DurationError {
+            value: value.to_owned(),
+            form: LONGEST_FORM,
+        });
     }
-    humantime::parse_duration(trimmed).map_err(|_| error())
+    Ok(duration)
 }
 
 /// Formats a duration the way users type it (`1.5s`, `250ms`, `1m`), for logs and the demo's narration.
@@ -105,6 +118,15 @@ mod tests {
         ] {
             let err = parse_duration(bad).expect_err(bad);
             assert!(err.to_string().contains(DURATION_FORM), "{err}");
+        }
+    }
+
+    #[test]
+    fn refuses_durations_no_deadline_can_hold() {
+        assert_eq!(parse_duration("365d"), Ok(LONGEST));
+        for huge in ["366d", "9300000000000000000", "1000years"] {
+            let err = parse_timer(huge).expect_err(huge);
+            assert!(err.to_string().contains("at most 365 days"), "{err}");
         }
     }
 
