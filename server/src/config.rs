@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use keepalive_common::duration::{parse_duration, parse_timer};
+use keepalive_common::duration::{display, parse_duration, parse_timer};
 use keepalive_common::logging::LogFormat;
 
 const DEFAULT_ADDR: &str = "0.0.0.0:8000";
@@ -58,6 +58,28 @@ pub struct ServerConfig {
     /// Shape of the log lines on stderr: pretty for a terminal, json for a log pipeline.
     #[arg(long, env = "LOG_FORMAT", default_value = DEFAULT_LOG_FORMAT, value_enum)]
     pub log_format: LogFormat,
+}
+
+impl ServerConfig {
+    /// Refuses defaults a request could not ask for itself: `?sleep=2h` gets a 400 under a 1h
+    /// `SERVER_MAX_SLEEP`, so `SERVER_SLEEP=2h` must not quietly give every request two hours.
+    pub fn check(&self) -> Result<(), String> {
+        let max = self.max_sleep;
+        let defaults = [
+            ("SERVER_SLEEP", Some(self.sleep)),
+            ("SERVER_HEARTBEAT", self.heartbeat),
+        ];
+        for (variable, value) in defaults {
+            if let Some(value) = value.filter(|value| *value > max) {
+                return Err(format!(
+                    "invalid value for {variable}: {:?}: longer than SERVER_MAX_SLEEP ({}); lower it or raise SERVER_MAX_SLEEP",
+                    display(value),
+                    display(max)
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for ServerConfig {
@@ -139,6 +161,29 @@ mod tests {
         assert!(line.contains("\"soon\""), "{line}");
         assert!(line.contains("250ms"), "{line}");
         assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn defaults_above_the_maximum_are_refused_naming_both_variables() {
+        let config = ServerConfig {
+            sleep: Duration::from_secs(7200),
+            ..ServerConfig::default()
+        };
+        let line = config.check().expect_err("2h is above the 1h maximum");
+        assert!(
+            line.contains("SERVER_SLEEP") && line.contains("SERVER_MAX_SLEEP"),
+            "{line}"
+        );
+        let config = ServerConfig {
+            heartbeat: Some(Duration::from_secs(30)),
+            max_sleep: Duration::from_secs(10),
+            ..ServerConfig::default()
+        };
+        let line = config
+            .check()
+            .expect_err("a 30s heartbeat is above a 10s maximum");
+        assert!(line.contains("SERVER_HEARTBEAT"), "{line}");
+        assert_eq!(ServerConfig::default().check(), Ok(()));
     }
 
     #[test]

@@ -11,7 +11,11 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = parse_or_exit::<ServerConfig>();
-    logging::init(config.log_format, "info");
+    if let Err(line) = config.check() {
+        eprintln!("keepalive-server: {line}");
+        return ExitCode::from(2);
+    }
+    logging::init("keepalive-server", config.log_format, "info");
     let listener = match TcpListener::bind(config.addr).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -20,7 +24,7 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(
-        addr = %config.addr,
+        addr = %listener.local_addr().map_or_else(|err| err.to_string(), |addr| addr.to_string()),
         sleep = %keepalive_common::duration::display(config.sleep),
         heartbeat = %config.heartbeat.map_or_else(|| "off".to_owned(), keepalive_common::duration::display),
         max_sleep = %keepalive_common::duration::display(config.max_sleep),

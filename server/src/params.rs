@@ -15,6 +15,7 @@ use crate::error::InvalidParameter;
 
 const FORMAT_FORM: &str = "text or sse";
 const LINES_FORM: &str = "a whole number of lines, 1 or more";
+const SHORTEST_HEARTBEAT: Duration = Duration::from_millis(10);
 
 /// How the poem is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +64,7 @@ impl StreamParams {
             match name.as_ref() {
                 "sleep" => params.sleep = duration("sleep", &value, max)?,
                 "delay" => params.delay = duration("delay", &value, max)?,
-                "heartbeat" => params.heartbeat = timer("heartbeat", &value, max)?,
+                "heartbeat" => params.heartbeat = heartbeat(&value, max)?,
                 "format" => params.format = format(&value)?,
                 "lines" => params.lines = Some(lines(&value)?),
                 _ => {}
@@ -99,6 +100,20 @@ fn timer(
         Some(period) => at_most(parameter, value, period, max, TIMER_FORM).map(Some),
         None => Ok(None),
     }
+}
+
+/// A heartbeat period, refused below [`SHORTEST_HEARTBEAT`]: `heartbeat=1ns` would turn one request
+/// into a flood of spaces, which no load balancer needs to stay awake.
+fn heartbeat(value: &str, max: Duration) -> Result<Option<Duration>, InvalidParameter> {
+    let period = timer("heartbeat", value, max)?;
+    if period.is_some_and(|period| period < SHORTEST_HEARTBEAT) {
+        return Err(invalid(
+            "heartbeat",
+            value,
+            format!("{TIMER_FORM}, at least {}", display(SHORTEST_HEARTBEAT)),
+        ));
+    }
+    Ok(period)
 }
 
 /// Refuses durations above `SERVER_MAX_SLEEP`: one request must not be able to park a stream (and a

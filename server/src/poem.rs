@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderName};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, IntoResponseParts, Response};
 use bytes::Bytes;
 use futures_util::stream;
 use keepalive_common::duration;
@@ -40,21 +40,27 @@ const NO_BUFFERING: [(HeaderName, &str); 2] = [
 
 /// Starts the poem for one request; the stream's clock starts now, after any `delay`.
 pub fn response(params: StreamParams, metrics: Metrics, peer: Option<SocketAddr>) -> Response {
-    let content_type = match params.format {
-        Format::Text => "text/plain; charset=utf-8",
-        Format::Sse => "text/event-stream",
-    };
+    let format = params.format;
     let poem = Poem::start(params, metrics, peer);
     let chunks = stream::unfold(poem, |mut poem| async move {
         let chunk = poem.next_chunk().await?;
         Some((Ok::<_, Infallible>(chunk), poem))
     });
-    (
-        [(header::CONTENT_TYPE, content_type)],
-        NO_BUFFERING,
-        Body::from_stream(chunks),
-    )
-        .into_response()
+    (head(format), Body::from_stream(chunks)).into_response()
+}
+
+/// The stream's headers without the stream, for `HEAD`: a balancer's health check must not start a
+/// poem, nor count as a stream and a client gone.
+pub fn head_only(params: &StreamParams) -> Response {
+    (head(params.format), ()).into_response()
+}
+
+fn head(format: Format) -> impl IntoResponseParts {
+    let content_type = match format {
+        Format::Text => "text/plain; charset=utf-8",
+        Format::Sse => "text/event-stream",
+    };
+    ([(header::CONTENT_TYPE, content_type)], NO_BUFFERING)
 }
 
 struct Poem {

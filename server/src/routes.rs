@@ -54,10 +54,14 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// `/polls/streamed`: the peer comes from [`crate::serve`]'s connection; absent under `oneshot`.
 async fn streamed(
     State(state): State<AppState>,
+    method: Method,
     RawQuery(query): RawQuery,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> Result<Response, ApiError> {
     let params = StreamParams::from_query(query.as_deref().unwrap_or_default(), state.config())?;
+    if method == Method::HEAD {
+        return Ok(poem::head_only(&params));
+    }
     if !params.delay.is_zero() {
         // Holding back the response head is what a first-byte timer measures.
         tokio::time::sleep(params.delay).await;
@@ -163,6 +167,7 @@ mod tests {
             ("delay=-3", "delay", "-3", DURATION_FORM),
             ("lines=0", "lines", "0", "1 or more"),
             ("lines=x", "lines", "x", "1 or more"),
+            ("heartbeat=1ns", "heartbeat", "1ns", "at least 10ms"),
         ];
         for (query, parameter, value, form) in cases {
             let response = get(app(state()), &format!("/polls/streamed?{query}")).await;
@@ -218,6 +223,31 @@ mod tests {
         assert_eq!(
             body["detail"],
             "POST /polls/streamed: only GET and HEAD are served here"
+        );
+    }
+
+    #[tokio::test]
+    async fn head_answers_the_stream_headers_without_starting_a_stream() {
+        let state = state();
+        let request = Request::head("/polls/streamed?format=sse")
+            .body(Body::empty())
+            .expect("request");
+        let response = app(state.clone())
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(header(&response, "content-type"), "text/event-stream");
+        assert_eq!(header(&response, "x-accel-buffering"), "no");
+        assert_eq!(text(response).await, "");
+        let metrics = state.metrics().encode();
+        assert!(
+            metrics.contains("origin_streams_started_total 0\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("origin_streams_ended_total{reason=\"client_gone\"} 0\n"),
+            "{metrics}"
         );
     }
 
