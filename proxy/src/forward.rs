@@ -27,12 +27,6 @@ pub struct Upstream {
     authority: Authority,
 }
 
-impl Upstream {
-    pub fn authority(&self) -> &Authority {
-        &self.authority
-    }
-}
-
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "http://{}", self.authority)
@@ -82,7 +76,12 @@ impl Forward {
         Self { client, upstream }
     }
 
-    fn upstream_request(&self, request: Request<Incoming>) -> Request<Incoming> {
+    /// The request as the origin gets it; an error, never the client's own target, when it cannot be
+    /// pointed at the upstream (that would make this an open proxy).
+    fn upstream_request(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Request<Incoming>, http::Error> {
         let (mut parts, body) = request.into_parts();
         // HTTP/2 carries the host in `:authority`; the origin speaks HTTP/1.1 and expects `Host`.
         let authority_host = parts
@@ -98,9 +97,7 @@ impl Forward {
         target.scheme = Some(Scheme::HTTP);
         target.authority = Some(self.upstream.authority.clone());
         target.path_and_query = Some(path);
-        if let Ok(uri) = Uri::from_parts(target) {
-            parts.uri = uri;
-        }
+        parts.uri = Uri::from_parts(target)?;
         strip_hop_by_hop(&mut parts.headers);
         if !parts.headers.contains_key(HOST) {
             if let Some(host) = authority_host.clone() {
@@ -112,7 +109,7 @@ impl Forward {
         }
         append_via(&mut parts.headers, parts.version);
         parts.version = Version::HTTP_11;
-        Request::from_parts(parts, body)
+        Ok(Request::from_parts(parts, body))
     }
 }
 
@@ -129,7 +126,11 @@ impl Service<Request<Incoming>> for Forward {
         if request.method() == Method::CONNECT {
             return Box::pin(std::future::ready(Err(ConnectRefused.into())));
         }
-        let sending = self.client.request(self.upstream_request(request));
+        let request = match self.upstream_request(request) {
+            Ok(request) => request,
+            Err(err) => return Box::pin(std::future::ready(Err(err.into()))),
+        };
+        let sending = self.client.request(request);
         Box::pin(async move {
             let mut response = sending.await?;
             let version = response.version();

@@ -23,7 +23,8 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
 
 pub use config::ProxyConfig;
 pub use metrics::Metrics;
@@ -57,18 +58,22 @@ pub fn stack(
         // Keep the id a client or an outer balancer sent; mint one otherwise.
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request<Incoming>| {
-                tracing::debug_span!(
-                    "request",
-                    method = %request.method(),
-                    uri = %request.uri(),
-                    request_id = request
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|id| id.to_str().ok())
-                        .unwrap_or("-"),
-                )
-            }),
+            TraceLayer::new_for_http()
+                // A timer's 504 or cut is logged once, with its numbers, by the edge; tower-http's
+                // own ERROR line for the same failure would only repeat it without them.
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG))
+                .make_span_with(|request: &Request<Incoming>| {
+                    tracing::debug_span!(
+                        "request",
+                        method = %request.method(),
+                        uri = %request.uri(),
+                        request_id = request
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|id| id.to_str().ok())
+                            .unwrap_or("-"),
+                    )
+                }),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(EdgeLayer::new(metrics))
@@ -94,6 +99,7 @@ pub async fn serve(
         addr = %listener.local_addr().map_or_else(|err| err.to_string(), |addr| addr.to_string()),
         upstream = %config.upstream,
         preset = config.preset.name(),
+        preset_source = config.preset.source(),
         connect = %show(timers.connect),
         first_byte = %show(timers.first_byte),
         idle = %show(timers.idle),

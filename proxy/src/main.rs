@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() {
     let config: ProxyConfig = parse_or_exit();
-    logging::init(config.log_format, "info");
+    logging::init("keepalive-proxy", config.log_format, "info");
     let (listener, admin_listener) = match bind(&config).await {
         Ok(listeners) => listeners,
         Err(message) => {
@@ -17,7 +17,10 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    tracing::info!(addr = %config.admin_addr, "admin listening (/metrics, /healthz)");
+    tracing::info!(
+        addr = %admin_listener.local_addr().map_or_else(|err| err.to_string(), |addr| addr.to_string()),
+        "admin listening (/metrics, /healthz)"
+    );
     let metrics = Metrics::new();
     let stop = CancellationToken::new();
     tokio::spawn({
