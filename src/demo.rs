@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
-use keepalive_common::duration::{display, parse_timer};
+use keepalive_common::duration::display;
+use keepalive_proxy::config::TimerSetting;
 use keepalive_proxy::{admin, Metrics, Preset, ProxyConfig, TimerSet};
 use keepalive_server::ServerConfig;
 use tokio::net::TcpListener;
@@ -32,31 +33,17 @@ pub struct DemoArgs {
     #[arg(long, env = "PROXY_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
     admin_addr: SocketAddr,
 
-    /// Longest silence from the origin before the proxy cuts the stream (0 or off disables)
-    #[arg(long, env = "PROXY_IDLE_TIMEOUT", default_value = "5s", value_parser = parse_timer)]
-    // Spelled out so that clap takes the parser's `Option` as the value, not as "flag is optional".
-    idle_timeout: std::option::Option<Duration>,
+    /// Longest silence from the origin before the proxy cuts the stream; preset = 5s, 0 or off disables
+    #[arg(long, env = "PROXY_IDLE_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
+    idle_timeout: TimerSetting,
 
-    /// Longest wait for response headers before the proxy answers 504
-    #[arg(long, env = "PROXY_FIRST_BYTE_TIMEOUT", default_value = "3s", value_parser = parse_timer)]
-    first_byte_timeout: std::option::Option<Duration>,
+    /// Longest wait for response headers before the proxy answers 504; preset = 3s
+    #[arg(long, env = "PROXY_FIRST_BYTE_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
+    first_byte_timeout: TimerSetting,
 
-    /// Total lifetime of one response, heartbeats or not
-    #[arg(long, env = "PROXY_MAX_DURATION", default_value = "off", value_parser = parse_timer)]
-    max_duration: std::option::Option<Duration>,
-}
-
-impl DemoArgs {
-    fn timers(&self) -> TimerSet {
-        TimerSet {
-            connect: Some(Duration::from_secs(5)),
-            first_byte: self.first_byte_timeout,
-            idle: self.idle_timeout,
-            max_duration: self.max_duration,
-            header: Some(Duration::from_secs(10)),
-            keepalive: Some(Duration::from_secs(60)),
-        }
-    }
+    /// Total lifetime of one response, heartbeats or not; preset = off
+    #[arg(long, env = "PROXY_MAX_DURATION", default_value = "preset", value_parser = TimerSetting::parse)]
+    max_duration: TimerSetting,
 }
 
 pub async fn run(mut args: DemoArgs) -> Result<(), String> {
@@ -82,13 +69,15 @@ pub async fn run(mut args: DemoArgs) -> Result<(), String> {
         addr: args.proxy_addr,
         admin_addr: args.admin_addr,
         upstream,
-        preset: Preset::Nginx,
+        preset: Preset::Demo,
+        idle_timeout: args.idle_timeout,
+        first_byte_timeout: args.first_byte_timeout,
+        max_duration: args.max_duration,
         drain_timeout: DEMO_DRAIN,
         ..ProxyConfig::default()
-    }
-    .with_timers(args.timers());
+    };
 
-    print!("{}", instructions(&args));
+    print!("{}", instructions(&args, &proxy_config.timers()));
 
     let stop = CancellationToken::new();
     let metrics = Metrics::new();
@@ -140,7 +129,7 @@ fn init_narration() {
         .init();
 }
 
-fn instructions(args: &DemoArgs) -> String {
+fn instructions(args: &DemoArgs, timers: &TimerSet) -> String {
     let proxy = format!("http://{}", args.proxy_addr);
     let show = |timer: Option<Duration>| timer.map_or_else(|| "off".to_owned(), display);
     let mut text = format!(
@@ -149,11 +138,11 @@ fn instructions(args: &DemoArgs) -> String {
          metrics http://{admin}/metrics and http://{origin}/metrics\n\nTry, in another terminal:\n",
         origin = args.origin_addr,
         admin = args.admin_addr,
-        idle = show(args.idle_timeout),
-        first_byte = show(args.first_byte_timeout),
-        max = show(args.max_duration),
+        idle = show(timers.idle),
+        first_byte = show(timers.first_byte),
+        max = show(timers.max_duration),
     );
-    if let Some(idle) = args.idle_timeout {
+    if let Some(idle) = timers.idle {
         let sleep = idle + Duration::from_secs(3);
         let heartbeat = idle / 2;
         text += &format!(
@@ -168,10 +157,7 @@ fn instructions(args: &DemoArgs) -> String {
     }
     // The idle timer also bounds the wait for headers (as nginx's proxy_read_timeout does), so
     // whichever of the two is shorter answers the 504.
-    let header_timers = [
-        (args.first_byte_timeout, "first-byte"),
-        (args.idle_timeout, "idle"),
-    ];
+    let header_timers = [(timers.first_byte, "first-byte"), (timers.idle, "idle")];
     if let Some((limit, timer)) = header_timers
         .into_iter()
         .filter_map(|(limit, timer)| limit.map(|limit| (limit, timer)))

@@ -17,12 +17,31 @@ const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
 const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A timer set explicitly: a duration, or off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimerSetting(pub Option<Duration>);
+/// A timer as configured: `preset` (the default) leaves it to `PROXY_PRESET`; anything else is a
+/// duration, or `0`/`off`. Spelling the default out lets a compose file pass every timer through
+/// from the host (`${PROXY_IDLE_TIMEOUT:-preset}`) without overriding the preset it also passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimerSetting {
+    #[default]
+    Preset,
+    Set(Option<Duration>),
+}
 
-fn timer(value: &str) -> Result<TimerSetting, DurationError> {
-    parse_timer(value).map(TimerSetting)
+impl TimerSetting {
+    pub fn parse(value: &str) -> Result<Self, DurationError> {
+        if value.trim().eq_ignore_ascii_case("preset") {
+            return Ok(Self::Preset);
+        }
+        parse_timer(value).map(Self::Set)
+    }
+
+    /// The timer in force: this setting, or the preset's value.
+    pub fn or(self, preset: Option<Duration>) -> Option<Duration> {
+        match self {
+            Self::Preset => preset,
+            Self::Set(setting) => setting,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -32,8 +51,8 @@ fn timer(value: &str) -> Result<TimerSetting, DurationError> {
     about = "A reverse proxy that enforces load-balancer timers on streaming HTTP responses",
     after_help = "Logging: RUST_LOG filters (e.g. RUST_LOG=debug or RUST_LOG=keepalive_proxy=debug); LOG_FORMAT=json gives one JSON object a line.",
     long_about = "A reverse proxy that enforces load-balancer timers on streaming HTTP responses.\n\n\
-        Timers take a duration (250ms, 5s, 1m, or bare seconds like 1.5); 0 or off disables one. \
-        They start from PROXY_PRESET; any timer set explicitly wins over the preset. A timer that \
+        Timers take a duration (250ms, 5s, 1m, or bare seconds like 1.5); 0 or off disables one; \
+        preset (the default) takes PROXY_PRESET's value. Any timer set explicitly wins over the preset. A timer that \
         fires before the response headers answers 504; after them it cuts the stream the way nginx \
         does: a chunked body without its last chunk (curl exits 18), an HTTP/2 stream reset."
 )]
@@ -55,28 +74,28 @@ pub struct ProxyConfig {
     pub preset: Preset,
 
     /// TCP connect to the origin; expiry answers 504 (a refused connect answers 502)
-    #[arg(long, env = "PROXY_CONNECT_TIMEOUT", value_parser = timer)]
-    pub connect_timeout: Option<TimerSetting>,
+    #[arg(long, env = "PROXY_CONNECT_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
+    pub connect_timeout: TimerSetting,
 
     /// Request forwarded -> response headers received; expiry answers 504
-    #[arg(long, env = "PROXY_FIRST_BYTE_TIMEOUT", value_parser = timer)]
-    pub first_byte_timeout: Option<TimerSetting>,
+    #[arg(long, env = "PROXY_FIRST_BYTE_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
+    pub first_byte_timeout: TimerSetting,
 
     /// Longest silence from the origin, before headers (504) and between body chunks (cut)
-    #[arg(long, env = "PROXY_IDLE_TIMEOUT", value_parser = timer)]
-    pub idle_timeout: Option<TimerSetting>,
+    #[arg(long, env = "PROXY_IDLE_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
+    pub idle_timeout: TimerSetting,
 
     /// Total lifetime of one exchange, heartbeats or not: 504 before headers, cut after
-    #[arg(long, env = "PROXY_MAX_DURATION", value_parser = timer)]
-    pub max_duration: Option<TimerSetting>,
+    #[arg(long, env = "PROXY_MAX_DURATION", default_value = "preset", value_parser = TimerSetting::parse)]
+    pub max_duration: TimerSetting,
 
     /// Time a client has to send its request head, from accept or its first byte (slowloris)
-    #[arg(long, env = "PROXY_HEADER_TIMEOUT", value_parser = timer)]
-    pub header_timeout: Option<TimerSetting>,
+    #[arg(long, env = "PROXY_HEADER_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
+    pub header_timeout: TimerSetting,
 
     /// Idle client connection between requests; expiry closes it
-    #[arg(long, env = "PROXY_KEEPALIVE_TIMEOUT", value_parser = timer)]
-    pub keepalive_timeout: Option<TimerSetting>,
+    #[arg(long, env = "PROXY_KEEPALIVE_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
+    pub keepalive_timeout: TimerSetting,
 
     /// On SIGTERM/Ctrl-C, how long open streams may go on before they are cut
     #[arg(long, env = "PROXY_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -91,27 +110,24 @@ impl ProxyConfig {
     /// The timers in force: each explicit setting, else the preset's value.
     pub fn timers(&self) -> TimerSet {
         let preset = self.preset.timers();
-        let pick = |explicit: Option<TimerSetting>, preset: Option<Duration>| {
-            explicit.map_or(preset, |TimerSetting(setting)| setting)
-        };
         TimerSet {
-            connect: pick(self.connect_timeout, preset.connect),
-            first_byte: pick(self.first_byte_timeout, preset.first_byte),
-            idle: pick(self.idle_timeout, preset.idle),
-            max_duration: pick(self.max_duration, preset.max_duration),
-            header: pick(self.header_timeout, preset.header),
-            keepalive: pick(self.keepalive_timeout, preset.keepalive),
+            connect: self.connect_timeout.or(preset.connect),
+            first_byte: self.first_byte_timeout.or(preset.first_byte),
+            idle: self.idle_timeout.or(preset.idle),
+            max_duration: self.max_duration.or(preset.max_duration),
+            header: self.header_timeout.or(preset.header),
+            keepalive: self.keepalive_timeout.or(preset.keepalive),
         }
     }
 
     /// Sets every timer explicitly, as the lab CLI and the tests do.
     pub fn with_timers(mut self, timers: TimerSet) -> Self {
-        self.connect_timeout = Some(TimerSetting(timers.connect));
-        self.first_byte_timeout = Some(TimerSetting(timers.first_byte));
-        self.idle_timeout = Some(TimerSetting(timers.idle));
-        self.max_duration = Some(TimerSetting(timers.max_duration));
-        self.header_timeout = Some(TimerSetting(timers.header));
-        self.keepalive_timeout = Some(TimerSetting(timers.keepalive));
+        self.connect_timeout = TimerSetting::Set(timers.connect);
+        self.first_byte_timeout = TimerSetting::Set(timers.first_byte);
+        self.idle_timeout = TimerSetting::Set(timers.idle);
+        self.max_duration = TimerSetting::Set(timers.max_duration);
+        self.header_timeout = TimerSetting::Set(timers.header);
+        self.keepalive_timeout = TimerSetting::Set(timers.keepalive);
         self
     }
 }
@@ -126,12 +142,12 @@ impl Default for ProxyConfig {
                 .parse()
                 .expect("default admin address is valid"),
             preset: Preset::Nginx,
-            connect_timeout: None,
-            first_byte_timeout: None,
-            idle_timeout: None,
-            max_duration: None,
-            header_timeout: None,
-            keepalive_timeout: None,
+            connect_timeout: TimerSetting::Preset,
+            first_byte_timeout: TimerSetting::Preset,
+            idle_timeout: TimerSetting::Preset,
+            max_duration: TimerSetting::Preset,
+            header_timeout: TimerSetting::Preset,
+            keepalive_timeout: TimerSetting::Preset,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             log_format: LogFormat::Pretty,
         }
@@ -163,6 +179,22 @@ mod tests {
         assert_eq!(timers.first_byte, Some(Duration::from_secs(30)));
         assert_eq!(timers.max_duration, None);
         assert_eq!(timers.connect, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn preset_keyword_leaves_a_timer_to_the_preset() {
+        let config = parse(&[
+            "--preset",
+            "heroku",
+            "--idle-timeout",
+            "preset",
+            "--first-byte-timeout",
+            "2s",
+        ])
+        .expect("valid");
+        let timers = config.timers();
+        assert_eq!(timers.idle, Preset::Heroku.timers().idle);
+        assert_eq!(timers.first_byte, Some(Duration::from_secs(2)));
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum Preset {
     Heroku,
     Cloudflare,
     Gcp,
+    /// Not a real balancer: the lab's own short timers, so that every failure shows within seconds.
+    Demo,
 }
 
 const fn secs(seconds: u64) -> Option<Duration> {
@@ -31,7 +33,7 @@ const fn secs(seconds: u64) -> Option<Duration> {
 }
 
 impl Preset {
-    pub const ALL: [Preset; 7] = [
+    pub const ALL: [Preset; 8] = [
         Preset::Nginx,
         Preset::Haproxy,
         Preset::Envoy,
@@ -39,6 +41,7 @@ impl Preset {
         Preset::Heroku,
         Preset::Cloudflare,
         Preset::Gcp,
+        Preset::Demo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Preset {
             Preset::Heroku => "heroku",
             Preset::Cloudflare => "cloudflare",
             Preset::Gcp => "gcp",
+            Preset::Demo => "demo",
         }
     }
 
@@ -128,6 +132,17 @@ impl Preset {
                 header: None,
                 keepalive: secs(610),
             },
+            // `keepalive-lab demo` and `docker compose up`: an idle cut at 5 s, a 504 at 3 s, and a
+            // connect timer shorter than the first-byte one (which includes connecting) so that an
+            // unreachable origin is reported as such.
+            Preset::Demo => TimerSet {
+                connect: secs(2),
+                first_byte: secs(3),
+                idle: secs(5),
+                max_duration: None,
+                header: secs(10),
+                keepalive: secs(60),
+            },
         }
     }
 
@@ -141,6 +156,7 @@ impl Preset {
             Preset::Heroku => "https://devcenter.heroku.com/articles/request-timeout, https://devcenter.heroku.com/articles/error-codes",
             Preset::Cloudflare => "https://developers.cloudflare.com/fundamentals/reference/connection-limits/",
             Preset::Gcp => "https://cloud.google.com/load-balancing/docs/https#timeout-bes, https://cloud.google.com/load-balancing/docs/https/request-distribution",
+            Preset::Demo => "keepalive-lab's own demo timers (README, Presets)",
         }
     }
 }
