@@ -104,6 +104,11 @@ pub struct ProxyConfig {
     /// Log format
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
+
+    /// Instead of serving, ask the admin listener at PROXY_ADMIN_ADDR for /healthz: exit 0 when it
+    /// answers 200, 1 otherwise (a container HEALTHCHECK that needs no curl)
+    #[arg(long)]
+    pub healthcheck: bool,
 }
 
 impl ProxyConfig {
@@ -150,6 +155,7 @@ impl Default for ProxyConfig {
             keepalive_timeout: TimerSetting::Preset,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             log_format: LogFormat::Pretty,
+            healthcheck: false,
         }
     }
 }

@@ -1,20 +1,25 @@
 //! The keepalive-proxy binary: settings from flags and env, both listeners bound, signals wired to
 //! a graceful shutdown. Everything else lives in the library.
 
-use keepalive_common::{config::parse_or_exit, logging, shutdown};
+use std::process::ExitCode;
+
+use keepalive_common::{config::parse_or_exit, health, logging, shutdown};
 use keepalive_proxy::{admin, Metrics, ProxyConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let config: ProxyConfig = parse_or_exit();
+    if config.healthcheck {
+        return health::exit_code("keepalive-proxy", config.admin_addr).await;
+    }
     logging::init("keepalive-proxy", config.log_format, "info");
     let (listener, admin_listener) = match bind(&config).await {
         Ok(listeners) => listeners,
         Err(message) => {
             eprintln!("keepalive-proxy: {message}");
-            std::process::exit(1);
+            return ExitCode::FAILURE;
         }
     };
     tracing::info!(
@@ -39,6 +44,7 @@ async fn main() {
         ),
         admin::serve(admin_listener, metrics, stop.cancelled_owned()),
     );
+    ExitCode::SUCCESS
 }
 
 async fn bind(config: &ProxyConfig) -> Result<(TcpListener, TcpListener), String> {

@@ -58,6 +58,11 @@ pub struct ServerConfig {
     /// Shape of the log lines on stderr: pretty for a terminal, json for a log pipeline.
     #[arg(long, env = "LOG_FORMAT", default_value = DEFAULT_LOG_FORMAT, value_enum)]
     pub log_format: LogFormat,
+
+    /// Instead of serving, ask the origin at SERVER_ADDR for /healthz: exit 0 when it answers 200,
+    /// 1 otherwise (a container HEALTHCHECK that needs no curl).
+    #[arg(long)]
+    pub healthcheck: bool,
 }
 
 impl ServerConfig {
@@ -96,6 +101,7 @@ impl Default for ServerConfig {
             drain_timeout: duration(DEFAULT_DRAIN_TIMEOUT),
             log_format: <LogFormat as clap::ValueEnum>::from_str(DEFAULT_LOG_FORMAT, false)
                 .expect("DEFAULT_LOG_FORMAT is a log format"),
+            healthcheck: false,
         }
     }
 }

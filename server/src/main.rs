@@ -4,13 +4,16 @@
 use std::process::ExitCode;
 
 use keepalive_common::config::parse_or_exit;
-use keepalive_common::{logging, shutdown};
+use keepalive_common::{health, logging, shutdown};
 use keepalive_server::{serve, ServerConfig};
 use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = parse_or_exit::<ServerConfig>();
+    if config.healthcheck {
+        return health::exit_code("keepalive-server", config.addr).await;
+    }
     if let Err(line) = config.check() {
         eprintln!("keepalive-server: {line}");
         return ExitCode::from(2);
