@@ -210,6 +210,15 @@ fn proxy_help_lists_every_preset_and_timer_env_var() {
         "PROXY_MAX_DURATION",
         "PROXY_HEADER_TIMEOUT",
         "PROXY_KEEPALIVE_TIMEOUT",
+        "PROXY_FAULT_LATENCY",
+        "PROXY_FAULT_BANDWIDTH",
+        "PROXY_FAULT_LIMIT_BYTES",
+        "PROXY_FAULT_RESET_AFTER",
+        "PROXY_FAULT_BLACKHOLE_AFTER",
+        "PROXY_FAULT_PROBABILITY",
+        "PROXY_BUFFERING",
+        "PROXY_BUFFERING_IGNORE_HEADER",
+        "PROXY_FAULT_HEADERS",
         "LOG_FORMAT",
     ] {
         assert!(help.contains(env), "--help lacks {env}:\n{help}");

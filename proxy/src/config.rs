@@ -5,10 +5,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser};
 use keepalive_common::duration::{parse_duration, parse_timer, DurationError};
 use keepalive_common::logging::LogFormat;
 
+use crate::faults::{parse_probability, parse_size, FaultSettings};
 use crate::forward::Upstream;
 use crate::preset::{Preset, TimerSet};
 
@@ -97,6 +99,43 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_KEEPALIVE_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
     pub keepalive_timeout: TimerSetting,
 
+    /// Fault: hold every body chunk this long before forwarding it
+    #[arg(long, env = "PROXY_FAULT_LATENCY", default_value = "off", value_parser = parse_timer, help_heading = "Faults")]
+    pub fault_latency: std::option::Option<Duration>,
+
+    /// Fault: forward at most this many body bytes a second (70, 1KiB, 1MB)
+    #[arg(long, env = "PROXY_FAULT_BANDWIDTH", default_value = "off", value_parser = parse_size, help_heading = "Faults")]
+    pub fault_bandwidth: std::option::Option<u64>,
+
+    /// Fault: forward this many body bytes, then cut the stream
+    #[arg(long, env = "PROXY_FAULT_LIMIT_BYTES", default_value = "off", value_parser = parse_size, help_heading = "Faults")]
+    pub fault_limit_bytes: std::option::Option<u64>,
+
+    /// Fault: this long after the response began, reset the client connection (TCP RST)
+    #[arg(long, env = "PROXY_FAULT_RESET_AFTER", default_value = "off", value_parser = parse_timer, help_heading = "Faults")]
+    pub fault_reset_after: std::option::Option<Duration>,
+
+    /// Fault: this long after the response began, forward nothing more and keep both connections open
+    #[arg(long, env = "PROXY_FAULT_BLACKHOLE_AFTER", default_value = "off", value_parser = parse_timer, help_heading = "Faults")]
+    pub fault_blackhole_after: std::option::Option<Duration>,
+
+    /// Fault: share of requests (0 to 1) the faults above apply to
+    #[arg(long, env = "PROXY_FAULT_PROBABILITY", default_value = "1", value_parser = parse_probability, help_heading = "Faults")]
+    pub fault_probability: f64,
+
+    /// Buffering hop: hold body bytes until this many are buffered, like nginx's proxy_buffering;
+    /// responses saying X-Accel-Buffering: no pass unbuffered
+    #[arg(long, env = "PROXY_BUFFERING", default_value = "off", value_parser = parse_size, help_heading = "Faults")]
+    pub buffering: std::option::Option<u64>,
+
+    /// Buffer even responses that say X-Accel-Buffering: no
+    #[arg(long, env = "PROXY_BUFFERING_IGNORE_HEADER", default_value = "0", value_parser = BoolishValueParser::new(), action = ArgAction::Set, help_heading = "Faults")]
+    pub buffering_ignore_header: bool,
+
+    /// Let requests set their own faults with x-keepalive-fault-* and x-keepalive-buffering* headers
+    #[arg(long, env = "PROXY_FAULT_HEADERS", default_value = "1", value_parser = BoolishValueParser::new(), action = ArgAction::Set, help_heading = "Faults")]
+    pub fault_headers: bool,
+
     /// On SIGTERM/Ctrl-C, how long open streams may go on before they are cut
     #[arg(long, env = "PROXY_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -122,6 +161,20 @@ impl ProxyConfig {
             max_duration: self.max_duration.or(preset.max_duration),
             header: self.header_timeout.or(preset.header),
             keepalive: self.keepalive_timeout.or(preset.keepalive),
+        }
+    }
+
+    /// The faults every response gets (requests may change theirs by header).
+    pub fn faults(&self) -> FaultSettings {
+        FaultSettings {
+            latency: self.fault_latency,
+            bandwidth: self.fault_bandwidth,
+            limit_bytes: self.fault_limit_bytes,
+            reset_after: self.fault_reset_after,
+            blackhole_after: self.fault_blackhole_after,
+            probability: self.fault_probability,
+            buffering: self.buffering,
+            buffering_ignore_header: self.buffering_ignore_header,
         }
     }
 
@@ -153,6 +206,15 @@ impl Default for ProxyConfig {
             max_duration: TimerSetting::Preset,
             header_timeout: TimerSetting::Preset,
             keepalive_timeout: TimerSetting::Preset,
+            fault_latency: None,
+            fault_bandwidth: None,
+            fault_limit_bytes: None,
+            fault_reset_after: None,
+            fault_blackhole_after: None,
+            fault_probability: 1.0,
+            buffering: None,
+            buffering_ignore_header: false,
+            fault_headers: true,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             log_format: LogFormat::Pretty,
             healthcheck: false,

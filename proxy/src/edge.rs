@@ -24,6 +24,7 @@ use keepalive_common::duration::display;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use crate::faults::{BadFaultHeader, FaultCut};
 use crate::forward::ConnectRefused;
 use crate::metrics::Metrics;
 use crate::timeouts::client_conn::InFlight;
@@ -188,6 +189,20 @@ impl Exchange {
                 None,
                 format!("405 Method Not Allowed: {err}\n"),
             ),
+            Failure::BadFaultHeader => (
+                StatusCode::BAD_REQUEST,
+                None,
+                format!("400 Bad Request: {err}\n"),
+            ),
+            // Faults act on bodies only: this is a bug in the layers below, not an origin's failure.
+            Failure::Fault => {
+                tracing::error!(error = %err, request_id = self.request_id(), "fault before response headers");
+                (
+                    StatusCode::BAD_GATEWAY,
+                    None,
+                    format!("502 Bad Gateway: {err}\n"),
+                )
+            }
             Failure::Upstream => {
                 self.metrics.upstream_error("request_failed");
                 tracing::warn!(%elapsed, request_id = self.request_id(), error = %chain(err), "upstream failed before response headers: answering 502");
@@ -249,6 +264,9 @@ impl Drop for Exchange {
 /// What went wrong, read from the error chain the layers below produced.
 enum Failure {
     Timer(TimerExpired),
+    /// An injected fault ended the stream; the fault logged and counted itself when it acted.
+    Fault,
+    BadFaultHeader,
     Refused,
     Connect,
     Method,
@@ -262,6 +280,12 @@ impl Failure {
         while let Some(err) = current {
             if let Some(expired) = err.downcast_ref::<TimerExpired>() {
                 return Failure::Timer(*expired);
+            }
+            if err.is::<FaultCut>() {
+                return Failure::Fault;
+            }
+            if err.is::<BadFaultHeader>() {
+                return Failure::BadFaultHeader;
             }
             if err.is::<ConnectRefused>() {
                 return Failure::Method;
@@ -333,6 +357,7 @@ impl EdgeBody {
                     expired.timer,
                 );
             }
+            Failure::Fault => {}
             _ => {
                 exchange.metrics.upstream_error("body_failed");
                 tracing::warn!(

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod edge;
+pub mod faults;
 pub mod forward;
 pub mod headers;
 pub mod metrics;
@@ -31,6 +32,7 @@ pub use metrics::Metrics;
 pub use preset::{Preset, TimerSet};
 
 use edge::EdgeLayer;
+use faults::FaultLayer;
 use forward::Forward;
 use timeouts::client_conn::ClientConnLimits;
 use timeouts::connect::ConnectTimeout;
@@ -40,8 +42,9 @@ use timeouts::max_duration::MaxDurationLayer;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The request path, outermost first. Each timer fails with a typed error; only the edge turns errors
-/// into responses, cuts, logs and metrics.
+/// The request path, outermost first. Each timer and fault fails with a typed error; only the edge
+/// turns errors into responses, cuts, logs and metrics. Faults sit above the timers: the timers
+/// measure the origin, the faults shape what the client receives.
 pub fn stack(
     config: &ProxyConfig,
     metrics: Metrics,
@@ -76,7 +79,12 @@ pub fn stack(
                 }),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(EdgeLayer::new(metrics))
+        .layer(EdgeLayer::new(metrics.clone()))
+        .layer(FaultLayer::new(
+            config.faults(),
+            config.fault_headers,
+            metrics,
+        ))
         .layer(MaxDurationLayer::new(timers.max_duration))
         .layer(FirstByteTimeoutLayer::new(timers.first_byte))
         .layer(IdleTimeoutLayer::new(timers.idle))

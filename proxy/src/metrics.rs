@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::faults::Fault;
 use crate::timeouts::Timer;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -18,6 +19,11 @@ struct StatusLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TimerLabel {
     timer: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FaultLabel {
+    fault: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +40,7 @@ pub struct Metrics {
     timeouts: Family<TimerLabel, Counter>,
     client_disconnects: Counter,
     upstream_errors: Family<KindLabel, Counter>,
+    faults_injected: Family<FaultLabel, Counter>,
 }
 
 impl Metrics {
@@ -69,10 +76,22 @@ impl Metrics {
             "Failures talking to the origin, by kind",
             upstream_errors.clone(),
         );
-        // Every timer shows up as 0 from the start, so a dashboard can tell "never fired" from "unknown".
+        let faults_injected = Family::<FaultLabel, Counter>::default();
+        registry.register(
+            "proxy_faults_injected",
+            "Faults that acted on a response, by fault",
+            faults_injected.clone(),
+        );
+        // Every timer and fault shows up as 0 from the start, so a dashboard can tell "never fired"
+        // from "unknown".
         for timer in Timer::ALL {
             drop(timeouts.get_or_create(&TimerLabel {
                 timer: timer.as_str(),
+            }));
+        }
+        for fault in Fault::ALL {
+            drop(faults_injected.get_or_create(&FaultLabel {
+                fault: fault.as_str(),
             }));
         }
         Self {
@@ -82,6 +101,7 @@ impl Metrics {
             timeouts,
             client_disconnects,
             upstream_errors,
+            faults_injected,
         }
     }
 
@@ -111,6 +131,14 @@ impl Metrics {
 
     pub fn client_disconnected(&self) {
         self.client_disconnects.inc();
+    }
+
+    pub fn fault_injected(&self, fault: Fault) {
+        self.faults_injected
+            .get_or_create(&FaultLabel {
+                fault: fault.as_str(),
+            })
+            .inc();
     }
 
     pub fn upstream_error(&self, kind: &'static str) {

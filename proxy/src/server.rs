@@ -21,6 +21,7 @@ use keepalive_common::duration::display;
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Service, ServiceExt};
 
+use crate::faults::reset::{ResetIo, ResetSwitch};
 use crate::forward::ClientAddr;
 use crate::metrics::Metrics;
 use crate::timeouts::client_conn::{watchdog, Activity, ActivityIo, ClientConnLimits};
@@ -79,11 +80,16 @@ async fn connection<S, B>(
     B::Error: Into<crate::BoxError>,
 {
     let activity = Activity::new();
-    let io = TokioIo::new(ActivityIo::new(tcp, Arc::clone(&activity)));
+    let reset = ResetSwitch::default();
+    let io = TokioIo::new(ActivityIo::new(
+        ResetIo::new(tcp, reset.clone()),
+        Arc::clone(&activity),
+    ));
     let service = {
         let activity = Arc::clone(&activity);
         service.map_request(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer));
+            request.extensions_mut().insert(reset.clone());
             let in_flight = activity.request_started(request.version());
             request.extensions_mut().insert(in_flight);
             request

@@ -108,6 +108,15 @@ pub struct Proxy {
 
 /// Starts keepalive-proxy in front of `upstream` with exactly `timers`, plus its admin listener.
 pub async fn start_proxy(upstream: SocketAddr, timers: TimerSet) -> Proxy {
+    start_proxy_configured(upstream, timers, |_| {}).await
+}
+
+/// [`start_proxy`], with the rest of the settings (faults, buffering) changed by `configure`.
+pub async fn start_proxy_configured(
+    upstream: SocketAddr,
+    timers: TimerSet,
+    configure: impl FnOnce(&mut ProxyConfig),
+) -> Proxy {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the proxy on 127.0.0.1:0");
@@ -118,7 +127,7 @@ pub async fn start_proxy(upstream: SocketAddr, timers: TimerSet) -> Proxy {
     let admin = admin_listener
         .local_addr()
         .expect("admin listener's local address");
-    let config = ProxyConfig {
+    let mut config = ProxyConfig {
         addr,
         admin_addr: admin,
         upstream: format!("http://{upstream}")
@@ -128,6 +137,7 @@ pub async fn start_proxy(upstream: SocketAddr, timers: TimerSet) -> Proxy {
         ..ProxyConfig::default()
     }
     .with_timers(timers);
+    configure(&mut config);
     assert_eq!(
         config.timers(),
         timers,

@@ -1,0 +1,321 @@
+//! The response body as the faults shape it on its way to the client. In the order a chunk meets
+//! them: the buffering hop (hold bytes until enough are buffered), the byte limit (forward N bytes,
+//! then cut), latency and bandwidth (hold each chunk before forwarding it); and, on their own clocks
+//! from the response's start, the reset (RST to the client) and the blackhole (forward nothing more,
+//! keep both connections open, as a dead middlebox does).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+use http_body::{Body, Frame, SizeHint};
+use keepalive_common::duration::display;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use super::reset::ResetSwitch;
+use super::{Fault, FaultCut};
+use crate::metrics::Metrics;
+use crate::BoxError;
+
+/// What this response gets; every field off is a body passed through.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct FaultPlan {
+    pub latency: Option<Duration>,
+    pub bandwidth: Option<u64>,
+    pub limit_bytes: Option<u64>,
+    pub reset_after: Option<Duration>,
+    pub blackhole_after: Option<Duration>,
+    pub buffering: Option<u64>,
+}
+
+/// Who to tell when a fault acts.
+pub struct FaultContext {
+    pub metrics: Metrics,
+    pub request_id: HeaderValue,
+    /// The client connection's reset switch; absent for bodies not served by the proxy's listener.
+    pub reset: Option<ResetSwitch>,
+}
+
+pin_project! {
+    pub struct FaultBody<B> {
+        #[pin]
+        inner: B,
+        // `None`: nothing to inject, every call goes straight to `inner`.
+        faults: Option<Box<Faulting>>,
+    }
+}
+
+impl<B> FaultBody<B> {
+    pub fn passthrough(inner: B) -> Self {
+        Self {
+            inner,
+            faults: None,
+        }
+    }
+
+    pub fn new(inner: B, plan: FaultPlan, context: FaultContext) -> Self {
+        if plan == FaultPlan::default() {
+            return Self::passthrough(inner);
+        }
+        let deadline =
+            |after: Option<Duration>| after.map(|after| Box::pin(tokio::time::sleep(after)));
+        Self {
+            inner,
+            faults: Some(Box::new(Faulting {
+                plan,
+                context,
+                started: Instant::now(),
+                reset_at: deadline(plan.reset_after),
+                blackhole_at: deadline(plan.blackhole_after),
+                blackholed: false,
+                held: None,
+                bandwidth_free_at: Instant::now(),
+                forwarded: 0,
+                limit_reached: false,
+                limit_flushed: false,
+                buffer: BytesMut::new(),
+                after_buffer: None,
+                inner_ended: false,
+                reported: Vec::new(),
+            })),
+        }
+    }
+}
+
+/// The state of a response that has faults to inject.
+struct Faulting {
+    plan: FaultPlan,
+    context: FaultContext,
+    started: Instant,
+    reset_at: Option<Pin<Box<Sleep>>>,
+    blackhole_at: Option<Pin<Box<Sleep>>>,
+    blackholed: bool,
+    /// A chunk held back by latency or bandwidth, and when it may go.
+    held: Option<(Frame<Bytes>, Pin<Box<Sleep>>)>,
+    /// When the bandwidth limit lets the next chunk go.
+    bandwidth_free_at: Instant,
+    forwarded: u64,
+    limit_reached: bool,
+    limit_flushed: bool,
+    buffer: BytesMut,
+    /// What the origin sent after the buffered bytes (trailers, an error), delivered after them.
+    after_buffer: Option<Result<Frame<Bytes>, BoxError>>,
+    inner_ended: bool,
+    reported: Vec<Fault>,
+}
+
+impl Faulting {
+    /// Logs and counts `fault` the first time it acts on this response.
+    fn report(&mut self, fault: Fault, what: &str) {
+        if self.reported.contains(&fault) {
+            return;
+        }
+        self.reported.push(fault);
+        self.context.metrics.fault_injected(fault);
+        let elapsed = display(self.started.elapsed());
+        tracing::warn!(
+            fault = %fault,
+            %elapsed,
+            bytes = self.forwarded,
+            request_id = self.context.request_id.to_str().unwrap_or("-"),
+            "{fault} fault: {what}",
+        );
+    }
+
+    /// The next frame from the origin, through the buffering hop when there is one.
+    fn next_frame<B>(
+        &mut self,
+        mut inner: Pin<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+    where
+        B: Body<Data = Bytes, Error = BoxError>,
+    {
+        let Some(size) = self.plan.buffering else {
+            return inner.poll_frame(cx);
+        };
+        loop {
+            let full = self.buffer.len() as u64 >= size;
+            let done = self.inner_ended || self.after_buffer.is_some();
+            if !self.buffer.is_empty() && (full || done) {
+                return Poll::Ready(Some(Ok(Frame::data(self.buffer.split().freeze()))));
+            }
+            if let Some(after) = self.after_buffer.take() {
+                return Poll::Ready(Some(after));
+            }
+            if self.inner_ended {
+                return Poll::Ready(None);
+            }
+            match inner.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => self.inner_ended = true,
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        if !data.is_empty() {
+                            self.report(
+                                Fault::Buffering,
+                                &format!(
+                                    "holding body bytes until {size} are buffered or the body ends"
+                                ),
+                            );
+                        }
+                        self.buffer.extend_from_slice(&data);
+                    }
+                    Err(frame) => self.after_buffer = Some(Ok(frame)),
+                },
+                Poll::Ready(Some(Err(err))) => self.after_buffer = Some(Err(err)),
+            }
+        }
+    }
+
+    /// Applies the byte limit to a chunk about to go out.
+    fn limit(&mut self, frame: Frame<Bytes>) -> Frame<Bytes> {
+        let Some(limit) = self.plan.limit_bytes else {
+            return frame;
+        };
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => return frame,
+        };
+        let room = limit.saturating_sub(self.forwarded);
+        if data.len() as u64 >= room {
+            data.truncate(usize::try_from(room).unwrap_or(usize::MAX));
+            self.limit_reached = true;
+        }
+        Frame::data(data)
+    }
+
+    /// When a chunk of `len` bytes may go out, given latency and bandwidth; `None` for now.
+    fn release_at(&mut self, len: u64) -> Option<Instant> {
+        let now = Instant::now();
+        let mut release = now;
+        if let Some(latency) = self.plan.latency {
+            release += latency;
+            self.report(
+                Fault::Latency,
+                &format!("holding every chunk {}", display(latency)),
+            );
+        }
+        if let Some(rate) = self.plan.bandwidth {
+            release = release.max(self.bandwidth_free_at);
+            self.bandwidth_free_at = release + Duration::from_secs_f64(len as f64 / rate as f64);
+            self.report(
+                Fault::Bandwidth,
+                &format!("forwarding at most {rate} bytes a second"),
+            );
+        }
+        (release > now).then_some(release)
+    }
+}
+
+impl<B> Body for FaultBody<B>
+where
+    B: Body<Data = Bytes, Error = BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let Some(faults) = this.faults.as_deref_mut() else {
+            return this.inner.poll_frame(cx);
+        };
+        if let Some(reset_at) = faults.reset_at.as_mut() {
+            if reset_at.as_mut().poll(cx).is_ready() {
+                faults.reset_at = None;
+                faults.report(
+                    Fault::ResetAfter,
+                    "resetting the client connection (TCP RST)",
+                );
+                if let Some(switch) = &faults.context.reset {
+                    switch.flip();
+                }
+                return Poll::Ready(Some(Err(FaultCut {
+                    fault: Fault::ResetAfter,
+                }
+                .into())));
+            }
+        }
+        if let Some(blackhole_at) = faults.blackhole_at.as_mut() {
+            if blackhole_at.as_mut().poll(cx).is_ready() {
+                faults.blackhole_at = None;
+                faults.blackholed = true;
+                faults.report(
+                    Fault::BlackholeAfter,
+                    "forwarding nothing more; both connections stay open",
+                );
+            }
+        }
+        if faults.blackholed {
+            return Poll::Pending;
+        }
+        if let Some((_, release)) = faults.held.as_mut() {
+            if release.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let (frame, _) = faults.held.take().expect("held frame present");
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if faults.limit_reached {
+            // hyper writes a frame into its buffer and flushes only once the body is pending: an
+            // error right away would lose the last bytes the limit lets through.
+            if !faults.limit_flushed {
+                faults.limit_flushed = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            faults.report(
+                Fault::LimitBytes,
+                &format!("{} bytes forwarded: cutting the stream", faults.forwarded),
+            );
+            return Poll::Ready(Some(Err(FaultCut {
+                fault: Fault::LimitBytes,
+            }
+            .into())));
+        }
+        let frame = match faults.next_frame(this.inner, cx) {
+            Poll::Ready(Some(Ok(frame))) => faults.limit(frame),
+            other => return other,
+        };
+        let len = frame.data_ref().map_or(0, |data| data.len() as u64);
+        faults.forwarded += len;
+        match faults.release_at(len) {
+            None => Poll::Ready(Some(Ok(frame))),
+            Some(release) => {
+                let mut sleep = Box::pin(tokio::time::sleep_until(release));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                faults.held = Some((frame, sleep));
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.faults {
+            None => self.inner.is_end_stream(),
+            Some(faults) => {
+                self.inner.is_end_stream()
+                    && faults.held.is_none()
+                    && faults.buffer.is_empty()
+                    && faults.after_buffer.is_none()
+                    && !faults.limit_reached
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.faults {
+            Some(faults) if faults.plan.limit_bytes.is_some() => SizeHint::default(),
+            _ => self.inner.size_hint(),
+        }
+    }
+}

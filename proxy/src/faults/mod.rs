@@ -1,0 +1,427 @@
+//! Fault injection: toxiproxy's toxics brought to L7, and a buffering hop like nginx's
+//! `proxy_buffering`, so that every way a long stream dies can be reproduced on purpose.
+//!
+//! Faults are set per proxy by env (`PROXY_FAULT_*`, `PROXY_BUFFERING*`) and, unless
+//! `PROXY_FAULT_HEADERS=off`, per request by `x-keepalive-fault-*` headers (which win, and never reach
+//! the origin), so that one proxy serves many experiments. `PROXY_FAULT_PROBABILITY` picks the share of
+//! requests the toxics apply to; buffering is the hop's nature and applies to every response.
+//!
+//! The layer sits between the edge and the timers: the timers measure the origin, the faults act on
+//! what the client receives. A fault that ends a stream fails the body with a [`FaultCut`], which the
+//! edge turns into the same truncation as a timer's cut; every fault is logged and counted once, when it
+//! first acts, by [`body::FaultBody`].
+
+pub mod body;
+pub mod reset;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response};
+use keepalive_common::duration::{parse_timer, TIMER_FORM};
+use tower::{Layer, Service};
+
+use crate::metrics::Metrics;
+use crate::BoxError;
+use body::FaultBody;
+use reset::ResetSwitch;
+
+/// Every fault, by the name used in env vars, headers, logs and `proxy_faults_injected_total{fault}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    Latency,
+    Bandwidth,
+    LimitBytes,
+    ResetAfter,
+    BlackholeAfter,
+    Buffering,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 6] = [
+        Fault::Latency,
+        Fault::Bandwidth,
+        Fault::LimitBytes,
+        Fault::ResetAfter,
+        Fault::BlackholeAfter,
+        Fault::Buffering,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Latency => "latency",
+            Fault::Bandwidth => "bandwidth",
+            Fault::LimitBytes => "limit_bytes",
+            Fault::ResetAfter => "reset_after",
+            Fault::BlackholeAfter => "blackhole_after",
+            Fault::Buffering => "buffering",
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A fault ended the stream; the edge cuts the client off as it does for a timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{fault} fault cut the stream")]
+pub struct FaultCut {
+    pub fault: Fault,
+}
+
+/// A per-request fault header the proxy cannot use; answered 400 at the edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{header}: {value:?} is not {form}")]
+pub struct BadFaultHeader {
+    pub header: &'static str,
+    pub value: String,
+    pub form: &'static str,
+}
+
+/// The toxics and the buffering hop; `None` is off.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct FaultSettings {
+    /// Hold every body chunk this long before forwarding it.
+    pub latency: Option<Duration>,
+    /// Forward at most this many body bytes a second.
+    pub bandwidth: Option<u64>,
+    /// Forward this many body bytes, then cut the stream.
+    pub limit_bytes: Option<u64>,
+    /// This long after the response began, reset the client's connection (TCP RST).
+    pub reset_after: Option<Duration>,
+    /// This long after the response began, stop forwarding, and keep both connections open.
+    pub blackhole_after: Option<Duration>,
+    /// Share of requests, 0..=1, the toxics above apply to.
+    pub probability: f64,
+    /// Hold body bytes until this many are buffered (or the body ends), like `proxy_buffering`.
+    pub buffering: Option<u64>,
+    /// Buffer even responses that say `X-Accel-Buffering: no`.
+    pub buffering_ignore_header: bool,
+}
+
+impl FaultSettings {
+    /// Nothing to do for any request: the layer passes bodies through untouched.
+    fn is_inert(&self) -> bool {
+        self.buffering.is_none() && (self.probability <= 0.0 || !self.has_toxics())
+    }
+
+    fn has_toxics(&self) -> bool {
+        self.latency.is_some()
+            || self.bandwidth.is_some()
+            || self.limit_bytes.is_some()
+            || self.reset_after.is_some()
+            || self.blackhole_after.is_some()
+    }
+
+    /// These settings with a request's `x-keepalive-fault-*` headers applied.
+    fn with_headers(mut self, headers: &HeaderMap) -> Result<Self, BadFaultHeader> {
+        for (name, value) in headers {
+            let Some(header) = FAULT_HEADERS.iter().find(|header| *name == header.name) else {
+                continue;
+            };
+            let text = value.to_str().unwrap_or_default();
+            let bad = || BadFaultHeader {
+                header: header.name.as_str(),
+                value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                form: header.form,
+            };
+            (header.apply)(&mut self, text).map_err(|()| bad())?;
+        }
+        Ok(self)
+    }
+}
+
+/// A per-request override: its header, the accepted form, and how it changes the settings.
+struct FaultHeader {
+    name: HeaderName,
+    form: &'static str,
+    apply: fn(&mut FaultSettings, &str) -> Result<(), ()>,
+}
+
+const SIZE_FORM: &str = "a size like 70, 1KiB or 64KiB; 0 or off disables";
+const PROBABILITY_FORM: &str = "a probability from 0 to 1, like 0.5";
+const SWITCH_FORM: &str = "1 or 0 (true or false)";
+
+static FAULT_HEADERS: [FaultHeader; 8] = [
+    FaultHeader {
+        name: HeaderName::from_static("x-keepalive-fault-latency"),
+        form: TIMER_FORM,
+        apply: |settings, value| timer(value).map(|latency| settings.latency = latency),
+    },
+    FaultHeader {
+        name: HeaderName::from_static("x-keepalive-fault-bandwidth"),
+        form: SIZE_FORM,
+        apply: |settings, value| size(value).map(|rate| settings.bandwidth = rate),
+    },
+    FaultHeader {
+        name: HeaderName::from_static("x-keepalive-fault-limit-bytes"),
+        form: SIZE_FORM,
+        apply: |settings, value| size(value).map(|limit| settings.limit_bytes = limit),
+    },
+    FaultHeader {
+        name: HeaderName::from_static("x-keepalive-fault-reset-after"),
+        form: TIMER_FORM,
+        apply: |settings, value| timer(value).map(|after| settings.reset_after = after),
+    },
+    FaultHeader {
+        name: HeaderName::from_static("x-keepalive-fault-blackhole-after"),
+        form: TIMER_FORM,
+        apply: |settings, value| timer(value).map(|after| settings.blackhole_after = after),
+    },
+    FaultHeader {
+        name: HeaderName::from_static("x-keepalive-fault-probability"),
+        form: PROBABILITY_FORM,
+        apply: |settings, value| {
+            parse_probability(value)
+                .map(|share| settings.probability = share)
+                .map_err(drop)
+        },
+    },
+    FaultHeader {
+        name: HeaderName::from_static("x-keepalive-buffering"),
+        form: SIZE_FORM,
+        apply: |settings, value| size(value).map(|size| settings.buffering = size),
+    },
+    FaultHeader {
+        name: HeaderName::from_static("x-keepalive-buffering-ignore-header"),
+        form: SWITCH_FORM,
+        apply: |settings, value| {
+            switch(value).map(|ignore| settings.buffering_ignore_header = ignore)
+        },
+    },
+];
+
+/// A request that names any fault gets the toxics, whatever the configured probability, unless it
+/// names the probability itself: an experiment asks for a fault to see it.
+fn names_a_toxic(headers: &HeaderMap) -> bool {
+    FAULT_HEADERS[..5]
+        .iter()
+        .any(|header| headers.contains_key(&header.name))
+        && !headers.contains_key(&FAULT_HEADERS[5].name)
+}
+
+fn timer(value: &str) -> Result<Option<Duration>, ()> {
+    parse_timer(value).map_err(drop)
+}
+
+fn size(value: &str) -> Result<Option<u64>, ()> {
+    parse_size(value).map_err(drop)
+}
+
+fn switch(value: &str) -> Result<bool, ()> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(()),
+    }
+}
+
+/// A byte size (`70`, `1KiB`, `64KiB`, `1MB`), `None` for `0`/`off`; for env vars and headers.
+pub fn parse_size(value: &str) -> Result<Option<u64>, String> {
+    let trimmed = value.trim();
+    if trimmed.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let size: bytesize::ByteSize = trimmed
+        .parse()
+        .map_err(|_| format!("{value:?} is not {SIZE_FORM}"))?;
+    Ok((size.as_u64() > 0).then_some(size.as_u64()))
+}
+
+/// A share of requests, from 0 to 1.
+pub fn parse_probability(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{value:?} is not {PROBABILITY_FORM}")),
+    }
+}
+
+#[derive(Clone)]
+pub struct FaultLayer {
+    settings: FaultSettings,
+    from_headers: bool,
+    metrics: Metrics,
+}
+
+impl FaultLayer {
+    /// `from_headers`: whether requests may set their own faults with `x-keepalive-fault-*`.
+    pub fn new(settings: FaultSettings, from_headers: bool, metrics: Metrics) -> Self {
+        Self {
+            settings,
+            from_headers,
+            metrics,
+        }
+    }
+}
+
+impl<S> Layer<S> for FaultLayer {
+    type Service = Faults<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Faults {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Faults<S> {
+    inner: S,
+    layer: FaultLayer,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Faults<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>, Error = BoxError>,
+    S::Future: Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + 'static,
+{
+    type Response = Response<FaultBody<ResBody>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let layer = &self.layer;
+        let mut settings = layer.settings;
+        if layer.from_headers {
+            let forced = names_a_toxic(request.headers());
+            match settings.with_headers(request.headers()) {
+                Ok(requested) => settings = requested,
+                Err(bad) => return Box::pin(std::future::ready(Err(bad.into()))),
+            }
+            if forced {
+                settings.probability = 1.0;
+            }
+        }
+        // The origin is not part of the experiment's plumbing.
+        for header in &FAULT_HEADERS {
+            request.headers_mut().remove(&header.name);
+        }
+        if settings.is_inert() {
+            let response = self.inner.call(request);
+            return Box::pin(async move { Ok(response.await?.map(FaultBody::passthrough)) });
+        }
+        let toxic = settings.probability >= 1.0 || fastrand::f64() < settings.probability;
+        let context = body::FaultContext {
+            metrics: layer.metrics.clone(),
+            request_id: request
+                .headers()
+                .get("x-request-id")
+                .cloned()
+                .unwrap_or_else(|| HeaderValue::from_static("-")),
+            reset: request.extensions().get::<ResetSwitch>().cloned(),
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let buffering = settings.buffering.filter(|_| {
+                settings.buffering_ignore_header
+                    || response
+                        .headers()
+                        .get("x-accel-buffering")
+                        .is_none_or(|value| !value.as_bytes().eq_ignore_ascii_case(b"no"))
+            });
+            let plan = body::FaultPlan {
+                latency: settings.latency.filter(|_| toxic),
+                bandwidth: settings.bandwidth.filter(|_| toxic),
+                limit_bytes: settings.limit_bytes.filter(|_| toxic),
+                reset_after: settings.reset_after.filter(|_| toxic),
+                blackhole_after: settings.blackhole_after.filter(|_| toxic),
+                buffering,
+            };
+            Ok(response.map(|inner| FaultBody::new(inner, plan, context)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_nginx_configs() {
+        assert_eq!(parse_size("70"), Ok(Some(70)));
+        assert_eq!(parse_size("1KiB"), Ok(Some(1024)));
+        assert_eq!(parse_size("64KiB"), Ok(Some(65536)));
+        assert_eq!(parse_size("1KB"), Ok(Some(1000)));
+        assert_eq!(parse_size("0"), Ok(None));
+        assert_eq!(parse_size("off"), Ok(None));
+        for bad in ["lots", "-1", "1 parsec", ""] {
+            let err = parse_size(bad).expect_err(bad);
+            assert!(err.contains("64KiB"), "{err}");
+        }
+    }
+
+    #[test]
+    fn probabilities_are_shares_from_0_to_1() {
+        assert_eq!(parse_probability("0.25"), Ok(0.25));
+        assert_eq!(parse_probability("1"), Ok(1.0));
+        for bad in ["1.5", "-0.1", "NaN", "half"] {
+            assert!(parse_probability(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn headers_override_the_configured_faults() {
+        let configured = FaultSettings {
+            latency: Some(Duration::from_secs(1)),
+            limit_bytes: Some(100),
+            probability: 0.5,
+            ..FaultSettings::default()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-keepalive-fault-latency", HeaderValue::from_static("off"));
+        headers.insert(
+            "x-keepalive-fault-reset-after",
+            HeaderValue::from_static("1200ms"),
+        );
+        headers.insert("x-keepalive-buffering", HeaderValue::from_static("64KiB"));
+        let settings = configured.with_headers(&headers).expect("valid headers");
+        assert_eq!(settings.latency, None);
+        assert_eq!(settings.limit_bytes, Some(100));
+        assert_eq!(settings.reset_after, Some(Duration::from_millis(1200)));
+        assert_eq!(settings.buffering, Some(65536));
+        assert!(names_a_toxic(&headers));
+    }
+
+    #[test]
+    fn a_bad_header_names_itself_its_value_and_the_form() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-keepalive-fault-limit-bytes",
+            HeaderValue::from_static("many"),
+        );
+        let bad = FaultSettings::default()
+            .with_headers(&headers)
+            .expect_err("many is not a size");
+        let message = bad.to_string();
+        assert!(
+            message.starts_with("x-keepalive-fault-limit-bytes: \"many\""),
+            "{message}"
+        );
+        assert!(message.contains("64KiB"), "{message}");
+    }
+
+    #[test]
+    fn naming_the_probability_keeps_the_draw() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-keepalive-fault-latency", HeaderValue::from_static("1s"));
+        headers.insert(
+            "x-keepalive-fault-probability",
+            HeaderValue::from_static("0.1"),
+        );
+        assert!(!names_a_toxic(&headers));
+    }
+}
