@@ -1,9 +1,10 @@
 //! keepalive-lab: the lab around the origin and the proxy. With no subcommand it runs the demo.
 
-mod demo;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use keepalive_common::config::parse_or_exit;
+use keepalive_lab::{demo, watch};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,17 +29,25 @@ struct Cli {
 enum Command {
     /// Origin on 127.0.0.1:8000 and proxy on 127.0.0.1:8080 with demo timers (the default)
     Demo(demo::DemoArgs),
+    /// Follow one stream: every chunk with its arrival time and the gap before it, heartbeats as
+    /// dots, then how it ended: completed (exit 0), truncated (18), reset (56), timeout (28),
+    /// http <status> (22), or failed (7), curl's codes for the same endings
+    Watch(watch::WatchArgs),
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
     let outcome = match cli.command {
+        Some(Command::Watch(args)) => return ExitCode::from(watch::run(args).await),
         Some(Command::Demo(args)) => demo::run(args).await,
         None => demo::run(cli.demo).await,
     };
-    if let Err(message) = outcome {
-        eprintln!("keepalive-lab: {message}");
-        std::process::exit(1);
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("keepalive-lab: {message}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,0 +1,410 @@
+//! `keepalive-lab watch URL`: what a client of a long stream actually receives, chunk by chunk, and
+//! how the stream ended. This is the tool to point at one's own deployment: the verdict tells a
+//! balancer's cut (`truncated`, `reset`) from a real end (`completed`), which curl and browsers blur.
+//!
+//! [`observe`] is the client itself, also used by the experiments; [`run`] prints what it sees.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Args;
+use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use keepalive_common::duration::parse_timer;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// The stream to watch: an http:// URL, e.g. http://127.0.0.1:8080/polls/streamed?sleep=8
+    url: Uri,
+
+    /// Give up after this long (verdict `timeout`); 0 or off waits for the end
+    #[arg(long, value_parser = parse_timer, default_value = "off")]
+    max_time: std::option::Option<Duration>,
+
+    /// Extra request header, `Name: value`; repeatable (e.g. -H 'x-keepalive-fault-reset-after: 2s')
+    #[arg(short = 'H', long = "header", value_parser = parse_header)]
+    headers: Vec<(HeaderName, HeaderValue)>,
+
+    /// One JSON object a line: each chunk, then the verdict
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not a header like 'Name: value'"))?;
+    let name = HeaderName::try_from(name.trim())
+        .map_err(|_| format!("{:?} is not a header name", name.trim()))?;
+    let value = HeaderValue::try_from(value.trim())
+        .map_err(|_| format!("{:?} is not a header value", value.trim()))?;
+    Ok((name, value))
+}
+
+/// How a stream ended, as its client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The body ended as HTTP says it should (terminating chunk, or full Content-Length).
+    Completed,
+    /// The connection closed mid-body: what a balancer's cut looks like.
+    Truncated,
+    /// The connection was reset (TCP RST).
+    Reset,
+    /// `--max-time` passed with the stream still open.
+    Timeout,
+    /// The answer was not a 2xx: the body is the error page.
+    Http(StatusCode),
+    /// No answer at all: cannot connect, or the connection failed before a response head.
+    Failed(String),
+}
+
+impl Verdict {
+    /// Exit codes are curl's for the same endings, which users already know.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Verdict::Completed => 0,
+            Verdict::Truncated => 18,
+            Verdict::Reset => 56,
+            Verdict::Timeout => 28,
+            Verdict::Http(_) => 22,
+            Verdict::Failed(_) => 7,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Verdict::Completed => "completed".to_owned(),
+            Verdict::Truncated => "truncated".to_owned(),
+            Verdict::Reset => "reset".to_owned(),
+            Verdict::Timeout => "timeout".to_owned(),
+            Verdict::Http(status) => format!("http {}", status.as_u16()),
+            Verdict::Failed(_) => "failed".to_owned(),
+        }
+    }
+
+    fn explain(&self) -> String {
+        match self {
+            Verdict::Completed => "the body ended properly".to_owned(),
+            Verdict::Truncated => {
+                "the connection closed mid-body: cut by something on the way (curl exits 18)"
+                    .to_owned()
+            }
+            Verdict::Reset => "the connection was reset (TCP RST; curl exits 56)".to_owned(),
+            Verdict::Timeout => "still open when --max-time passed".to_owned(),
+            Verdict::Http(status) => format!("the answer was {status}, not a stream"),
+            Verdict::Failed(reason) => reason.clone(),
+        }
+    }
+}
+
+/// One body chunk as it arrived.
+#[derive(Debug, Clone, Serialize)]
+pub struct Chunk {
+    /// Since the request was sent.
+    pub at: Duration,
+    pub bytes: usize,
+    /// Whitespace or SSE comments only: there to keep the stream alive, not content.
+    pub heartbeat: bool,
+    #[serde(skip)]
+    pub data: Bytes,
+}
+
+/// Everything one request saw.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub status: Option<StatusCode>,
+    pub headers_at: Option<Duration>,
+    pub chunks: Vec<Chunk>,
+    pub verdict: Verdict,
+    pub ended_at: Duration,
+}
+
+impl Observation {
+    pub fn body_bytes(&self) -> usize {
+        self.chunks.iter().map(|chunk| chunk.bytes).sum()
+    }
+
+    pub fn heartbeats(&self) -> usize {
+        self.chunks.iter().filter(|chunk| chunk.heartbeat).count()
+    }
+}
+
+/// Whitespace-only chunks and SSE comment lines carry nothing but keep a connection busy.
+pub fn is_heartbeat(data: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(data);
+    !data.is_empty()
+        && text
+            .split('\n')
+            .all(|line| line.trim().is_empty() || line.starts_with(':'))
+}
+
+/// Requests `url` and follows its body to the end, calling `on_chunk` as each chunk arrives.
+pub async fn observe(
+    url: &Uri,
+    headers: &[(HeaderName, HeaderValue)],
+    max_time: Option<Duration>,
+    mut on_chunk: impl FnMut(&Chunk),
+) -> Observation {
+    let started = Instant::now();
+    let deadline = max_time.map(|max_time| started + max_time);
+    let mut observation = Observation {
+        status: None,
+        headers_at: None,
+        chunks: Vec::new(),
+        verdict: Verdict::Completed,
+        ended_at: Duration::ZERO,
+    };
+    let outcome = match deadline {
+        Some(deadline) => tokio::time::timeout_at(
+            deadline,
+            follow(url, headers, started, &mut observation, &mut on_chunk),
+        )
+        .await
+        .unwrap_or(Verdict::Timeout),
+        None => follow(url, headers, started, &mut observation, &mut on_chunk).await,
+    };
+    observation.verdict = outcome;
+    observation.ended_at = started.elapsed();
+    observation
+}
+
+async fn follow(
+    url: &Uri,
+    headers: &[(HeaderName, HeaderValue)],
+    started: Instant,
+    observation: &mut Observation,
+    on_chunk: &mut impl FnMut(&Chunk),
+) -> Verdict {
+    let Some(authority) = url.authority() else {
+        return Verdict::Failed(format!("{url} has no host"));
+    };
+    if url.scheme_str().is_some_and(|scheme| scheme != "http") {
+        return Verdict::Failed(format!("{url}: only http:// URLs are supported"));
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = match TcpStream::connect((authority.host(), port)).await {
+        Ok(stream) => stream,
+        Err(err) => return Verdict::Failed(format!("cannot connect to {authority}: {err}")),
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok(parts) => parts,
+            Err(err) => return Verdict::Failed(format!("HTTP handshake failed: {err}")),
+        };
+    let driver = tokio::spawn(connection);
+    let path = url.path_and_query().map_or("/", |path| path.as_str());
+    let mut request = Request::get(path).header(http::header::HOST, authority.as_str());
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let request = match request.body(Empty::<Bytes>::new()) {
+        Ok(request) => request,
+        Err(err) => return Verdict::Failed(format!("cannot build the request: {err}")),
+    };
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(err) => {
+            driver.abort();
+            // Closed before any response head: nothing was truncated, there was no answer.
+            return match ending_of(&err) {
+                Some(Verdict::Reset) => Verdict::Reset,
+                _ => Verdict::Failed(format!("no response: {err}")),
+            };
+        }
+    };
+    observation.status = Some(response.status());
+    observation.headers_at = Some(started.elapsed());
+    let status = response.status();
+    let mut body = response.into_body();
+    let verdict = loop {
+        match body.frame().await {
+            None => break Verdict::Completed,
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let chunk = Chunk {
+                    at: started.elapsed(),
+                    bytes: data.len(),
+                    heartbeat: is_heartbeat(&data),
+                    data,
+                };
+                on_chunk(&chunk);
+                observation.chunks.push(chunk);
+            }
+            Some(Err(err)) => {
+                break ending_of(&err)
+                    .unwrap_or_else(|| Verdict::Failed(format!("body failed: {err}")));
+            }
+        }
+    };
+    driver.abort();
+    match verdict {
+        Verdict::Completed if !status.is_success() => Verdict::Http(status),
+        verdict => verdict,
+    }
+}
+
+/// A reset or a premature close, read from hyper's error and its causes: hyper reports a chunked
+/// body cut short as an `UnexpectedEof` I/O error, a reset as `ConnectionReset`.
+fn ending_of(err: &hyper::Error) -> Option<Verdict> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                    return Some(Verdict::Reset)
+                }
+                std::io::ErrorKind::UnexpectedEof => return Some(Verdict::Truncated),
+                _ => {}
+            }
+        }
+        cause = current.source();
+    }
+    err.is_incomplete_message().then_some(Verdict::Truncated)
+}
+
+#[derive(Serialize)]
+struct ChunkLine<'a> {
+    at_s: f64,
+    gap_s: f64,
+    bytes: usize,
+    heartbeat: bool,
+    text: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Serialize)]
+struct VerdictLine {
+    verdict: String,
+    exit_code: u8,
+    detail: String,
+    status: Option<u16>,
+    headers_at_s: Option<f64>,
+    ended_at_s: f64,
+    chunks: usize,
+    heartbeats: usize,
+    bytes: usize,
+}
+
+/// Runs `watch`; the exit code is the verdict's.
+pub async fn run(args: WatchArgs) -> u8 {
+    let json = args.json;
+    if !json {
+        println!("watching {}", args.url);
+    }
+    let mut last_at = Duration::ZERO;
+    let mut heartbeat_run = 0usize;
+    let observation = observe(&args.url, &args.headers, args.max_time, |chunk| {
+        let gap = chunk.at.saturating_sub(last_at);
+        last_at = chunk.at;
+        if json {
+            let line = ChunkLine {
+                at_s: chunk.at.as_secs_f64(),
+                gap_s: gap.as_secs_f64(),
+                bytes: chunk.bytes,
+                heartbeat: chunk.heartbeat,
+                text: String::from_utf8_lossy(&chunk.data),
+            };
+            println!("{}", serde_json::to_string(&line).unwrap_or_default());
+            return;
+        }
+        // Heartbeats as dots on one line, so that minutes of them stay readable.
+        if chunk.heartbeat {
+            if heartbeat_run == 0 {
+                print!("{:>9.3}s {:>+9.3}s  heartbeats ", secs(chunk.at), secs(gap));
+            }
+            heartbeat_run += 1;
+            print!(".");
+        } else {
+            if heartbeat_run > 0 {
+                println!();
+                heartbeat_run = 0;
+            }
+            let text = String::from_utf8_lossy(&chunk.data);
+            println!(
+                "{:>9.3}s {:>+9.3}s  {:>5} B  {}",
+                secs(chunk.at),
+                secs(gap),
+                chunk.bytes,
+                text.trim_end()
+                    .replace('\n', "\n                              ")
+            );
+        }
+        let _ = std::io::stdout().flush();
+    })
+    .await;
+    let verdict = &observation.verdict;
+    if json {
+        let line = VerdictLine {
+            verdict: verdict.name(),
+            exit_code: verdict.exit_code(),
+            detail: verdict.explain(),
+            status: observation.status.map(|status| status.as_u16()),
+            headers_at_s: observation.headers_at.map(|at| at.as_secs_f64()),
+            ended_at_s: observation.ended_at.as_secs_f64(),
+            chunks: observation.chunks.len(),
+            heartbeats: observation.heartbeats(),
+            bytes: observation.body_bytes(),
+        };
+        println!("{}", serde_json::to_string(&line).unwrap_or_default());
+    } else {
+        if heartbeat_run > 0 {
+            println!();
+        }
+        println!(
+            "{:>9.3}s  {}: {} ({} bytes in {} chunks, {} of them heartbeats)",
+            secs(observation.ended_at),
+            verdict.name(),
+            verdict.explain(),
+            observation.body_bytes(),
+            observation.chunks.len(),
+            observation.heartbeats()
+        );
+    }
+    verdict.exit_code()
+}
+
+fn secs(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_are_whitespace_or_sse_comments() {
+        assert!(is_heartbeat(b" "));
+        assert!(is_heartbeat(b":\n\n"));
+        assert!(is_heartbeat(b": keep-alive\n\n"));
+        assert!(!is_heartbeat(b"[         0 s] Little brown lady\n"));
+        assert!(!is_heartbeat(b"id: 1\ndata: x\n\n"));
+        assert!(!is_heartbeat(b""));
+    }
+
+    #[test]
+    fn verdicts_exit_like_curl() {
+        assert_eq!(Verdict::Completed.exit_code(), 0);
+        assert_eq!(Verdict::Truncated.exit_code(), 18);
+        assert_eq!(Verdict::Reset.exit_code(), 56);
+        assert_eq!(Verdict::Timeout.exit_code(), 28);
+        assert_eq!(
+            Verdict::Http(StatusCode::GATEWAY_TIMEOUT).name(),
+            "http 504"
+        );
+    }
+
+    #[test]
+    fn headers_are_name_colon_value() {
+        let (name, value) = parse_header("x-keepalive-fault-latency: 200ms").expect("valid");
+        assert_eq!(name, "x-keepalive-fault-latency");
+        assert_eq!(value, "200ms");
+        assert!(parse_header("no colon").is_err());
+    }
+}
