@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use keepalive_common::config::parse_or_exit;
-use keepalive_lab::{demo, watch};
+use keepalive_lab::{demo, experiment, watch};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +33,9 @@ enum Command {
     /// dots, then how it ended: completed (exit 0), truncated (18), reset (56), timeout (28),
     /// http <status> (22), or failed (7), curl's codes for the same endings
     Watch(watch::WatchArgs),
+    /// Run the scripted scenarios (idle cut, heartbeats, client and origin going away, injected
+    /// faults, a buffering hop): a table of expected vs seen, a timeline SVG each; exit 1 if any differs
+    Experiment(experiment::ExperimentArgs),
 }
 
 #[tokio::main]
@@ -40,6 +43,7 @@ async fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
     let outcome = match cli.command {
         Some(Command::Watch(args)) => return ExitCode::from(watch::run(args).await),
+        Some(Command::Experiment(args)) => return ExitCode::from(experiment::run(args).await),
         Some(Command::Demo(args)) => demo::run(args).await,
         None => demo::run(cli.demo).await,
     };

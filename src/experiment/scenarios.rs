@@ -1,0 +1,751 @@
+//! The scenarios: every way a long stream dies, each set up with the real origin and proxy, watched
+//! by the real client, and judged against what a user should expect. Timers are hundreds of
+//! milliseconds in `--quick` runs and four times that otherwise.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode, Uri};
+use keepalive_common::duration::display;
+use keepalive_proxy::TimerSet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::lab::{
+    origin_counts, origin_end, reserved_port, serve_origin, start_origin, start_proxy,
+    OriginCounts, OriginEnd,
+};
+use super::timeline::{Event, Mark, Timeline};
+use crate::watch::{observe, Observation, Verdict};
+
+/// How long things take: `--quick` runs at 1, a full run at 4.
+#[derive(Debug, Clone, Copy)]
+pub struct Scale(pub u32);
+
+impl Scale {
+    pub fn ms(self, millis: u64) -> Duration {
+        Duration::from_millis(millis * u64::from(self.0))
+    }
+}
+
+/// What a run showed: the client's and the origin's view in a sentence each, what differed from
+/// the expectation (nothing, when it passed), and the picture.
+pub struct Outcome {
+    pub client: String,
+    pub origin: String,
+    pub problems: Vec<String>,
+    pub timeline: Timeline,
+}
+
+type Run = Pin<Box<dyn Future<Output = Result<Outcome, String>> + Send>>;
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub family: &'static str,
+    pub expectation: &'static str,
+    pub run: fn(Scale) -> Run,
+}
+
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "idle-cut",
+        family: "timers",
+        expectation: "truncated at the idle limit; the origin sees the client go",
+        run: |scale| Box::pin(idle_cut(scale)),
+    },
+    Scenario {
+        name: "heartbeat-saves",
+        family: "timers",
+        expectation: "heartbeats keep it open past 4x the idle limit",
+        run: |scale| Box::pin(heartbeat_saves(scale)),
+    },
+    Scenario {
+        name: "total-timer",
+        family: "timers",
+        expectation: "truncated at the total limit despite heartbeats",
+        run: |scale| Box::pin(total_timer(scale)),
+    },
+    Scenario {
+        name: "first-byte-504",
+        family: "timers",
+        expectation: "504 at the first-byte limit",
+        run: |scale| Box::pin(first_byte_504(scale)),
+    },
+    Scenario {
+        name: "client-fin",
+        family: "client goes away",
+        expectation: "the origin's stream ends within 1s of the client's FIN",
+        run: |scale| Box::pin(client_fin(scale)),
+    },
+    Scenario {
+        name: "client-rst",
+        family: "client goes away",
+        expectation: "the origin's stream ends within 1s of the client's RST",
+        run: |scale| Box::pin(client_rst(scale)),
+    },
+    Scenario {
+        name: "origin-killed",
+        family: "origin goes away",
+        expectation: "truncated, never a clean end",
+        run: |scale| Box::pin(origin_killed(scale)),
+    },
+    Scenario {
+        name: "origin-down",
+        family: "origin goes away",
+        expectation: "502 at once while down, 200 once it is back",
+        run: |scale| Box::pin(origin_down(scale)),
+    },
+    Scenario {
+        name: "injected-rst",
+        family: "faults",
+        expectation: "reset at the fault's time; the origin sees the client go",
+        run: |scale| Box::pin(injected_rst(scale)),
+    },
+    Scenario {
+        name: "byte-limit",
+        family: "faults",
+        expectation: "exactly 70 bytes, then truncated",
+        run: |scale| Box::pin(byte_limit(scale)),
+    },
+    Scenario {
+        name: "buffering-hop",
+        family: "faults",
+        expectation: "a buffering hop holds the heartbeats; the idle timer behind it cuts",
+        run: |scale| Box::pin(buffering_hop(scale)),
+    },
+];
+
+/// The named scenario, if there is one.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    ALL.iter().find(|scenario| scenario.name == name)
+}
+
+fn timers(idle: Option<Duration>, first_byte: Option<Duration>, max: Option<Duration>) -> TimerSet {
+    TimerSet {
+        connect: Some(Duration::from_secs(1)),
+        first_byte,
+        idle,
+        max_duration: max,
+        header: None,
+        keepalive: None,
+    }
+}
+
+fn url(addr: SocketAddr, target: &str) -> Result<Uri, String> {
+    format!("http://{addr}{target}")
+        .parse()
+        .map_err(|err| format!("bad URL for {target}: {err}"))
+}
+
+fn io(err: std::io::Error) -> String {
+    format!("cannot set the scenario up: {err}")
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}
+
+/// Within [expected - 50 ms, expected + 700 ms]: the tolerance of the test suite, for a loaded machine.
+fn around(observed: Duration, expected: Duration) -> bool {
+    observed + Duration::from_millis(50) >= expected
+        && observed <= expected + Duration::from_millis(700)
+}
+
+fn describe(seen: &Observation) -> String {
+    format!(
+        "{} at {:.2}s, {} B{}",
+        seen.verdict.name(),
+        seen.ended_at.as_secs_f64(),
+        seen.body_bytes(),
+        match seen.heartbeats() {
+            0 => String::new(),
+            beats => format!(" ({beats} heartbeats)"),
+        }
+    )
+}
+
+/// The client's lane: headers, each chunk, and how it ended; `offset` places a request that began
+/// later than the scenario.
+fn client_lane(timeline: &mut Timeline, lane: &str, seen: &Observation, offset: Duration) {
+    let events = &mut timeline.lane(lane).events;
+    if let (Some(at), Some(status)) = (seen.headers_at, seen.status) {
+        events.push(Event {
+            at: offset + at,
+            mark: Mark::Headers,
+            label: status.as_u16().to_string(),
+        });
+    }
+    for chunk in &seen.chunks {
+        events.push(Event {
+            at: offset + chunk.at,
+            mark: if chunk.heartbeat {
+                Mark::Heartbeat
+            } else {
+                Mark::Chunk
+            },
+            label: String::from_utf8_lossy(&chunk.data).trim().to_owned(),
+        });
+    }
+    let mark = match seen.verdict {
+        Verdict::Completed | Verdict::Http(_) => Mark::End,
+        Verdict::Timeout => Mark::Note,
+        _ => Mark::Cut,
+    };
+    events.push(Event {
+        at: offset + seen.ended_at,
+        mark,
+        label: seen.verdict.name(),
+    });
+}
+
+/// The origin's lane and sentence: when its stream ended, and how long after `client_end`.
+fn origin_lane(timeline: &mut Timeline, end: Option<OriginEnd>, client_end: Duration) -> String {
+    let Some(end) = end else {
+        return "still streaming 2s later".to_owned();
+    };
+    let how = if end.client_gone > 0.0 {
+        "client gone"
+    } else if end.completed > 0.0 {
+        "completed"
+    } else {
+        "no stream"
+    };
+    let after = end.at.saturating_sub(client_end);
+    timeline.lane("origin").events.push(Event {
+        at: end.at,
+        mark: Mark::Note,
+        label: format!("origin: {how}"),
+    });
+    format!("{how}, +{}", display(after))
+}
+
+fn check(problems: &mut Vec<String>, holds: bool, problem: impl FnOnce() -> String) {
+    if !holds {
+        problems.push(problem());
+    }
+}
+
+async fn counts(origin: SocketAddr) -> Result<OriginCounts, String> {
+    origin_counts(origin)
+        .await
+        .ok_or_else(|| format!("cannot read the origin's metrics at {origin}"))
+}
+
+/// A stream through a proxy with `timers`; judged on the client's verdict, its time, and the
+/// origin learning of the end within a second.
+struct Through {
+    timers: TimerSet,
+    target: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    max_time: Option<Duration>,
+}
+
+struct Seen {
+    client: Observation,
+    origin: Option<OriginEnd>,
+    timeline: Timeline,
+    origin_sentence: String,
+}
+
+async fn through_proxy(title: &str, run: Through) -> Result<Seen, String> {
+    let origin = start_origin().await.map_err(io)?;
+    let proxy = start_proxy(origin.addr, run.timers, |_| {})
+        .await
+        .map_err(io)?;
+    let before = counts(origin.addr).await?;
+    let started = Instant::now();
+    let client = observe(
+        &url(proxy.addr, &run.target)?,
+        &run.headers,
+        run.max_time,
+        |_| {},
+    )
+    .await;
+    let origin_seen = origin_end(origin.addr, before, started, Duration::from_secs(2)).await;
+    let mut timeline = Timeline::new(title);
+    client_lane(&mut timeline, "client", &client, Duration::ZERO);
+    let origin_sentence = origin_lane(&mut timeline, origin_seen, client.ended_at);
+    Ok(Seen {
+        client,
+        origin: origin_seen,
+        timeline,
+        origin_sentence,
+    })
+}
+
+fn origin_follows(problems: &mut Vec<String>, seen: &Seen) {
+    match seen.origin {
+        Some(end) if end.at <= seen.client.ended_at + Duration::from_secs(1) => {}
+        _ => problems.push(format!("origin: {}", seen.origin_sentence)),
+    }
+}
+
+fn outcome(seen: Seen, problems: Vec<String>) -> Outcome {
+    Outcome {
+        client: describe(&seen.client),
+        origin: seen.origin_sentence,
+        problems,
+        timeline: seen.timeline,
+    }
+}
+
+async fn idle_cut(scale: Scale) -> Result<Outcome, String> {
+    let idle = scale.ms(500);
+    let seen = through_proxy(
+        &format!(
+            "idle-cut: a line every {}, idle limit {}",
+            ms(scale.ms(2000)),
+            ms(idle)
+        ),
+        Through {
+            timers: timers(Some(idle), None, None),
+            target: format!("/polls/streamed?sleep={}", ms(scale.ms(2000))),
+            headers: Vec::new(),
+            max_time: Some(scale.ms(4000)),
+        },
+    )
+    .await?;
+    let mut problems = Vec::new();
+    check(
+        &mut problems,
+        seen.client.verdict == Verdict::Truncated,
+        || format!("client: {}, want truncated", seen.client.verdict.name()),
+    );
+    check(&mut problems, around(seen.client.ended_at, idle), || {
+        format!(
+            "cut at {:.3}s, want {}",
+            seen.client.ended_at.as_secs_f64(),
+            ms(idle)
+        )
+    });
+    origin_follows(&mut problems, &seen);
+    Ok(outcome(seen, problems))
+}
+
+async fn heartbeat_saves(scale: Scale) -> Result<Outcome, String> {
+    let idle = scale.ms(500);
+    let watch_for = scale.ms(2000);
+    let seen = through_proxy(
+        &format!(
+            "heartbeat-saves: a line every {}, a heartbeat every {}, idle limit {}",
+            ms(scale.ms(1000)),
+            ms(scale.ms(200)),
+            ms(idle)
+        ),
+        Through {
+            timers: timers(Some(idle), None, None),
+            target: format!(
+                "/polls/streamed?sleep={}&heartbeat={}",
+                ms(scale.ms(1000)),
+                ms(scale.ms(200))
+            ),
+            headers: Vec::new(),
+            max_time: Some(watch_for),
+        },
+    )
+    .await?;
+    let mut problems = Vec::new();
+    check(
+        &mut problems,
+        seen.client.verdict == Verdict::Timeout,
+        || {
+            format!(
+                "client: {} at {:.3}s, want still open at {}",
+                seen.client.verdict.name(),
+                seen.client.ended_at.as_secs_f64(),
+                ms(watch_for)
+            )
+        },
+    );
+    check(&mut problems, seen.client.heartbeats() >= 5, || {
+        format!("only {} heartbeats arrived", seen.client.heartbeats())
+    });
+    origin_follows(&mut problems, &seen);
+    Ok(outcome(seen, problems))
+}
+
+async fn total_timer(scale: Scale) -> Result<Outcome, String> {
+    let total = scale.ms(1500);
+    let seen = through_proxy(
+        &format!(
+            "total-timer: heartbeats every {}, total limit {}",
+            ms(scale.ms(200)),
+            ms(total)
+        ),
+        Through {
+            timers: timers(Some(scale.ms(500)), None, Some(total)),
+            target: format!(
+                "/polls/streamed?sleep={}&heartbeat={}",
+                ms(scale.ms(400)),
+                ms(scale.ms(200))
+            ),
+            headers: Vec::new(),
+            max_time: Some(scale.ms(4000)),
+        },
+    )
+    .await?;
+    let mut problems = Vec::new();
+    check(
+        &mut problems,
+        seen.client.verdict == Verdict::Truncated,
+        || format!("client: {}, want truncated", seen.client.verdict.name()),
+    );
+    check(&mut problems, around(seen.client.ended_at, total), || {
+        format!(
+            "cut at {:.3}s, want {}",
+            seen.client.ended_at.as_secs_f64(),
+            ms(total)
+        )
+    });
+    origin_follows(&mut problems, &seen);
+    Ok(outcome(seen, problems))
+}
+
+async fn first_byte_504(scale: Scale) -> Result<Outcome, String> {
+    let first_byte = scale.ms(500);
+    let seen = through_proxy(
+        &format!(
+            "first-byte-504: headers held {}, first-byte limit {}",
+            ms(scale.ms(2000)),
+            ms(first_byte)
+        ),
+        Through {
+            timers: timers(None, Some(first_byte), None),
+            target: format!("/polls/streamed?delay={}", ms(scale.ms(2000))),
+            headers: Vec::new(),
+            max_time: Some(scale.ms(4000)),
+        },
+    )
+    .await?;
+    let mut problems = Vec::new();
+    check(
+        &mut problems,
+        seen.client.verdict == Verdict::Http(StatusCode::GATEWAY_TIMEOUT),
+        || format!("client: {}, want http 504", seen.client.verdict.name()),
+    );
+    check(
+        &mut problems,
+        around(seen.client.ended_at, first_byte),
+        || {
+            format!(
+                "504 at {:.3}s, want {}",
+                seen.client.ended_at.as_secs_f64(),
+                ms(first_byte)
+            )
+        },
+    );
+    Ok(outcome(seen, problems))
+}
+
+async fn client_fin(scale: Scale) -> Result<Outcome, String> {
+    let leaves = scale.ms(800);
+    let seen = through_proxy(
+        &format!(
+            "client-fin: the client closes after {}, no heartbeats",
+            ms(leaves)
+        ),
+        Through {
+            timers: timers(Some(scale.ms(5000)), None, None),
+            target: format!("/polls/streamed?sleep={}", ms(scale.ms(5000))),
+            headers: Vec::new(),
+            max_time: Some(leaves),
+        },
+    )
+    .await?;
+    let mut problems = Vec::new();
+    match seen.origin {
+        Some(end) if end.client_gone > 0.0 => {}
+        _ => problems.push(format!("origin: {}", seen.origin_sentence)),
+    }
+    origin_follows(&mut problems, &seen);
+    Ok(outcome(seen, problems))
+}
+
+async fn client_rst(scale: Scale) -> Result<Outcome, String> {
+    let origin = start_origin().await.map_err(io)?;
+    let proxy = start_proxy(
+        origin.addr,
+        timers(Some(scale.ms(5000)), None, None),
+        |_| {},
+    )
+    .await
+    .map_err(io)?;
+    let before = counts(origin.addr).await?;
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(proxy.addr).await.map_err(io)?;
+    let request = format!(
+        "GET /polls/streamed?sleep={} HTTP/1.1\r\nHost: lab\r\n\r\n",
+        ms(scale.ms(5000))
+    );
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !received.windows(5).any(|w| w == b"lady\n") {
+        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
+            _ => return Err("no first line through the proxy".to_owned()),
+        }
+    }
+    let first_line_at = started.elapsed();
+    tokio::time::sleep(scale.ms(300)).await;
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .map_err(io)?;
+    drop(stream);
+    let reset_at = started.elapsed();
+    let end = origin_end(origin.addr, before, started, Duration::from_secs(2)).await;
+    let mut timeline = Timeline::new(format!(
+        "client-rst: the client resets its connection after {}",
+        ms(reset_at)
+    ));
+    let client = timeline.lane("client");
+    client.events.push(Event {
+        at: first_line_at,
+        mark: Mark::Chunk,
+        label: "first line".to_owned(),
+    });
+    client.events.push(Event {
+        at: reset_at,
+        mark: Mark::Cut,
+        label: "client sends RST".to_owned(),
+    });
+    let origin_sentence = origin_lane(&mut timeline, end, reset_at);
+    let mut problems = Vec::new();
+    match end {
+        Some(end) if end.client_gone > 0.0 && end.at <= reset_at + Duration::from_secs(1) => {}
+        _ => problems.push(format!("origin: {origin_sentence}")),
+    }
+    Ok(Outcome {
+        client: format!("sent RST at {:.2}s", reset_at.as_secs_f64()),
+        origin: origin_sentence,
+        problems,
+        timeline,
+    })
+}
+
+async fn origin_killed(scale: Scale) -> Result<Outcome, String> {
+    let mut origin = start_origin().await.map_err(io)?;
+    let proxy = start_proxy(
+        origin.addr,
+        timers(Some(scale.ms(5000)), None, None),
+        |_| {},
+    )
+    .await
+    .map_err(io)?;
+    let target = url(
+        proxy.addr,
+        &format!("/polls/streamed?sleep={}", ms(scale.ms(200))),
+    )?;
+    let kill_after = scale.ms(700);
+    let started = Instant::now();
+    let watching =
+        tokio::spawn(
+            async move { observe(&target, &[], Some(Duration::from_secs(10)), |_| {}).await },
+        );
+    tokio::time::sleep(kill_after).await;
+    origin.stop();
+    let killed_at = started.elapsed();
+    let client = watching
+        .await
+        .map_err(|err| format!("the client task failed: {err}"))?;
+    let mut timeline = Timeline::new(format!(
+        "origin-killed: the origin dies after {}",
+        ms(killed_at)
+    ));
+    client_lane(&mut timeline, "client", &client, Duration::ZERO);
+    timeline.lane("origin").events.push(Event {
+        at: killed_at,
+        mark: Mark::Cut,
+        label: "origin killed".to_owned(),
+    });
+    let mut problems = Vec::new();
+    check(&mut problems, client.verdict == Verdict::Truncated, || {
+        format!("client: {}, want truncated", client.verdict.name())
+    });
+    check(
+        &mut problems,
+        client.ended_at <= killed_at + Duration::from_millis(500),
+        || {
+            format!(
+                "the client learned of it {:.3}s later",
+                (client.ended_at - killed_at).as_secs_f64()
+            )
+        },
+    );
+    Ok(Outcome {
+        client: describe(&client),
+        origin: format!("killed at {:.2}s", killed_at.as_secs_f64()),
+        problems,
+        timeline,
+    })
+}
+
+async fn origin_down(scale: Scale) -> Result<Outcome, String> {
+    let (socket, origin_addr) = reserved_port().map_err(io)?;
+    let connect = scale.ms(1000);
+    let mut proxy_timers = timers(Some(scale.ms(5000)), None, None);
+    proxy_timers.connect = Some(connect);
+    let proxy = start_proxy(origin_addr, proxy_timers, |_| {})
+        .await
+        .map_err(io)?;
+    let started = Instant::now();
+    let index = url(proxy.addr, "/polls/")?;
+    let down = observe(&index, &[], Some(scale.ms(3000)), |_| {}).await;
+    tokio::time::sleep(scale.ms(300)).await;
+    let listener = socket.listen(64).map_err(io)?;
+    let _origin = serve_origin(listener).map_err(io)?;
+    let back_at = started.elapsed();
+    let up = observe(&index, &[], Some(scale.ms(3000)), |_| {}).await;
+    let mut timeline =
+        Timeline::new("origin-down: a request while the origin is down, one after it is back");
+    client_lane(&mut timeline, "client", &down, Duration::ZERO);
+    client_lane(&mut timeline, "client", &up, back_at);
+    timeline.lane("origin").events.push(Event {
+        at: back_at,
+        mark: Mark::Note,
+        label: "origin starts".to_owned(),
+    });
+    let mut problems = Vec::new();
+    check(
+        &mut problems,
+        down.verdict == Verdict::Http(StatusCode::BAD_GATEWAY),
+        || format!("while down: {}, want http 502", down.verdict.name()),
+    );
+    check(&mut problems, down.ended_at <= connect, || {
+        format!(
+            "502 after {:.3}s, want within the {} connect timeout",
+            down.ended_at.as_secs_f64(),
+            ms(connect)
+        )
+    });
+    check(&mut problems, up.verdict == Verdict::Completed, || {
+        format!("once back: {}, want completed", up.verdict.name())
+    });
+    Ok(Outcome {
+        client: format!("{}, then {}", describe(&down), up.verdict.name()),
+        origin: format!("back at {:.2}s", back_at.as_secs_f64()),
+        problems,
+        timeline,
+    })
+}
+
+fn fault(name: &'static str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let value = HeaderValue::try_from(value).map_err(|err| format!("{name}: {err}"))?;
+    Ok((HeaderName::from_static(name), value))
+}
+
+async fn injected_rst(scale: Scale) -> Result<Outcome, String> {
+    let after = scale.ms(600);
+    let seen = through_proxy(
+        &format!(
+            "injected-rst: the proxy resets the client after {}",
+            ms(after)
+        ),
+        Through {
+            timers: timers(Some(scale.ms(5000)), None, None),
+            target: format!("/polls/streamed?sleep={}", ms(scale.ms(200))),
+            headers: vec![fault("x-keepalive-fault-reset-after", &ms(after))?],
+            max_time: Some(scale.ms(4000)),
+        },
+    )
+    .await?;
+    let mut problems = Vec::new();
+    check(&mut problems, seen.client.verdict == Verdict::Reset, || {
+        format!("client: {}, want reset", seen.client.verdict.name())
+    });
+    check(&mut problems, around(seen.client.ended_at, after), || {
+        format!(
+            "reset at {:.3}s, want {}",
+            seen.client.ended_at.as_secs_f64(),
+            ms(after)
+        )
+    });
+    origin_follows(&mut problems, &seen);
+    Ok(outcome(seen, problems))
+}
+
+async fn byte_limit(scale: Scale) -> Result<Outcome, String> {
+    let seen = through_proxy(
+        "byte-limit: the proxy forwards 70 body bytes, then cuts",
+        Through {
+            timers: timers(Some(scale.ms(5000)), None, None),
+            target: format!("/polls/streamed?sleep={}", ms(scale.ms(100))),
+            headers: vec![fault("x-keepalive-fault-limit-bytes", "70")?],
+            max_time: Some(scale.ms(4000)),
+        },
+    )
+    .await?;
+    let mut problems = Vec::new();
+    check(
+        &mut problems,
+        seen.client.verdict == Verdict::Truncated,
+        || format!("client: {}, want truncated", seen.client.verdict.name()),
+    );
+    check(&mut problems, seen.client.body_bytes() == 70, || {
+        format!("{} body bytes, want 70", seen.client.body_bytes())
+    });
+    origin_follows(&mut problems, &seen);
+    Ok(outcome(seen, problems))
+}
+
+async fn buffering_hop(scale: Scale) -> Result<Outcome, String> {
+    let origin = start_origin().await.map_err(io)?;
+    let buffering = start_proxy(origin.addr, timers(None, None, None), |config| {
+        config.buffering = Some(64 * 1024);
+        config.buffering_ignore_header = true;
+    })
+    .await
+    .map_err(io)?;
+    let idle = scale.ms(800);
+    let balancer = start_proxy(buffering.addr, timers(Some(idle), None, None), |_| {})
+        .await
+        .map_err(io)?;
+    let before = counts(origin.addr).await?;
+    let started = Instant::now();
+    let target = format!(
+        "/polls/streamed?sleep={}&heartbeat={}",
+        ms(scale.ms(5000)),
+        ms(scale.ms(200))
+    );
+    let client = observe(
+        &url(balancer.addr, &target)?,
+        &[],
+        Some(scale.ms(4000)),
+        |_| {},
+    )
+    .await;
+    let end = origin_end(origin.addr, before, started, Duration::from_secs(2)).await;
+    let mut timeline = Timeline::new(format!(
+        "buffering-hop: heartbeats every {} into a 64KiB buffer, idle limit {} behind it",
+        ms(scale.ms(200)),
+        ms(idle)
+    ));
+    client_lane(&mut timeline, "client", &client, Duration::ZERO);
+    let origin_sentence = origin_lane(&mut timeline, end, client.ended_at);
+    let mut problems = Vec::new();
+    check(&mut problems, client.verdict == Verdict::Truncated, || {
+        format!("client: {}, want truncated", client.verdict.name())
+    });
+    check(&mut problems, client.body_bytes() == 0, || {
+        format!(
+            "{} body bytes passed the buffer, want none",
+            client.body_bytes()
+        )
+    });
+    check(&mut problems, around(client.ended_at, idle), || {
+        format!(
+            "cut at {:.3}s, want {}",
+            client.ended_at.as_secs_f64(),
+            ms(idle)
+        )
+    });
+    Ok(Outcome {
+        client: describe(&client),
+        origin: origin_sentence,
+        problems,
+        timeline,
+    })
+}

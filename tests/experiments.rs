@@ -1,0 +1,45 @@
+//! Every scenario of `keepalive-lab experiment` as a test of its own: the scenario's checks are the
+//! assertions (what the client saw, when, and what the origin saw), run at the `--quick` scale.
+
+use keepalive_lab::experiment::scenarios::{self, Scale};
+use keepalive_lab::experiment::{run_scenario, table};
+
+async fn passes(name: &str) {
+    let scenario = scenarios::find(name).unwrap_or_else(|| panic!("no scenario {name}"));
+    let row = run_scenario(scenario, Scale(1)).await;
+    let passed = row.passed();
+    assert!(passed, "\n{}", table(&[row]));
+}
+
+macro_rules! scenario_tests {
+    ($($test:ident => $name:literal),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                passes($name).await;
+            }
+        )+
+
+        #[test]
+        fn every_scenario_has_a_test() {
+            let tested = [$($name),+];
+            for scenario in scenarios::ALL {
+                assert!(tested.contains(&scenario.name), "{} has no test", scenario.name);
+            }
+        }
+    };
+}
+
+scenario_tests! {
+    idle_timer_truncates_and_the_origin_sees_the_client_go => "idle-cut",
+    heartbeats_keep_a_stream_open_past_the_idle_limit => "heartbeat-saves",
+    total_timer_cuts_despite_heartbeats => "total-timer",
+    first_byte_timer_answers_504 => "first-byte-504",
+    client_fin_ends_the_origins_stream => "client-fin",
+    client_rst_ends_the_origins_stream => "client-rst",
+    killed_origin_leaves_the_client_truncated_never_complete => "origin-killed",
+    origin_down_answers_502_then_recovers => "origin-down",
+    injected_rst_resets_the_client => "injected-rst",
+    byte_limit_passes_exactly_70_bytes => "byte-limit",
+    buffering_hop_swallows_heartbeats_and_the_idle_timer_cuts => "buffering-hop",
+}
