@@ -219,6 +219,8 @@ fn proxy_help_lists_every_preset_and_timer_env_var() {
         "PROXY_BUFFERING",
         "PROXY_BUFFERING_IGNORE_HEADER",
         "PROXY_FAULT_HEADERS",
+        "PROXY_COMPRESSION",
+        "PROXY_COMPRESSION_IGNORE_NO_TRANSFORM",
         "LOG_FORMAT",
     ] {
         assert!(help.contains(env), "--help lacks {env}:\n{help}");

@@ -42,4 +42,7 @@ scenario_tests! {
     injected_rst_resets_the_client => "injected-rst",
     byte_limit_passes_exactly_70_bytes => "byte-limit",
     buffering_hop_swallows_heartbeats_and_the_idle_timer_cuts => "buffering-hop",
+    x_accel_buffering_no_lets_heartbeats_through_a_buffering_hop => "accel-buffering-no",
+    gzip_hop_swallows_heartbeats_and_the_idle_timer_cuts => "compression-hop",
+    no_transform_lets_heartbeats_through_a_gzip_hop => "no-transform",
 }

@@ -10,6 +10,7 @@ use clap::{ArgAction, Parser};
 use keepalive_common::duration::{parse_duration, parse_timer, DurationError};
 use keepalive_common::logging::LogFormat;
 
+use crate::faults::compression::CompressionHop;
 use crate::faults::{parse_probability, parse_size, FaultSettings};
 use crate::forward::Upstream;
 use crate::preset::{Preset, TimerSet};
@@ -18,6 +19,14 @@ const DEFAULT_ADDR: &str = "0.0.0.0:8080";
 const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
 const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether the proxy is also a compressing hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Compression {
+    #[default]
+    Off,
+    Gzip,
+}
 
 /// A timer as configured: `preset` (the default) leaves it to `PROXY_PRESET`; anything else is a
 /// duration, or `0`/`off`. Spelling the default out lets a compose file pass every timer through
@@ -132,6 +141,21 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_BUFFERING_IGNORE_HEADER", default_value = "0", value_parser = BoolishValueParser::new(), action = ArgAction::Set, help_heading = "Faults")]
     pub buffering_ignore_header: bool,
 
+    /// Compressing hop: gzip responses for clients that accept it (off or gzip); bodies marked
+    /// Cache-Control: no-transform pass as they are
+    #[arg(
+        long,
+        env = "PROXY_COMPRESSION",
+        value_enum,
+        default_value = "off",
+        help_heading = "Faults"
+    )]
+    pub compression: Compression,
+
+    /// Compress even bodies marked Cache-Control: no-transform
+    #[arg(long, env = "PROXY_COMPRESSION_IGNORE_NO_TRANSFORM", default_value = "0", value_parser = BoolishValueParser::new(), action = ArgAction::Set, help_heading = "Faults")]
+    pub compression_ignore_no_transform: bool,
+
     /// Let requests set their own faults with x-keepalive-fault-* and x-keepalive-buffering* headers
     #[arg(long, env = "PROXY_FAULT_HEADERS", default_value = "1", value_parser = BoolishValueParser::new(), action = ArgAction::Set, help_heading = "Faults")]
     pub fault_headers: bool,
@@ -175,6 +199,10 @@ impl ProxyConfig {
             probability: self.fault_probability,
             buffering: self.buffering,
             buffering_ignore_header: self.buffering_ignore_header,
+            compression: CompressionHop {
+                enabled: self.compression == Compression::Gzip,
+                ignore_no_transform: self.compression_ignore_no_transform,
+            },
         }
     }
 
@@ -214,6 +242,8 @@ impl Default for ProxyConfig {
             fault_probability: 1.0,
             buffering: None,
             buffering_ignore_header: false,
+            compression: Compression::Off,
+            compression_ignore_no_transform: false,
             fault_headers: true,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             log_format: LogFormat::Pretty,

@@ -25,7 +25,7 @@ pub struct ExperimentArgs {
 
     /// Scenarios to run (all when none is named): idle-cut, heartbeat-saves, total-timer,
     /// first-byte-504, client-fin, client-rst, origin-killed, origin-down, injected-rst, byte-limit,
-    /// buffering-hop
+    /// buffering-hop, accel-buffering-no, compression-hop, no-transform
     scenarios: Vec<String>,
 }
 

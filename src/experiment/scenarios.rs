@@ -112,9 +112,27 @@ pub const ALL: &[Scenario] = &[
     },
     Scenario {
         name: "buffering-hop",
-        family: "faults",
+        family: "hops",
         expectation: "a buffering hop holds the heartbeats; the idle timer behind it cuts",
         run: |scale| Box::pin(buffering_hop(scale)),
+    },
+    Scenario {
+        name: "accel-buffering-no",
+        family: "hops",
+        expectation: "X-Accel-Buffering: no lets the heartbeats through that hop",
+        run: |scale| Box::pin(accel_buffering_no(scale)),
+    },
+    Scenario {
+        name: "compression-hop",
+        family: "hops",
+        expectation: "a gzip hop holds the heartbeats; the idle timer behind it cuts",
+        run: |scale| Box::pin(compression_hop(scale)),
+    },
+    Scenario {
+        name: "no-transform",
+        family: "hops",
+        expectation: "Cache-Control: no-transform lets the heartbeats through that hop",
+        run: |scale| Box::pin(no_transform(scale)),
     },
 ];
 
@@ -691,16 +709,19 @@ async fn byte_limit(scale: Scale) -> Result<Outcome, String> {
     Ok(outcome(seen, problems))
 }
 
-async fn buffering_hop(scale: Scale) -> Result<Outcome, String> {
+/// A heartbeated stream through a hop (set up by `hop`) and a balancer with an idle timer behind it.
+async fn behind_hop(
+    scale: Scale,
+    title: String,
+    hop: impl FnOnce(&mut keepalive_proxy::ProxyConfig),
+    headers: Vec<(HeaderName, HeaderValue)>,
+) -> Result<(Seen, Duration), String> {
     let origin = start_origin().await.map_err(io)?;
-    let buffering = start_proxy(origin.addr, timers(None, None, None), |config| {
-        config.buffering = Some(64 * 1024);
-        config.buffering_ignore_header = true;
-    })
-    .await
-    .map_err(io)?;
+    let hop = start_proxy(origin.addr, timers(None, None, None), hop)
+        .await
+        .map_err(io)?;
     let idle = scale.ms(800);
-    let balancer = start_proxy(buffering.addr, timers(Some(idle), None, None), |_| {})
+    let balancer = start_proxy(hop.addr, timers(Some(idle), None, None), |_| {})
         .await
         .map_err(io)?;
     let before = counts(origin.addr).await?;
@@ -712,40 +733,143 @@ async fn buffering_hop(scale: Scale) -> Result<Outcome, String> {
     );
     let client = observe(
         &url(balancer.addr, &target)?,
-        &[],
-        Some(scale.ms(4000)),
+        &headers,
+        Some(scale.ms(3000)),
         |_| {},
     )
     .await;
     let end = origin_end(origin.addr, before, started, Duration::from_secs(2)).await;
-    let mut timeline = Timeline::new(format!(
-        "buffering-hop: heartbeats every {} into a 64KiB buffer, idle limit {} behind it",
-        ms(scale.ms(200)),
-        ms(idle)
-    ));
+    let mut timeline = Timeline::new(title);
     client_lane(&mut timeline, "client", &client, Duration::ZERO);
     let origin_sentence = origin_lane(&mut timeline, end, client.ended_at);
+    Ok((
+        Seen {
+            client,
+            origin: end,
+            timeline,
+            origin_sentence,
+        },
+        idle,
+    ))
+}
+
+/// The hop held everything back: the balancer's idle timer cut the stream with (almost) nothing
+/// delivered; `allowed` bytes may pass (a gzip header).
+fn swallowed(seen: Seen, idle: Duration, allowed: usize) -> Outcome {
     let mut problems = Vec::new();
-    check(&mut problems, client.verdict == Verdict::Truncated, || {
-        format!("client: {}, want truncated", client.verdict.name())
-    });
-    check(&mut problems, client.body_bytes() == 0, || {
+    check(
+        &mut problems,
+        seen.client.verdict == Verdict::Truncated,
+        || format!("client: {}, want truncated", seen.client.verdict.name()),
+    );
+    check(&mut problems, seen.client.body_bytes() <= allowed, || {
         format!(
-            "{} body bytes passed the buffer, want none",
-            client.body_bytes()
+            "{} body bytes passed the hop, want at most {allowed}",
+            seen.client.body_bytes()
         )
     });
-    check(&mut problems, around(client.ended_at, idle), || {
+    check(&mut problems, around(seen.client.ended_at, idle), || {
         format!(
             "cut at {:.3}s, want {}",
-            client.ended_at.as_secs_f64(),
+            seen.client.ended_at.as_secs_f64(),
             ms(idle)
         )
     });
-    Ok(Outcome {
-        client: describe(&client),
-        origin: origin_sentence,
-        problems,
-        timeline,
-    })
+    origin_follows(&mut problems, &seen);
+    outcome(seen, problems)
+}
+
+/// The hop let the heartbeats through: the stream outlived the balancer's idle limit.
+fn passed_through(seen: Seen) -> Outcome {
+    let mut problems = Vec::new();
+    check(
+        &mut problems,
+        seen.client.verdict == Verdict::Timeout,
+        || {
+            format!(
+                "client: {} at {:.3}s, want still open",
+                seen.client.verdict.name(),
+                seen.client.ended_at.as_secs_f64()
+            )
+        },
+    );
+    check(&mut problems, seen.client.heartbeats() >= 5, || {
+        format!(
+            "only {} heartbeats passed the hop",
+            seen.client.heartbeats()
+        )
+    });
+    origin_follows(&mut problems, &seen);
+    outcome(seen, problems)
+}
+
+async fn buffering_hop(scale: Scale) -> Result<Outcome, String> {
+    let (seen, idle) = behind_hop(
+        scale,
+        format!(
+            "buffering-hop: heartbeats every {} into a 64KiB buffer that ignores X-Accel-Buffering, idle limit {} behind it",
+            ms(scale.ms(200)),
+            ms(scale.ms(800))
+        ),
+        |hop| {
+            hop.buffering = Some(64 * 1024);
+            hop.buffering_ignore_header = true;
+        },
+        Vec::new(),
+    )
+    .await?;
+    Ok(swallowed(seen, idle, 0))
+}
+
+async fn accel_buffering_no(scale: Scale) -> Result<Outcome, String> {
+    let (seen, _) = behind_hop(
+        scale,
+        format!(
+            "accel-buffering-no: the same buffering hop honours X-Accel-Buffering: no; idle limit {} behind it",
+            ms(scale.ms(800))
+        ),
+        |hop| hop.buffering = Some(64 * 1024),
+        Vec::new(),
+    )
+    .await?;
+    Ok(passed_through(seen))
+}
+
+fn accept_gzip() -> Result<(HeaderName, HeaderValue), String> {
+    Ok((
+        http::header::ACCEPT_ENCODING,
+        HeaderValue::from_static("gzip"),
+    ))
+}
+
+async fn compression_hop(scale: Scale) -> Result<Outcome, String> {
+    let (seen, idle) = behind_hop(
+        scale,
+        format!(
+            "compression-hop: a gzip hop that ignores no-transform holds the heartbeats; idle limit {} behind it",
+            ms(scale.ms(800))
+        ),
+        |hop| {
+            hop.compression = keepalive_proxy::config::Compression::Gzip;
+            hop.compression_ignore_no_transform = true;
+        },
+        vec![accept_gzip()?],
+    )
+    .await?;
+    // The 10-byte gzip header leaves the encoder at once; nothing of the stream follows it.
+    Ok(swallowed(seen, idle, 10))
+}
+
+async fn no_transform(scale: Scale) -> Result<Outcome, String> {
+    let (seen, _) = behind_hop(
+        scale,
+        format!(
+            "no-transform: the same gzip hop honours Cache-Control: no-transform; idle limit {} behind it",
+            ms(scale.ms(800))
+        ),
+        |hop| hop.compression = keepalive_proxy::config::Compression::Gzip,
+        vec![accept_gzip()?],
+    )
+    .await?;
+    Ok(passed_through(seen))
 }

@@ -12,6 +12,7 @@
 //! first acts, by [`body::FaultBody`].
 
 pub mod body;
+pub mod compression;
 pub mod reset;
 
 use std::fmt;
@@ -28,6 +29,7 @@ use tower::{Layer, Service};
 use crate::metrics::Metrics;
 use crate::BoxError;
 use body::FaultBody;
+use compression::{CompressionHop, GzipBody};
 use reset::ResetSwitch;
 
 /// Every fault, by the name used in env vars, headers, logs and `proxy_faults_injected_total{fault}`.
@@ -39,16 +41,18 @@ pub enum Fault {
     ResetAfter,
     BlackholeAfter,
     Buffering,
+    Compression,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 7] = [
         Fault::Latency,
         Fault::Bandwidth,
         Fault::LimitBytes,
         Fault::ResetAfter,
         Fault::BlackholeAfter,
         Fault::Buffering,
+        Fault::Compression,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +63,7 @@ impl Fault {
             Fault::ResetAfter => "reset_after",
             Fault::BlackholeAfter => "blackhole_after",
             Fault::Buffering => "buffering",
+            Fault::Compression => "compression",
         }
     }
 }
@@ -104,12 +109,16 @@ pub struct FaultSettings {
     pub buffering: Option<u64>,
     /// Buffer even responses that say `X-Accel-Buffering: no`.
     pub buffering_ignore_header: bool,
+    /// A gzip hop that does not flush.
+    pub compression: CompressionHop,
 }
 
 impl FaultSettings {
     /// Nothing to do for any request: the layer passes bodies through untouched.
     fn is_inert(&self) -> bool {
-        self.buffering.is_none() && (self.probability <= 0.0 || !self.has_toxics())
+        self.buffering.is_none()
+            && !self.compression.enabled
+            && (self.probability <= 0.0 || !self.has_toxics())
     }
 
     fn has_toxics(&self) -> bool {
@@ -284,7 +293,7 @@ where
     S::Future: Send + 'static,
     ResBody: http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + 'static,
 {
-    type Response = Response<FaultBody<ResBody>>;
+    type Response = Response<FaultBody<GzipBody<ResBody>>>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -311,8 +320,11 @@ where
         }
         if settings.is_inert() {
             let response = self.inner.call(request);
-            return Box::pin(async move { Ok(response.await?.map(FaultBody::passthrough)) });
+            return Box::pin(async move {
+                Ok(compression::identity(response.await?).map(FaultBody::passthrough))
+            });
         }
+        let accepts_gzip = compression::accepts_gzip(request.headers());
         let toxic = settings.probability >= 1.0 || fastrand::f64() < settings.probability;
         let context = body::FaultContext {
             metrics: layer.metrics.clone(),
@@ -340,6 +352,20 @@ where
                 reset_after: settings.reset_after.filter(|_| toxic),
                 blackhole_after: settings.blackhole_after.filter(|_| toxic),
                 buffering,
+            };
+            let response = if settings
+                .compression
+                .applies(accepts_gzip, response.headers())
+            {
+                context.metrics.fault_injected(Fault::Compression);
+                tracing::warn!(
+                    fault = %Fault::Compression,
+                    request_id = context.request_id.to_str().unwrap_or("-"),
+                    "compression fault: gzipping without flushing; small chunks wait in the encoder",
+                );
+                compression::compress(response)
+            } else {
+                compression::identity(response)
             };
             Ok(response.map(|inner| FaultBody::new(inner, plan, context)))
         })
