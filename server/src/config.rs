@@ -50,6 +50,13 @@ pub struct ServerConfig {
     #[arg(long, env = "SERVER_MAX_SLEEP", default_value = DEFAULT_MAX_SLEEP, value_parser = parse_duration)]
     pub max_sleep: Duration,
 
+    /// TCP_USER_TIMEOUT on client connections: how long sent data may stay unacknowledged before
+    /// the connection is dropped. When the network silently loses a client (no FIN, no RST), a
+    /// stream learns of it only through this, on its next write (a heartbeat); 0 or off leaves the
+    /// kernel's default (about 15 minutes of retransmissions). Linux only.
+    #[arg(long, env = "SERVER_TCP_USER_TIMEOUT", default_value = "off", value_parser = parse_timer)]
+    pub tcp_user_timeout: std::option::Option<Duration>,
+
     /// On shutdown, how long to let open responses finish before closing them; infinite streams
     /// never finish by themselves.
     #[arg(long, env = "SERVER_DRAIN_TIMEOUT", default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = parse_duration)]
@@ -74,6 +81,12 @@ impl ServerConfig {
             ("SERVER_SLEEP", Some(self.sleep)),
             ("SERVER_HEARTBEAT", self.heartbeat),
         ];
+        if cfg!(not(target_os = "linux")) && self.tcp_user_timeout.is_some() {
+            return Err(
+                "invalid value for SERVER_TCP_USER_TIMEOUT: TCP_USER_TIMEOUT exists on Linux only"
+                    .to_owned(),
+            );
+        }
         for (variable, value) in defaults {
             if let Some(value) = value.filter(|value| *value > max) {
                 return Err(format!(
@@ -98,6 +111,7 @@ impl Default for ServerConfig {
             sleep: duration(DEFAULT_SLEEP),
             heartbeat: parse_timer(DEFAULT_HEARTBEAT).expect("DEFAULT_HEARTBEAT is a timer"),
             max_sleep: duration(DEFAULT_MAX_SLEEP),
+            tcp_user_timeout: None,
             drain_timeout: duration(DEFAULT_DRAIN_TIMEOUT),
             log_format: <LogFormat as clap::ValueEnum>::from_str(DEFAULT_LOG_FORMAT, false)
                 .expect("DEFAULT_LOG_FORMAT is a log format"),
@@ -201,6 +215,7 @@ mod tests {
             "SERVER_HEARTBEAT",
             "SERVER_MAX_SLEEP",
             "SERVER_DRAIN_TIMEOUT",
+            "SERVER_TCP_USER_TIMEOUT",
             "LOG_FORMAT",
         ] {
             assert!(help.contains(env), "--help lacks {env}:\n{help}");

@@ -43,12 +43,26 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     listener.local_addr()?;
     let drain_timeout = config.drain_timeout;
+    let user_timeout = config.tcp_user_timeout;
     let router = app(AppState::new(config));
     serve_connections(listener, shutdown, drain_timeout, |tcp, peer, stopping| {
+        set_user_timeout(&tcp, user_timeout);
         serve_connection(tcp, peer, router.clone(), stopping)
     })
     .await;
     Ok(())
+}
+
+/// `SERVER_TCP_USER_TIMEOUT` on one connection ([`ServerConfig::check`] refuses it off Linux).
+fn set_user_timeout(stream: &TcpStream, timeout: Option<std::time::Duration>) {
+    #[cfg(target_os = "linux")]
+    if let Some(timeout) = timeout {
+        if let Err(err) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout)) {
+            tracing::warn!(%err, "cannot set TCP_USER_TIMEOUT: a silently lost client is noticed late");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (stream, timeout);
 }
 
 /// One client connection, HTTP/1.1 or h2c, until it closes or the drain ends it.

@@ -3,6 +3,7 @@
 //! picture per scenario, and fails when any observation differs from its expectation.
 
 pub mod lab;
+pub mod netns;
 pub mod scenarios;
 pub mod timeline;
 
@@ -11,7 +12,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use scenarios::{Outcome, Scale, Scenario};
+use scenarios::{NotRun, Outcome, Scale, Scenario};
 
 #[derive(Debug, Clone, Args)]
 pub struct ExperimentArgs {
@@ -32,13 +33,18 @@ pub struct ExperimentArgs {
 /// One scenario's row in the table.
 pub struct Row {
     pub scenario: &'static Scenario,
-    pub outcome: Result<Outcome, String>,
+    pub outcome: Result<Outcome, NotRun>,
     pub took: std::time::Duration,
 }
 
 impl Row {
     pub fn passed(&self) -> bool {
         matches!(&self.outcome, Ok(outcome) if outcome.problems.is_empty())
+    }
+
+    /// Could not run on this machine: reported, but not a difference from the expectation.
+    pub fn skipped(&self) -> bool {
+        matches!(&self.outcome, Err(NotRun::CannotRun(_)))
     }
 }
 
@@ -106,10 +112,14 @@ pub async fn run(args: ExperimentArgs) -> u8 {
     if let Err(err) = std::fs::write(&summary, &table) {
         eprintln!("cannot write {}: {err}", summary.display());
     }
-    let failed = rows.iter().filter(|row| !row.passed()).count();
+    let skipped = rows.iter().filter(|row| row.skipped()).count();
+    let failed = rows
+        .iter()
+        .filter(|row| !row.passed() && !row.skipped())
+        .count();
     println!(
-        "{} of {} scenarios as expected; timelines in {}",
-        rows.len() - failed,
+        "{} of {} scenarios as expected, {failed} differ, {skipped} could not run here; timelines in {}",
+        rows.len() - failed - skipped,
         rows.len(),
         args.out.display()
     );
@@ -133,7 +143,14 @@ pub fn table(rows: &[Row]) -> String {
                 outcome.origin.clone(),
                 format!("DIFFERS: {}", outcome.problems.join("; ")),
             ),
-            Err(err) => (String::new(), String::new(), format!("FAILED: {err}")),
+            Err(NotRun::CannotRun(reason)) => (
+                String::new(),
+                String::new(),
+                format!("SKIPPED, cannot run here: {reason}"),
+            ),
+            Err(NotRun::Failed(reason)) => {
+                (String::new(), String::new(), format!("FAILED: {reason}"))
+            }
         };
         text += &format!(
             "| {} | {} | {client} | {origin} | {result} |\n",

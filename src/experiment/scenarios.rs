@@ -40,7 +40,22 @@ pub struct Outcome {
     pub timeline: Timeline,
 }
 
-type Run = Pin<Box<dyn Future<Output = Result<Outcome, String>> + Send>>;
+/// Why a scenario has no outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotRun {
+    /// This machine cannot provide what the scenario needs (root, a network namespace).
+    CannotRun(String),
+    /// Setting the scenario up failed.
+    Failed(String),
+}
+
+impl From<String> for NotRun {
+    fn from(reason: String) -> Self {
+        NotRun::Failed(reason)
+    }
+}
+
+type Run = Pin<Box<dyn Future<Output = Result<Outcome, NotRun>> + Send>>;
 
 pub struct Scenario {
     pub name: &'static str,
@@ -109,6 +124,18 @@ pub const ALL: &[Scenario] = &[
         family: "faults",
         expectation: "exactly 70 bytes, then truncated",
         run: |scale| Box::pin(byte_limit(scale)),
+    },
+    Scenario {
+        name: "silent-loss",
+        family: "silent network loss",
+        expectation: "with SERVER_TCP_USER_TIMEOUT, the origin drops the stream about that long after the network goes silent",
+        run: |scale| Box::pin(silent_loss(scale, Some(scale.ms(1000)))),
+    },
+    Scenario {
+        name: "silent-loss-no-timeout",
+        family: "silent network loss",
+        expectation: "without it, the origin goes on streaming to nobody",
+        run: |scale| Box::pin(silent_loss(scale, None)),
     },
     Scenario {
         name: "buffering-hop",
@@ -310,7 +337,7 @@ fn outcome(seen: Seen, problems: Vec<String>) -> Outcome {
     }
 }
 
-async fn idle_cut(scale: Scale) -> Result<Outcome, String> {
+async fn idle_cut(scale: Scale) -> Result<Outcome, NotRun> {
     let idle = scale.ms(500);
     let seen = through_proxy(
         &format!(
@@ -343,7 +370,7 @@ async fn idle_cut(scale: Scale) -> Result<Outcome, String> {
     Ok(outcome(seen, problems))
 }
 
-async fn heartbeat_saves(scale: Scale) -> Result<Outcome, String> {
+async fn heartbeat_saves(scale: Scale) -> Result<Outcome, NotRun> {
     let idle = scale.ms(500);
     let watch_for = scale.ms(2000);
     let seen = through_proxy(
@@ -385,7 +412,7 @@ async fn heartbeat_saves(scale: Scale) -> Result<Outcome, String> {
     Ok(outcome(seen, problems))
 }
 
-async fn total_timer(scale: Scale) -> Result<Outcome, String> {
+async fn total_timer(scale: Scale) -> Result<Outcome, NotRun> {
     let total = scale.ms(1500);
     let seen = through_proxy(
         &format!(
@@ -422,7 +449,7 @@ async fn total_timer(scale: Scale) -> Result<Outcome, String> {
     Ok(outcome(seen, problems))
 }
 
-async fn first_byte_504(scale: Scale) -> Result<Outcome, String> {
+async fn first_byte_504(scale: Scale) -> Result<Outcome, NotRun> {
     let first_byte = scale.ms(500);
     let seen = through_proxy(
         &format!(
@@ -458,7 +485,7 @@ async fn first_byte_504(scale: Scale) -> Result<Outcome, String> {
     Ok(outcome(seen, problems))
 }
 
-async fn client_fin(scale: Scale) -> Result<Outcome, String> {
+async fn client_fin(scale: Scale) -> Result<Outcome, NotRun> {
     let leaves = scale.ms(800);
     let seen = through_proxy(
         &format!(
@@ -482,7 +509,7 @@ async fn client_fin(scale: Scale) -> Result<Outcome, String> {
     Ok(outcome(seen, problems))
 }
 
-async fn client_rst(scale: Scale) -> Result<Outcome, String> {
+async fn client_rst(scale: Scale) -> Result<Outcome, NotRun> {
     let origin = start_origin().await.map_err(io)?;
     let proxy = start_proxy(
         origin.addr,
@@ -504,7 +531,7 @@ async fn client_rst(scale: Scale) -> Result<Outcome, String> {
     while !received.windows(5).any(|w| w == b"lady\n") {
         match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
-            _ => return Err("no first line through the proxy".to_owned()),
+            _ => return Err(NotRun::Failed("no first line through the proxy".to_owned())),
         }
     }
     let first_line_at = started.elapsed();
@@ -544,7 +571,7 @@ async fn client_rst(scale: Scale) -> Result<Outcome, String> {
     })
 }
 
-async fn origin_killed(scale: Scale) -> Result<Outcome, String> {
+async fn origin_killed(scale: Scale) -> Result<Outcome, NotRun> {
     let mut origin = start_origin().await.map_err(io)?;
     let proxy = start_proxy(
         origin.addr,
@@ -601,7 +628,7 @@ async fn origin_killed(scale: Scale) -> Result<Outcome, String> {
     })
 }
 
-async fn origin_down(scale: Scale) -> Result<Outcome, String> {
+async fn origin_down(scale: Scale) -> Result<Outcome, NotRun> {
     let (socket, origin_addr) = reserved_port().map_err(io)?;
     let connect = scale.ms(1000);
     let mut proxy_timers = timers(Some(scale.ms(5000)), None, None);
@@ -655,7 +682,7 @@ fn fault(name: &'static str, value: &str) -> Result<(HeaderName, HeaderValue), S
     Ok((HeaderName::from_static(name), value))
 }
 
-async fn injected_rst(scale: Scale) -> Result<Outcome, String> {
+async fn injected_rst(scale: Scale) -> Result<Outcome, NotRun> {
     let after = scale.ms(600);
     let seen = through_proxy(
         &format!(
@@ -685,7 +712,7 @@ async fn injected_rst(scale: Scale) -> Result<Outcome, String> {
     Ok(outcome(seen, problems))
 }
 
-async fn byte_limit(scale: Scale) -> Result<Outcome, String> {
+async fn byte_limit(scale: Scale) -> Result<Outcome, NotRun> {
     let seen = through_proxy(
         "byte-limit: the proxy forwards 70 body bytes, then cuts",
         Through {
@@ -803,7 +830,7 @@ fn passed_through(seen: Seen) -> Outcome {
     outcome(seen, problems)
 }
 
-async fn buffering_hop(scale: Scale) -> Result<Outcome, String> {
+async fn buffering_hop(scale: Scale) -> Result<Outcome, NotRun> {
     let (seen, idle) = behind_hop(
         scale,
         format!(
@@ -821,7 +848,7 @@ async fn buffering_hop(scale: Scale) -> Result<Outcome, String> {
     Ok(swallowed(seen, idle, 0))
 }
 
-async fn accel_buffering_no(scale: Scale) -> Result<Outcome, String> {
+async fn accel_buffering_no(scale: Scale) -> Result<Outcome, NotRun> {
     let (seen, _) = behind_hop(
         scale,
         format!(
@@ -842,7 +869,7 @@ fn accept_gzip() -> Result<(HeaderName, HeaderValue), String> {
     ))
 }
 
-async fn compression_hop(scale: Scale) -> Result<Outcome, String> {
+async fn compression_hop(scale: Scale) -> Result<Outcome, NotRun> {
     let (seen, idle) = behind_hop(
         scale,
         format!(
@@ -860,7 +887,7 @@ async fn compression_hop(scale: Scale) -> Result<Outcome, String> {
     Ok(swallowed(seen, idle, 10))
 }
 
-async fn no_transform(scale: Scale) -> Result<Outcome, String> {
+async fn no_transform(scale: Scale) -> Result<Outcome, NotRun> {
     let (seen, _) = behind_hop(
         scale,
         format!(
@@ -872,4 +899,182 @@ async fn no_transform(scale: Scale) -> Result<Outcome, String> {
     )
     .await?;
     Ok(passed_through(seen))
+}
+
+/// The origin's `origin_streams_active`, asked over a connection of its own that the DROP rules
+/// leave alone.
+struct Probe {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+}
+
+impl Probe {
+    async fn connect(stream: TcpStream) -> Result<Self, NotRun> {
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|err| NotRun::Failed(format!("probe handshake: {err}")))?;
+        tokio::spawn(connection);
+        Ok(Self { sender })
+    }
+
+    async fn active_streams(&mut self) -> Result<f64, NotRun> {
+        use http_body_util::BodyExt as _;
+        let failed = |err: &dyn std::fmt::Display| NotRun::Failed(format!("probe: {err}"));
+        self.sender.ready().await.map_err(|err| failed(&err))?;
+        let request = http::Request::get("/metrics")
+            .header(http::header::HOST, "origin")
+            .body(http_body_util::Empty::new())
+            .map_err(|err| failed(&err))?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|err| failed(&err))?;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|err| failed(&err))?
+            .to_bytes();
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|line| line.strip_prefix("origin_streams_active "))
+            .and_then(|value| value.trim().parse().ok())
+            .ok_or_else(|| NotRun::Failed("no origin_streams_active in /metrics".to_owned()))
+    }
+}
+
+/// A heartbeated stream whose client vanishes from the network (every packet to and from it
+/// dropped): the origin learns of it only when unacknowledged heartbeats hit `user_timeout`.
+async fn silent_loss(scale: Scale, user_timeout: Option<Duration>) -> Result<Outcome, NotRun> {
+    let netns = super::netns::Netns::create().map_err(NotRun::CannotRun)?;
+    let (listener, client, probe) = netns
+        .sockets(|| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let client = std::net::TcpStream::connect(addr)?;
+            let probe = std::net::TcpStream::connect(addr)?;
+            for stream in [&client, &probe] {
+                stream.set_nonblocking(true)?;
+            }
+            listener.set_nonblocking(true)?;
+            Ok((listener, client, probe))
+        })
+        .map_err(NotRun::CannotRun)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(io)?;
+    let origin_config = keepalive_server::ServerConfig {
+        tcp_user_timeout: user_timeout,
+        ..super::lab::origin_config()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop_origin = stop.clone().drop_guard();
+    tokio::spawn(keepalive_server::serve(
+        listener,
+        origin_config,
+        stop.cancelled_owned(),
+    ));
+    let mut probe = Probe::connect(TcpStream::from_std(probe).map_err(io)?).await?;
+    let mut client = TcpStream::from_std(client).map_err(io)?;
+    let client_port = client.local_addr().map_err(io)?.port().to_string();
+
+    let started = Instant::now();
+    let heartbeat = scale.ms(200);
+    let request = format!(
+        "GET /polls/streamed?sleep={}&heartbeat={} HTTP/1.1\r\nHost: lab\r\n\r\n",
+        ms(scale.ms(10_000)),
+        ms(heartbeat)
+    );
+    client.write_all(request.as_bytes()).await.map_err(io)?;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !received.windows(5).any(|w| w == b"lady\n") {
+        match tokio::time::timeout(Duration::from_secs(2), client.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
+            _ => return Err(NotRun::Failed("no first line from the origin".to_owned())),
+        }
+    }
+    let first_line_at = started.elapsed();
+    tokio::time::sleep(scale.ms(500)).await;
+    // On loopback every packet of the client's connection, both ways, passes INPUT with the
+    // client's port on one side: dropping those is a network that went silent.
+    for rule in [["--dport", &client_port], ["--sport", &client_port]] {
+        netns.iptables(&["-A", "INPUT", "-p", "tcp", rule[0], rule[1], "-j", "DROP"])?;
+    }
+    let dropped_at = started.elapsed();
+
+    let patience = match user_timeout {
+        Some(timeout) => timeout + scale.ms(2000),
+        None => scale.ms(3000),
+    };
+    let deadline = Instant::now() + patience;
+    let mut origin_end = None;
+    while Instant::now() < deadline {
+        if probe.active_streams().await? == 0.0 {
+            origin_end = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waited = started.elapsed();
+
+    let setting = user_timeout.map_or_else(|| "off".to_owned(), ms);
+    let mut timeline = Timeline::new(format!(
+        "silent-loss: the network drops every packet after {}; heartbeats every {}, SERVER_TCP_USER_TIMEOUT {setting}",
+        ms(dropped_at),
+        ms(heartbeat)
+    ));
+    let lane = timeline.lane("client");
+    lane.events.push(Event {
+        at: first_line_at,
+        mark: Mark::Chunk,
+        label: "first line".to_owned(),
+    });
+    lane.events.push(Event {
+        at: dropped_at,
+        mark: Mark::Cut,
+        label: "network drops everything".to_owned(),
+    });
+    let origin_lane = timeline.lane("origin");
+    let origin = match origin_end {
+        Some(at) => {
+            origin_lane.events.push(Event {
+                at,
+                mark: Mark::Note,
+                label: "origin: heartbeat write failed, stream dropped".to_owned(),
+            });
+            format!("stream dropped +{}", display(at - dropped_at))
+        }
+        None => {
+            origin_lane.events.push(Event {
+                at: waited,
+                mark: Mark::Note,
+                label: "origin: still streaming to nobody".to_owned(),
+            });
+            format!("still streaming +{}", display(waited - dropped_at))
+        }
+    };
+    let mut problems = Vec::new();
+    match (user_timeout, origin_end) {
+        (Some(timeout), Some(at)) => check(
+            &mut problems,
+            at >= dropped_at + timeout && at <= dropped_at + timeout + heartbeat + Duration::from_secs(1),
+            || format!("the origin let go {} after the drop, want about {}", display(at - dropped_at), ms(timeout)),
+        ),
+        (Some(timeout), None) => problems.push(format!(
+            "the origin still streams {} after the drop despite a {} TCP_USER_TIMEOUT",
+            display(waited - dropped_at),
+            ms(timeout)
+        )),
+        (None, Some(at)) => problems.push(format!(
+            "the origin let go {} after the drop with no TCP_USER_TIMEOUT: something sent a FIN or RST",
+            display(at - dropped_at)
+        )),
+        (None, None) => {}
+    }
+    Ok(Outcome {
+        client: format!("vanished at {:.2}s", dropped_at.as_secs_f64()),
+        origin,
+        problems,
+        timeline,
+    })
 }
