@@ -150,8 +150,17 @@ impl FaultSettings {
 /// A per-request override: its header, the accepted form, and how it changes the settings.
 struct FaultHeader {
     name: HeaderName,
+    role: Role,
     form: &'static str,
     apply: fn(&mut FaultSettings, &str) -> Result<(), ()>,
+}
+
+/// What a fault header is about, for [`names_a_toxic`].
+#[derive(PartialEq, Eq)]
+enum Role {
+    Toxic,
+    Probability,
+    Hop,
 }
 
 const SIZE_FORM: &str = "a size like 70, 1KiB or 64KiB; 0 or off disables";
@@ -161,31 +170,37 @@ const SWITCH_FORM: &str = "1 or 0 (true or false)";
 static FAULT_HEADERS: [FaultHeader; 8] = [
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-fault-latency"),
+        role: Role::Toxic,
         form: TIMER_FORM,
         apply: |settings, value| timer(value).map(|latency| settings.latency = latency),
     },
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-fault-bandwidth"),
+        role: Role::Toxic,
         form: SIZE_FORM,
         apply: |settings, value| size(value).map(|rate| settings.bandwidth = rate),
     },
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-fault-limit-bytes"),
+        role: Role::Toxic,
         form: SIZE_FORM,
         apply: |settings, value| size(value).map(|limit| settings.limit_bytes = limit),
     },
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-fault-reset-after"),
+        role: Role::Toxic,
         form: TIMER_FORM,
         apply: |settings, value| timer(value).map(|after| settings.reset_after = after),
     },
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-fault-blackhole-after"),
+        role: Role::Toxic,
         form: TIMER_FORM,
         apply: |settings, value| timer(value).map(|after| settings.blackhole_after = after),
     },
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-fault-probability"),
+        role: Role::Probability,
         form: PROBABILITY_FORM,
         apply: |settings, value| {
             parse_probability(value)
@@ -195,11 +210,13 @@ static FAULT_HEADERS: [FaultHeader; 8] = [
     },
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-buffering"),
+        role: Role::Hop,
         form: SIZE_FORM,
         apply: |settings, value| size(value).map(|size| settings.buffering = size),
     },
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-buffering-ignore-header"),
+        role: Role::Hop,
         form: SWITCH_FORM,
         apply: |settings, value| {
             switch(value).map(|ignore| settings.buffering_ignore_header = ignore)
@@ -210,10 +227,12 @@ static FAULT_HEADERS: [FaultHeader; 8] = [
 /// A request that names any fault gets the toxics, whatever the configured probability, unless it
 /// names the probability itself: an experiment asks for a fault to see it.
 fn names_a_toxic(headers: &HeaderMap) -> bool {
-    FAULT_HEADERS[..5]
-        .iter()
-        .any(|header| headers.contains_key(&header.name))
-        && !headers.contains_key(&FAULT_HEADERS[5].name)
+    let named = |role: Role| {
+        FAULT_HEADERS
+            .iter()
+            .any(|header| header.role == role && headers.contains_key(&header.name))
+    };
+    named(Role::Toxic) && !named(Role::Probability)
 }
 
 fn timer(value: &str) -> Result<Option<Duration>, ()> {
