@@ -4,6 +4,7 @@
 //! from the response's start, the reset (RST to the client) and the blackhole (forward nothing more,
 //! keep both connections open, as a dead middlebox does).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -72,7 +73,9 @@ impl<B> FaultBody<B> {
                 reset_at: deadline(plan.reset_after),
                 blackhole_at: deadline(plan.blackhole_after),
                 blackholed: false,
-                held: None,
+                queue: VecDeque::new(),
+                release: None,
+                upstream_end: None,
                 bandwidth_free_at: Instant::now(),
                 forwarded: 0,
                 limit_reached: false,
@@ -94,8 +97,13 @@ struct Faulting {
     reset_at: Option<Pin<Box<Sleep>>>,
     blackhole_at: Option<Pin<Box<Sleep>>>,
     blackholed: bool,
-    /// A chunk held back by latency or bandwidth, and when it may go.
-    held: Option<(Frame<Bytes>, Pin<Box<Sleep>>)>,
+    /// Chunks held back by latency or bandwidth, each with the moment it may go; the origin is
+    /// read on meanwhile, so that every chunk is delayed by the latency, not by those before it.
+    queue: VecDeque<(Frame<Bytes>, Instant)>,
+    /// Wakes the body when the chunk at the head of the queue may go.
+    release: Option<Pin<Box<Sleep>>>,
+    /// The origin's body ended (`Ok`) or failed (`Err`), to be passed on once the queue is empty.
+    upstream_end: Option<Result<(), BoxError>>,
     /// When the bandwidth limit lets the next chunk go.
     bandwidth_free_at: Instant,
     forwarded: u64,
@@ -110,10 +118,11 @@ struct Faulting {
 
 impl Faulting {
     /// Logs and counts `fault` the first time it acts on this response.
-    fn report(&mut self, fault: Fault, what: &str) {
+    fn report(&mut self, fault: Fault, what: impl FnOnce() -> String) {
         if self.reported.contains(&fault) {
             return;
         }
+        let what = what();
         self.reported.push(fault);
         self.context.metrics.fault_injected(fault);
         let elapsed = display(self.started.elapsed());
@@ -156,12 +165,11 @@ impl Faulting {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         if !data.is_empty() {
-                            self.report(
-                                Fault::Buffering,
-                                &format!(
+                            self.report(Fault::Buffering, || {
+                                format!(
                                     "holding body bytes until {size} are buffered or the body ends"
-                                ),
-                            );
+                                )
+                            });
                         }
                         self.buffer.extend_from_slice(&data);
                     }
@@ -189,26 +197,47 @@ impl Faulting {
         Frame::data(data)
     }
 
-    /// When a chunk of `len` bytes may go out, given latency and bandwidth; `None` for now.
+    /// When a chunk of `len` bytes, read now, may go out given latency and bandwidth; `None` when
+    /// neither applies.
     fn release_at(&mut self, len: u64) -> Option<Instant> {
+        if self.plan.latency.is_none() && self.plan.bandwidth.is_none() {
+            return None;
+        }
         let now = Instant::now();
         let mut release = now;
         if let Some(latency) = self.plan.latency {
             release += latency;
-            self.report(
-                Fault::Latency,
-                &format!("holding every chunk {}", display(latency)),
-            );
+            self.report(Fault::Latency, || {
+                format!("holding every chunk {}", display(latency))
+            });
         }
         if let Some(rate) = self.plan.bandwidth {
             release = release.max(self.bandwidth_free_at);
             self.bandwidth_free_at = release + Duration::from_secs_f64(len as f64 / rate as f64);
-            self.report(
-                Fault::Bandwidth,
-                &format!("forwarding at most {rate} bytes a second"),
-            );
+            self.report(Fault::Bandwidth, || {
+                format!("forwarding at most {rate} bytes a second")
+            });
         }
-        (release > now).then_some(release)
+        Some(release)
+    }
+
+    /// Releases the head of the queue if its time has come, else arms the timer for it.
+    fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame<Bytes>>> {
+        let Some(&(_, at)) = self.queue.front() else {
+            return Poll::Ready(None);
+        };
+        if at > Instant::now() {
+            let release = self
+                .release
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if release.deadline() != at {
+                release.as_mut().reset(at);
+            }
+            if release.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(self.queue.pop_front().map(|(frame, _)| frame))
     }
 }
 
@@ -223,17 +252,16 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         let Some(faults) = this.faults.as_deref_mut() else {
             return this.inner.poll_frame(cx);
         };
         if let Some(reset_at) = faults.reset_at.as_mut() {
             if reset_at.as_mut().poll(cx).is_ready() {
                 faults.reset_at = None;
-                faults.report(
-                    Fault::ResetAfter,
-                    "resetting the client connection (TCP RST)",
-                );
+                faults.report(Fault::ResetAfter, || {
+                    "resetting the client connection (TCP RST)".to_owned()
+                });
                 if let Some(switch) = &faults.context.reset {
                     switch.flip();
                 }
@@ -247,21 +275,35 @@ where
             if blackhole_at.as_mut().poll(cx).is_ready() {
                 faults.blackhole_at = None;
                 faults.blackholed = true;
-                faults.report(
-                    Fault::BlackholeAfter,
-                    "forwarding nothing more; both connections stay open",
-                );
+                faults.report(Fault::BlackholeAfter, || {
+                    "forwarding nothing more; both connections stay open".to_owned()
+                });
             }
         }
         if faults.blackholed {
             return Poll::Pending;
         }
-        if let Some((_, release)) = faults.held.as_mut() {
-            if release.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+        // Read on while chunks wait: each is delayed from its own arrival.
+        while faults.upstream_end.is_none() && !faults.limit_reached {
+            match faults.next_frame(this.inner.as_mut(), cx) {
+                Poll::Pending => break,
+                Poll::Ready(None) => faults.upstream_end = Some(Ok(())),
+                Poll::Ready(Some(Err(err))) => faults.upstream_end = Some(Err(err)),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let frame = faults.limit(frame);
+                    let len = frame.data_ref().map_or(0, |data| data.len() as u64);
+                    faults.forwarded += len;
+                    match faults.release_at(len) {
+                        None => return Poll::Ready(Some(Ok(frame))),
+                        Some(at) => faults.queue.push_back((frame, at)),
+                    }
+                }
             }
-            let (frame, _) = faults.held.take().expect("held frame present");
-            return Poll::Ready(Some(Ok(frame)));
+        }
+        match faults.poll_release(cx) {
+            Poll::Ready(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {}
         }
         if faults.limit_reached {
             // hyper writes a frame into its buffer and flushes only once the body is pending: an
@@ -271,31 +313,19 @@ where
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            faults.report(
-                Fault::LimitBytes,
-                &format!("{} bytes forwarded: cutting the stream", faults.forwarded),
-            );
+            let forwarded = faults.forwarded;
+            faults.report(Fault::LimitBytes, || {
+                format!("{forwarded} bytes forwarded: cutting the stream")
+            });
             return Poll::Ready(Some(Err(FaultCut {
                 fault: Fault::LimitBytes,
             }
             .into())));
         }
-        let frame = match faults.next_frame(this.inner, cx) {
-            Poll::Ready(Some(Ok(frame))) => faults.limit(frame),
-            other => return other,
-        };
-        let len = frame.data_ref().map_or(0, |data| data.len() as u64);
-        faults.forwarded += len;
-        match faults.release_at(len) {
-            None => Poll::Ready(Some(Ok(frame))),
-            Some(release) => {
-                let mut sleep = Box::pin(tokio::time::sleep_until(release));
-                if sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                faults.held = Some((frame, sleep));
-                Poll::Pending
-            }
+        match faults.upstream_end.take() {
+            None => Poll::Pending,
+            Some(Ok(())) => Poll::Ready(None),
+            Some(Err(err)) => Poll::Ready(Some(Err(err))),
         }
     }
 
@@ -304,7 +334,7 @@ where
             None => self.inner.is_end_stream(),
             Some(faults) => {
                 self.inner.is_end_stream()
-                    && faults.held.is_none()
+                    && faults.queue.is_empty()
                     && faults.buffer.is_empty()
                     && faults.after_buffer.is_none()
                     && !faults.limit_reached
