@@ -29,14 +29,7 @@ fn no_timers() -> TimerSet {
 async fn origin_and_faulty_proxy(faults: FaultSettings) -> (Running, Proxy) {
     let origin = start_origin(origin_config()).await;
     let proxy = start_proxy_configured(origin.addr, no_timers(), |config: &mut ProxyConfig| {
-        config.fault_latency = faults.latency;
-        config.fault_bandwidth = faults.bandwidth;
-        config.fault_limit_bytes = faults.limit_bytes;
-        config.fault_reset_after = faults.reset_after;
-        config.fault_blackhole_after = faults.blackhole_after;
-        config.fault_probability = faults.probability;
-        config.buffering = faults.buffering;
-        config.buffering_ignore_header = faults.buffering_ignore_header;
+        *config = config.clone().with_faults(faults);
     })
     .await;
     (origin, proxy)
@@ -184,10 +177,9 @@ async fn buffering_hop_lets_a_stream_that_says_no_buffering_through() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bandwidth_paces_the_stream_and_latency_delays_every_chunk() {
+async fn bandwidth_paces_the_stream() {
     let (_origin, proxy) = origin_and_faulty_proxy(FaultSettings {
         bandwidth: Some(100),
-        latency: ms(100),
         ..faults()
     })
     .await;
@@ -197,21 +189,47 @@ async fn bandwidth_paces_the_stream_and_latency_delays_every_chunk() {
         Duration::from_secs(5),
     )
     .await;
-    let response = transcript.response();
-    let body = response.data();
-    assert!(body.complete, "{}", transcript.text());
+    assert!(
+        transcript.response().data().complete,
+        "{}",
+        transcript.text()
+    );
     // 33 + 42 bytes must pass at 100 bytes/s before the third line may go: at least 0.75 s.
     let last = transcript.last_byte_at.expect("a body");
     assert!(
         last >= Duration::from_millis(750),
         "three lines at 100 bytes/s took only {last:?}"
     );
+    assert_eq!(metric(proxy.admin, &injected("bandwidth")).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_delays_every_chunk_by_the_same_amount_not_by_those_before_it() {
+    let (_origin, proxy) = origin_and_faulty_proxy(FaultSettings {
+        latency: ms(600),
+        ..faults()
+    })
+    .await;
+    // Three lines at once from the origin: each waits 600 ms from its own arrival, so all three
+    // arrive together at about 600 ms, not at 600, 1200 and 1800 ms.
+    let transcript = raw_request(
+        proxy.addr,
+        &get("/polls/streamed?sleep=0&lines=3", "Connection: close\r\n"),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        transcript.response().data().complete,
+        "{}",
+        transcript.text()
+    );
     let first = transcript.first_byte_at.expect("a response");
     assert!(
-        first < Duration::from_millis(90),
+        first < Duration::from_millis(400),
         "headers are not delayed: {first:?}"
     );
-    assert_eq!(metric(proxy.admin, &injected("bandwidth")).await, 1.0);
+    let last = transcript.last_byte_at.expect("a body");
+    assert_around(last, Duration::from_millis(600), "the last of three chunks");
     assert_eq!(metric(proxy.admin, &injected("latency")).await, 1.0);
 }
 

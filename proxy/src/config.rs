@@ -206,6 +206,25 @@ impl ProxyConfig {
         }
     }
 
+    /// Sets every fault, as the tests do; [`ProxyConfig::faults`] reads them back.
+    pub fn with_faults(mut self, faults: FaultSettings) -> Self {
+        self.fault_latency = faults.latency;
+        self.fault_bandwidth = faults.bandwidth;
+        self.fault_limit_bytes = faults.limit_bytes;
+        self.fault_reset_after = faults.reset_after;
+        self.fault_blackhole_after = faults.blackhole_after;
+        self.fault_probability = faults.probability;
+        self.buffering = faults.buffering;
+        self.buffering_ignore_header = faults.buffering_ignore_header;
+        self.compression = if faults.compression.enabled {
+            Compression::Gzip
+        } else {
+            Compression::Off
+        };
+        self.compression_ignore_no_transform = faults.compression.ignore_no_transform;
+        self
+    }
+
     /// Sets every timer explicitly, as the lab CLI and the tests do.
     pub fn with_timers(mut self, timers: TimerSet) -> Self {
         self.connect_timeout = TimerSetting::Set(timers.connect);
@@ -293,6 +312,25 @@ mod tests {
         let timers = config.timers();
         assert_eq!(timers.idle, Preset::Heroku.timers().idle);
         assert_eq!(timers.first_byte, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn faults_set_are_the_faults_read() {
+        let faults = FaultSettings {
+            latency: Some(Duration::from_millis(5)),
+            bandwidth: Some(1024),
+            limit_bytes: Some(70),
+            reset_after: Some(Duration::from_secs(1)),
+            blackhole_after: Some(Duration::from_secs(2)),
+            probability: 0.5,
+            buffering: Some(65536),
+            buffering_ignore_header: true,
+            compression: CompressionHop {
+                enabled: true,
+                ignore_no_transform: true,
+            },
+        };
+        assert_eq!(ProxyConfig::default().with_faults(faults).faults(), faults);
     }
 
     #[test]

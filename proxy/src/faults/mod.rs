@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
-use keepalive_common::duration::{parse_timer, TIMER_FORM};
+use keepalive_common::duration::parse_timer;
 use tower::{Layer, Service};
 
 use crate::metrics::Metrics;
@@ -83,11 +83,11 @@ pub struct FaultCut {
 
 /// A per-request fault header the proxy cannot use; answered 400 at the edge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{header}: {value:?} is not {form}")]
+#[error("{header}: {reason}")]
 pub struct BadFaultHeader {
     pub header: &'static str,
-    pub value: String,
-    pub form: &'static str,
+    /// Names the value and the accepted form.
+    pub reason: String,
 }
 
 /// The toxics and the buffering hop; `None` is off.
@@ -129,125 +129,117 @@ impl FaultSettings {
             || self.blackhole_after.is_some()
     }
 
-    /// These settings with a request's `x-keepalive-fault-*` headers applied.
-    fn with_headers(mut self, headers: &HeaderMap) -> Result<Self, BadFaultHeader> {
+    /// These settings with a request's `x-keepalive-fault-*` headers applied, and whether the
+    /// request asked for a toxic without naming a probability: an experiment that asks for a fault
+    /// wants to see it, whatever share of requests the proxy's own settings give faults to.
+    fn with_headers(mut self, headers: &HeaderMap) -> Result<(Self, bool), BadFaultHeader> {
+        let (mut toxic_on, mut probability_named) = (false, false);
         for (name, value) in headers {
             let Some(header) = FAULT_HEADERS.iter().find(|header| *name == header.name) else {
                 continue;
             };
-            let text = value.to_str().unwrap_or_default();
-            let bad = || BadFaultHeader {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let applied = (header.apply)(&mut self, &text).map_err(|reason| BadFaultHeader {
                 header: header.name.as_str(),
-                value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                form: header.form,
-            };
-            (header.apply)(&mut self, text).map_err(|()| bad())?;
+                reason,
+            })?;
+            toxic_on |= applied == Applied::ToxicOn;
+            probability_named |= applied == Applied::Probability;
         }
-        Ok(self)
+        Ok((self, toxic_on && !probability_named))
     }
 }
 
-/// A per-request override: its header, the accepted form, and how it changes the settings.
+/// A per-request override: its header, and how it changes the settings (or why its value is refused).
 struct FaultHeader {
     name: HeaderName,
-    role: Role,
-    form: &'static str,
-    apply: fn(&mut FaultSettings, &str) -> Result<(), ()>,
+    apply: fn(&mut FaultSettings, &str) -> Result<Applied, String>,
 }
 
-/// What a fault header is about, for [`names_a_toxic`].
-#[derive(PartialEq, Eq)]
-enum Role {
-    Toxic,
+/// What a fault header did to the settings.
+#[derive(Debug, PartialEq, Eq)]
+enum Applied {
+    ToxicOn,
     Probability,
-    Hop,
+    Other,
 }
 
-const SIZE_FORM: &str = "a size like 70, 1KiB or 64KiB; 0 or off disables";
-const PROBABILITY_FORM: &str = "a probability from 0 to 1, like 0.5";
-const SWITCH_FORM: &str = "1 or 0 (true or false)";
+fn toxic<T>(value: Option<T>) -> Applied {
+    if value.is_some() {
+        Applied::ToxicOn
+    } else {
+        Applied::Other
+    }
+}
 
 static FAULT_HEADERS: [FaultHeader; 8] = [
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-fault-latency"),
-        role: Role::Toxic,
-        form: TIMER_FORM,
-        apply: |settings, value| timer(value).map(|latency| settings.latency = latency),
+        apply: |settings, value| {
+            settings.latency = timer(value)?;
+            Ok(toxic(settings.latency))
+        },
     },
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-fault-bandwidth"),
-        role: Role::Toxic,
-        form: SIZE_FORM,
-        apply: |settings, value| size(value).map(|rate| settings.bandwidth = rate),
+        apply: |settings, value| {
+            settings.bandwidth = parse_size(value)?;
+            Ok(toxic(settings.bandwidth))
+        },
     },
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-fault-limit-bytes"),
-        role: Role::Toxic,
-        form: SIZE_FORM,
-        apply: |settings, value| size(value).map(|limit| settings.limit_bytes = limit),
+        apply: |settings, value| {
+            settings.limit_bytes = parse_size(value)?;
+            Ok(toxic(settings.limit_bytes))
+        },
     },
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-fault-reset-after"),
-        role: Role::Toxic,
-        form: TIMER_FORM,
-        apply: |settings, value| timer(value).map(|after| settings.reset_after = after),
+        apply: |settings, value| {
+            settings.reset_after = timer(value)?;
+            Ok(toxic(settings.reset_after))
+        },
     },
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-fault-blackhole-after"),
-        role: Role::Toxic,
-        form: TIMER_FORM,
-        apply: |settings, value| timer(value).map(|after| settings.blackhole_after = after),
+        apply: |settings, value| {
+            settings.blackhole_after = timer(value)?;
+            Ok(toxic(settings.blackhole_after))
+        },
     },
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-fault-probability"),
-        role: Role::Probability,
-        form: PROBABILITY_FORM,
         apply: |settings, value| {
-            parse_probability(value)
-                .map(|share| settings.probability = share)
-                .map_err(drop)
+            settings.probability = parse_probability(value)?;
+            Ok(Applied::Probability)
         },
     },
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-buffering"),
-        role: Role::Hop,
-        form: SIZE_FORM,
-        apply: |settings, value| size(value).map(|size| settings.buffering = size),
+        apply: |settings, value| {
+            settings.buffering = parse_size(value)?;
+            Ok(Applied::Other)
+        },
     },
     FaultHeader {
         name: HeaderName::from_static("x-keepalive-buffering-ignore-header"),
-        role: Role::Hop,
-        form: SWITCH_FORM,
         apply: |settings, value| {
-            switch(value).map(|ignore| settings.buffering_ignore_header = ignore)
+            settings.buffering_ignore_header = switch(value)?;
+            Ok(Applied::Other)
         },
     },
 ];
 
-/// A request that names any fault gets the toxics, whatever the configured probability, unless it
-/// names the probability itself: an experiment asks for a fault to see it.
-fn names_a_toxic(headers: &HeaderMap) -> bool {
-    let named = |role: Role| {
-        FAULT_HEADERS
-            .iter()
-            .any(|header| header.role == role && headers.contains_key(&header.name))
-    };
-    named(Role::Toxic) && !named(Role::Probability)
+fn timer(value: &str) -> Result<Option<Duration>, String> {
+    parse_timer(value).map_err(|err| err.to_string())
 }
 
-fn timer(value: &str) -> Result<Option<Duration>, ()> {
-    parse_timer(value).map_err(drop)
-}
-
-fn size(value: &str) -> Result<Option<u64>, ()> {
-    parse_size(value).map_err(drop)
-}
-
-fn switch(value: &str) -> Result<bool, ()> {
+fn switch(value: &str) -> Result<bool, String> {
     match value.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(()),
+        _ => Err(format!("{value:?} is not 1 or 0 (true or false)")),
     }
 }
 
@@ -257,9 +249,9 @@ pub fn parse_size(value: &str) -> Result<Option<u64>, String> {
     if trimmed.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    let size: bytesize::ByteSize = trimmed
-        .parse()
-        .map_err(|_| format!("{value:?} is not {SIZE_FORM}"))?;
+    let size: bytesize::ByteSize = trimmed.parse().map_err(|_| {
+        format!("{value:?} is not a size like 70, 1KiB or 64KiB; 0 or off disables")
+    })?;
     Ok((size.as_u64() > 0).then_some(size.as_u64()))
 }
 
@@ -267,7 +259,9 @@ pub fn parse_size(value: &str) -> Result<Option<u64>, String> {
 pub fn parse_probability(value: &str) -> Result<f64, String> {
     match value.trim().parse::<f64>() {
         Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
-        _ => Err(format!("{value:?} is not {PROBABILITY_FORM}")),
+        _ => Err(format!(
+            "{value:?} is not a probability from 0 to 1, like 0.5"
+        )),
     }
 }
 
@@ -324,13 +318,14 @@ where
         let layer = &self.layer;
         let mut settings = layer.settings;
         if layer.from_headers {
-            let forced = names_a_toxic(request.headers());
             match settings.with_headers(request.headers()) {
-                Ok(requested) => settings = requested,
+                Ok((requested, forced)) => {
+                    settings = requested;
+                    if forced {
+                        settings.probability = 1.0;
+                    }
+                }
                 Err(bad) => return Box::pin(std::future::ready(Err(bad.into()))),
-            }
-            if forced {
-                settings.probability = 1.0;
             }
         }
         // The origin is not part of the experiment's plumbing.
@@ -433,12 +428,26 @@ mod tests {
             HeaderValue::from_static("1200ms"),
         );
         headers.insert("x-keepalive-buffering", HeaderValue::from_static("64KiB"));
-        let settings = configured.with_headers(&headers).expect("valid headers");
+        let (settings, forced) = configured.with_headers(&headers).expect("valid headers");
         assert_eq!(settings.latency, None);
         assert_eq!(settings.limit_bytes, Some(100));
         assert_eq!(settings.reset_after, Some(Duration::from_millis(1200)));
         assert_eq!(settings.buffering, Some(65536));
-        assert!(names_a_toxic(&headers));
+        assert!(forced, "asking for a reset forces the draw");
+    }
+
+    #[test]
+    fn turning_a_fault_off_does_not_force_the_others() {
+        let configured = FaultSettings {
+            limit_bytes: Some(100),
+            probability: 0.1,
+            ..FaultSettings::default()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-keepalive-fault-latency", HeaderValue::from_static("off"));
+        let (settings, forced) = configured.with_headers(&headers).expect("valid headers");
+        assert!(!forced);
+        assert_eq!(settings.probability, 0.1);
     }
 
     #[test]
@@ -451,6 +460,21 @@ mod tests {
         let bad = FaultSettings::default()
             .with_headers(&headers)
             .expect_err("many is not a size");
+        headers.insert(
+            "x-keepalive-fault-limit-bytes",
+            HeaderValue::from_static("70"),
+        );
+        headers.insert(
+            "x-keepalive-fault-reset-after",
+            HeaderValue::from_static("400d"),
+        );
+        let too_long = FaultSettings::default()
+            .with_headers(&headers)
+            .expect_err("400 days is too long");
+        assert!(
+            too_long.to_string().contains("at most 365 days"),
+            "{too_long}"
+        );
         let message = bad.to_string();
         assert!(
             message.starts_with("x-keepalive-fault-limit-bytes: \"many\""),
@@ -467,6 +491,9 @@ mod tests {
             "x-keepalive-fault-probability",
             HeaderValue::from_static("0.1"),
         );
-        assert!(!names_a_toxic(&headers));
+        let (_, forced) = FaultSettings::default()
+            .with_headers(&headers)
+            .expect("valid headers");
+        assert!(!forced);
     }
 }
