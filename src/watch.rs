@@ -187,7 +187,14 @@ async fn follow(
         return Verdict::Failed(format!("{url}: only http:// URLs are supported"));
     }
     let port = authority.port_u16().unwrap_or(80);
-    let stream = match TcpStream::connect((authority.host(), port)).await {
+    // `[::1]` in a URL is `::1` to the resolver; the Host header keeps the brackets, never user info.
+    let host = authority.host();
+    let host_header = match authority.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let stream = match TcpStream::connect((host, port)).await {
         Ok(stream) => stream,
         Err(err) => return Verdict::Failed(format!("cannot connect to {authority}: {err}")),
     };
@@ -197,9 +204,10 @@ async fn follow(
             Ok(parts) => parts,
             Err(err) => return Verdict::Failed(format!("HTTP handshake failed: {err}")),
         };
-    let driver = tokio::spawn(connection);
+    // Dropped with this future too (a `--max-time` timeout), so the connection closes at once.
+    let driver = AbortOnDrop(tokio::spawn(connection));
     let path = url.path_and_query().map_or("/", |path| path.as_str());
-    let mut request = Request::get(path).header(http::header::HOST, authority.as_str());
+    let mut request = Request::get(path).header(http::header::HOST, host_header);
     for (name, value) in headers {
         request = request.header(name, value);
     }
@@ -210,7 +218,6 @@ async fn follow(
     let response = match sender.send_request(request).await {
         Ok(response) => response,
         Err(err) => {
-            driver.abort();
             // Closed before any response head: nothing was truncated, there was no answer.
             return match ending_of(&err) {
                 Some(Verdict::Reset) => Verdict::Reset,
@@ -244,10 +251,19 @@ async fn follow(
             }
         }
     };
-    driver.abort();
+    drop(driver);
     match verdict {
         Verdict::Completed if !status.is_success() => Verdict::Http(status),
         verdict => verdict,
+    }
+}
+
+/// The task driving the connection, aborted when the request is done with it.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
