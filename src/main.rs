@@ -33,8 +33,9 @@ enum Command {
     /// dots, then how it ended: completed (exit 0), truncated (18), reset (56), timeout (28),
     /// http <status> (22), or failed (7), curl's codes for the same endings
     Watch(watch::WatchArgs),
-    /// Run the scripted scenarios (idle cut, heartbeats, client and origin going away, injected
-    /// faults, a buffering hop): a table of expected vs seen, a timeline SVG each; exit 1 if any differs
+    /// Run the scripted scenarios, every way a long stream dies (timers, client and origin going
+    /// away, injected faults, hops that swallow heartbeats, silent network loss): a table of
+    /// expected vs seen, a timeline SVG each; exit 1 if any differs. --list names them
     Experiment(experiment::ExperimentArgs),
 }
 

@@ -34,16 +34,17 @@ pub fn origin_config() -> ServerConfig {
 }
 
 pub async fn start_origin() -> std::io::Result<Running> {
-    serve_origin(TcpListener::bind("127.0.0.1:0").await?)
+    serve_origin(TcpListener::bind("127.0.0.1:0").await?, origin_config())
 }
 
-/// The origin on a listener the scenario prepared (to bring it back on the same port).
-pub fn serve_origin(listener: TcpListener) -> std::io::Result<Running> {
+/// The origin with `config` on a listener the scenario prepared (to bring it back on the same
+/// port, or in a network namespace).
+pub fn serve_origin(listener: TcpListener, config: ServerConfig) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     tokio::spawn(keepalive_server::serve(
         listener,
-        origin_config(),
+        config,
         stop.clone().cancelled_owned(),
     ));
     Ok(Running {
@@ -108,15 +109,18 @@ pub async fn origin_counts(origin: SocketAddr) -> Option<OriginCounts> {
         .flat_map(|chunk| chunk.data.iter().copied())
         .collect();
     let text = String::from_utf8_lossy(&text);
-    let value = |series: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(series))
-            .and_then(|rest| rest.trim().parse::<f64>().ok())
-    };
     Some(OriginCounts {
-        active: value("origin_streams_active ")?,
-        client_gone: value("origin_streams_ended_total{reason=\"client_gone\"} ")?,
-        completed: value("origin_streams_ended_total{reason=\"completed\"} ")?,
+        active: metric_value(&text, "origin_streams_active")?,
+        client_gone: metric_value(&text, "origin_streams_ended_total{reason=\"client_gone\"}")?,
+        completed: metric_value(&text, "origin_streams_ended_total{reason=\"completed\"}")?,
+    })
+}
+
+/// The value of one series (`name` or `name{labels}`, written as the exposition writes it).
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
     })
 }
 

@@ -24,9 +24,11 @@ pub struct ExperimentArgs {
     #[arg(long, default_value = "keepalive-lab-experiments")]
     out: PathBuf,
 
-    /// Scenarios to run (all when none is named): idle-cut, heartbeat-saves, total-timer,
-    /// first-byte-504, client-fin, client-rst, origin-killed, origin-down, injected-rst, byte-limit,
-    /// buffering-hop, accel-buffering-no, compression-hop, no-transform
+    /// Print the scenarios, each with what it expects, and run nothing
+    #[arg(long)]
+    list: bool,
+
+    /// Scenarios to run, by name (all when none is named; --list shows them)
     scenarios: Vec<String>,
 }
 
@@ -61,6 +63,12 @@ pub async fn run_scenario(scenario: &'static Scenario, scale: Scale) -> Row {
 
 /// Runs `experiment`; the exit code is 0 when every observation matched its expectation.
 pub async fn run(args: ExperimentArgs) -> u8 {
+    if args.list {
+        for scenario in scenarios::ALL {
+            println!("{:<24} {}", scenario.name, scenario.expectation);
+        }
+        return 0;
+    }
     let chosen: Vec<&'static Scenario> = if args.scenarios.is_empty() {
         scenarios::ALL.iter().collect()
     } else {
@@ -71,7 +79,7 @@ pub async fn run(args: ExperimentArgs) -> u8 {
                 None => {
                     let known: Vec<&str> = scenarios::ALL.iter().map(|s| s.name).collect();
                     eprintln!(
-                        "keepalive-lab experiment: no scenario {name:?}; known: {}",
+                        "keepalive-lab experiment: no scenario {name:?}; known: {} (--list says what each shows)",
                         known.join(", ")
                     );
                     return 2;

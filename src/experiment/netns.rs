@@ -22,7 +22,7 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{program} {} failed: {}",
+            "{program} {} failed (it needs root): {}",
             args.join(" "),
             String::from_utf8_lossy(&output.stderr).trim()
         ))
@@ -38,7 +38,7 @@ impl Netns {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        run("ip", &["netns", "add", &name]).map_err(|err| format!("needs root: {err}"))?;
+        run("ip", &["netns", "add", &name])?;
         let netns = Self { name };
         run("ip", &["-n", &netns.name, "link", "set", "lo", "up"])?;
         Ok(netns)

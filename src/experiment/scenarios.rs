@@ -15,8 +15,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::lab::{
-    origin_counts, origin_end, reserved_port, serve_origin, start_origin, start_proxy,
-    OriginCounts, OriginEnd,
+    metric_value, origin_config, origin_counts, origin_end, reserved_port, serve_origin,
+    start_origin, start_proxy, OriginCounts, OriginEnd,
 };
 use super::timeline::{Event, Mark, Timeline};
 use crate::watch::{observe, Observation, Verdict};
@@ -59,7 +59,6 @@ type Run = Pin<Box<dyn Future<Output = Result<Outcome, NotRun>> + Send>>;
 
 pub struct Scenario {
     pub name: &'static str,
-    pub family: &'static str,
     pub expectation: &'static str,
     pub run: fn(Scale) -> Run,
 }
@@ -67,97 +66,81 @@ pub struct Scenario {
 pub const ALL: &[Scenario] = &[
     Scenario {
         name: "idle-cut",
-        family: "timers",
         expectation: "truncated at the idle limit; the origin sees the client go",
         run: |scale| Box::pin(idle_cut(scale)),
     },
     Scenario {
         name: "heartbeat-saves",
-        family: "timers",
         expectation: "heartbeats keep it open past 4x the idle limit",
         run: |scale| Box::pin(heartbeat_saves(scale)),
     },
     Scenario {
         name: "total-timer",
-        family: "timers",
         expectation: "truncated at the total limit despite heartbeats",
         run: |scale| Box::pin(total_timer(scale)),
     },
     Scenario {
         name: "first-byte-504",
-        family: "timers",
         expectation: "504 at the first-byte limit",
         run: |scale| Box::pin(first_byte_504(scale)),
     },
     Scenario {
         name: "client-fin",
-        family: "client goes away",
         expectation: "the origin's stream ends within 1s of the client's FIN",
         run: |scale| Box::pin(client_fin(scale)),
     },
     Scenario {
         name: "client-rst",
-        family: "client goes away",
         expectation: "the origin's stream ends within 1s of the client's RST",
         run: |scale| Box::pin(client_rst(scale)),
     },
     Scenario {
         name: "origin-killed",
-        family: "origin goes away",
         expectation: "truncated, never a clean end",
         run: |scale| Box::pin(origin_killed(scale)),
     },
     Scenario {
         name: "origin-down",
-        family: "origin goes away",
         expectation: "502 at once while down, 200 once it is back",
         run: |scale| Box::pin(origin_down(scale)),
     },
     Scenario {
         name: "injected-rst",
-        family: "faults",
         expectation: "reset at the fault's time; the origin sees the client go",
         run: |scale| Box::pin(injected_rst(scale)),
     },
     Scenario {
         name: "byte-limit",
-        family: "faults",
         expectation: "exactly 70 bytes, then truncated",
         run: |scale| Box::pin(byte_limit(scale)),
     },
     Scenario {
         name: "silent-loss",
-        family: "silent network loss",
         expectation: "with SERVER_TCP_USER_TIMEOUT, the origin drops the stream about that long after the network goes silent",
         run: |scale| Box::pin(silent_loss(scale, Some(scale.ms(1000)))),
     },
     Scenario {
         name: "silent-loss-no-timeout",
-        family: "silent network loss",
         expectation: "without it, the origin goes on streaming to nobody",
         run: |scale| Box::pin(silent_loss(scale, None)),
     },
     Scenario {
         name: "buffering-hop",
-        family: "hops",
         expectation: "a buffering hop holds the heartbeats; the idle timer behind it cuts",
         run: |scale| Box::pin(buffering_hop(scale)),
     },
     Scenario {
         name: "accel-buffering-no",
-        family: "hops",
         expectation: "X-Accel-Buffering: no lets the heartbeats through that hop",
         run: |scale| Box::pin(accel_buffering_no(scale)),
     },
     Scenario {
         name: "compression-hop",
-        family: "hops",
         expectation: "a gzip hop holds the heartbeats; the idle timer behind it cuts",
         run: |scale| Box::pin(compression_hop(scale)),
     },
     Scenario {
         name: "no-transform",
-        family: "hops",
         expectation: "Cache-Control: no-transform lets the heartbeats through that hop",
         run: |scale| Box::pin(no_transform(scale)),
     },
@@ -526,14 +509,7 @@ async fn client_rst(scale: Scale) -> Result<Outcome, NotRun> {
         ms(scale.ms(5000))
     );
     stream.write_all(request.as_bytes()).await.map_err(io)?;
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !received.windows(5).any(|w| w == b"lady\n") {
-        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
-            _ => return Err(NotRun::Failed("no first line through the proxy".to_owned())),
-        }
-    }
+    first_line(&mut stream).await?;
     let first_line_at = started.elapsed();
     tokio::time::sleep(scale.ms(300)).await;
     socket2::SockRef::from(&stream)
@@ -641,7 +617,7 @@ async fn origin_down(scale: Scale) -> Result<Outcome, NotRun> {
     let down = observe(&index, &[], Some(scale.ms(3000)), |_| {}).await;
     tokio::time::sleep(scale.ms(300)).await;
     let listener = socket.listen(64).map_err(io)?;
-    let _origin = serve_origin(listener).map_err(io)?;
+    let _origin = serve_origin(listener, origin_config()).map_err(io)?;
     let back_at = started.elapsed();
     let up = observe(&index, &[], Some(scale.ms(3000)), |_| {}).await;
     let mut timeline =
@@ -675,6 +651,23 @@ async fn origin_down(scale: Scale) -> Result<Outcome, NotRun> {
         problems,
         timeline,
     })
+}
+
+/// Reads a raw HTTP/1.1 response until the poem's first line arrived.
+async fn first_line(stream: &mut TcpStream) -> Result<(), NotRun> {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !received.windows(5).any(|w| w == b"lady\n") {
+        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
+            _ => {
+                return Err(NotRun::Failed(
+                    "no first line of the poem arrived".to_owned(),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn fault(name: &'static str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
@@ -862,11 +855,11 @@ async fn accel_buffering_no(scale: Scale) -> Result<Outcome, NotRun> {
     Ok(passed_through(seen))
 }
 
-fn accept_gzip() -> Result<(HeaderName, HeaderValue), String> {
-    Ok((
+fn accept_gzip() -> (HeaderName, HeaderValue) {
+    (
         http::header::ACCEPT_ENCODING,
         HeaderValue::from_static("gzip"),
-    ))
+    )
 }
 
 async fn compression_hop(scale: Scale) -> Result<Outcome, NotRun> {
@@ -880,7 +873,7 @@ async fn compression_hop(scale: Scale) -> Result<Outcome, NotRun> {
             hop.compression = keepalive_proxy::config::Compression::Gzip;
             hop.compression_ignore_no_transform = true;
         },
-        vec![accept_gzip()?],
+        vec![accept_gzip()],
     )
     .await?;
     // The 10-byte gzip header leaves the encoder at once; nothing of the stream follows it.
@@ -895,7 +888,7 @@ async fn no_transform(scale: Scale) -> Result<Outcome, NotRun> {
             ms(scale.ms(800))
         ),
         |hop| hop.compression = keepalive_proxy::config::Compression::Gzip,
-        vec![accept_gzip()?],
+        vec![accept_gzip()],
     )
     .await?;
     Ok(passed_through(seen))
@@ -936,10 +929,7 @@ impl Probe {
             .await
             .map_err(|err| failed(&err))?
             .to_bytes();
-        String::from_utf8_lossy(&body)
-            .lines()
-            .find_map(|line| line.strip_prefix("origin_streams_active "))
-            .and_then(|value| value.trim().parse().ok())
+        metric_value(&String::from_utf8_lossy(&body), "origin_streams_active")
             .ok_or_else(|| NotRun::Failed("no origin_streams_active in /metrics".to_owned()))
     }
 }
@@ -962,17 +952,14 @@ async fn silent_loss(scale: Scale, user_timeout: Option<Duration>) -> Result<Out
         })
         .map_err(NotRun::CannotRun)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(io)?;
-    let origin_config = keepalive_server::ServerConfig {
-        tcp_user_timeout: user_timeout,
-        ..super::lab::origin_config()
-    };
-    let stop = tokio_util::sync::CancellationToken::new();
-    let _stop_origin = stop.clone().drop_guard();
-    tokio::spawn(keepalive_server::serve(
+    let _origin = serve_origin(
         listener,
-        origin_config,
-        stop.cancelled_owned(),
-    ));
+        keepalive_server::ServerConfig {
+            tcp_user_timeout: user_timeout,
+            ..origin_config()
+        },
+    )
+    .map_err(io)?;
     let mut probe = Probe::connect(TcpStream::from_std(probe).map_err(io)?).await?;
     let mut client = TcpStream::from_std(client).map_err(io)?;
     let client_port = client.local_addr().map_err(io)?.port().to_string();
@@ -985,14 +972,7 @@ async fn silent_loss(scale: Scale, user_timeout: Option<Duration>) -> Result<Out
         ms(heartbeat)
     );
     client.write_all(request.as_bytes()).await.map_err(io)?;
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !received.windows(5).any(|w| w == b"lady\n") {
-        match tokio::time::timeout(Duration::from_secs(2), client.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
-            _ => return Err(NotRun::Failed("no first line from the origin".to_owned())),
-        }
-    }
+    first_line(&mut client).await?;
     let first_line_at = started.elapsed();
     tokio::time::sleep(scale.ms(500)).await;
     // On loopback every packet of the client's connection, both ways, passes INPUT with the
