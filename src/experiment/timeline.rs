@@ -47,6 +47,8 @@ const LEFT: f64 = 110.0;
 const RIGHT: f64 = 30.0;
 const TOP: f64 = 50.0;
 const LANE: f64 = 70.0;
+/// About what fits the width at the title's size.
+const TITLE_CHARS: usize = 100;
 
 impl Timeline {
     pub fn new(title: impl Into<String>) -> Self {
@@ -83,19 +85,24 @@ impl Timeline {
         let span = nice_span(self.end());
         let plot = WIDTH - LEFT - RIGHT;
         let x = |at: Duration| LEFT + plot * at.as_secs_f64() / span.as_secs_f64();
-        let height = TOP + LANE * self.lanes.len() as f64 + 40.0;
+        let title = wrap(&self.title, TITLE_CHARS);
+        let top = TOP + 18.0 * (title.len().saturating_sub(1)) as f64;
+        let height = top + LANE * self.lanes.len() as f64 + 40.0;
         let mut svg = String::new();
         let _ = writeln!(
             svg,
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
         );
         let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-        let _ = writeln!(
-            svg,
-            r#"<text x="{LEFT}" y="24" font-size="15" font-weight="bold">{}</text>"#,
-            escape(&self.title)
-        );
-        let axis_y = TOP + LANE * self.lanes.len() as f64;
+        for (index, line) in title.iter().enumerate() {
+            let _ = writeln!(
+                svg,
+                r#"<text x="{LEFT}" y="{}" font-size="15" font-weight="bold">{}</text>"#,
+                24.0 + 18.0 * index as f64,
+                escape(line)
+            );
+        }
+        let axis_y = top + LANE * self.lanes.len() as f64;
         let _ = writeln!(
             svg,
             r##"<line x1="{LEFT}" y1="{axis_y}" x2="{}" y2="{axis_y}" stroke="#444"/>"##,
@@ -107,14 +114,14 @@ impl Timeline {
             let tx = x(tick);
             let _ = writeln!(
                 svg,
-                r##"<line x1="{tx:.1}" y1="{TOP}" x2="{tx:.1}" y2="{axis_y}" stroke="#eee"/><text x="{tx:.1}" y="{:.1}" text-anchor="middle" fill="#444">{}s</text>"##,
+                r##"<line x1="{tx:.1}" y1="{top}" x2="{tx:.1}" y2="{axis_y}" stroke="#eee"/><text x="{tx:.1}" y="{:.1}" text-anchor="middle" fill="#444">{}s</text>"##,
                 axis_y + 16.0,
                 trim_float(tick.as_secs_f64())
             );
             tick += step;
         }
         for (index, lane) in self.lanes.iter().enumerate() {
-            let y = TOP + LANE * index as f64 + LANE / 2.0;
+            let y = top + LANE * index as f64 + LANE / 2.0;
             let _ = writeln!(
                 svg,
                 r##"<text x="{:.1}" y="{y:.1}" text-anchor="end" dominant-baseline="middle" font-weight="bold">{}</text><line x1="{LEFT}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ccc"/>"##,
@@ -186,6 +193,21 @@ impl Timeline {
     }
 }
 
+/// `text` in lines of at most `width` characters, broken between words.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
+    }
+    lines
+}
+
 /// The axis's length: the last event, rounded up to a tick, never zero.
 fn nice_span(end: Duration) -> Duration {
     let end = end.max(Duration::from_millis(100));
@@ -250,6 +272,12 @@ mod tests {
         assert!(svg.contains("idle cut &lt;500ms&gt;"), "titles are escaped");
         assert!(!svg.contains("<500ms>"));
         assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+    }
+
+    #[test]
+    fn long_titles_wrap_between_words() {
+        assert_eq!(wrap("a bb ccc", 4), vec!["a bb", "ccc"]);
+        assert_eq!(wrap("short", 100), vec!["short"]);
     }
 
     #[test]
