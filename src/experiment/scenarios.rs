@@ -250,6 +250,25 @@ fn origin_lane(timeline: &mut Timeline, end: Option<OriginEnd>, client_end: Dura
     format!("{how}, +{}", display(after))
 }
 
+/// The client's stream ended as `want`, and at about `at` when given.
+fn ended_as(problems: &mut Vec<String>, client: &Observation, want: Verdict, at: Option<Duration>) {
+    if client.verdict != want {
+        problems.push(format!(
+            "client: {}, want {}",
+            client.verdict.name(),
+            want.name()
+        ));
+    }
+    if let Some(at) = at.filter(|at| !around(client.ended_at, *at)) {
+        problems.push(format!(
+            "{} at {:.3}s, want {}",
+            client.verdict.name(),
+            client.ended_at.as_secs_f64(),
+            ms(at)
+        ));
+    }
+}
+
 fn check(problems: &mut Vec<String>, holds: bool, problem: impl FnOnce() -> String) {
     if !holds {
         problems.push(problem());
@@ -337,18 +356,7 @@ async fn idle_cut(scale: Scale) -> Result<Outcome, NotRun> {
     )
     .await?;
     let mut problems = Vec::new();
-    check(
-        &mut problems,
-        seen.client.verdict == Verdict::Truncated,
-        || format!("client: {}, want truncated", seen.client.verdict.name()),
-    );
-    check(&mut problems, around(seen.client.ended_at, idle), || {
-        format!(
-            "cut at {:.3}s, want {}",
-            seen.client.ended_at.as_secs_f64(),
-            ms(idle)
-        )
-    });
+    ended_as(&mut problems, &seen.client, Verdict::Truncated, Some(idle));
     origin_follows(&mut problems, &seen);
     Ok(outcome(seen, problems))
 }
@@ -416,18 +424,7 @@ async fn total_timer(scale: Scale) -> Result<Outcome, NotRun> {
     )
     .await?;
     let mut problems = Vec::new();
-    check(
-        &mut problems,
-        seen.client.verdict == Verdict::Truncated,
-        || format!("client: {}, want truncated", seen.client.verdict.name()),
-    );
-    check(&mut problems, around(seen.client.ended_at, total), || {
-        format!(
-            "cut at {:.3}s, want {}",
-            seen.client.ended_at.as_secs_f64(),
-            ms(total)
-        )
-    });
+    ended_as(&mut problems, &seen.client, Verdict::Truncated, Some(total));
     origin_follows(&mut problems, &seen);
     Ok(outcome(seen, problems))
 }
@@ -449,21 +446,11 @@ async fn first_byte_504(scale: Scale) -> Result<Outcome, NotRun> {
     )
     .await?;
     let mut problems = Vec::new();
-    check(
+    ended_as(
         &mut problems,
-        seen.client.verdict == Verdict::Http(StatusCode::GATEWAY_TIMEOUT),
-        || format!("client: {}, want http 504", seen.client.verdict.name()),
-    );
-    check(
-        &mut problems,
-        around(seen.client.ended_at, first_byte),
-        || {
-            format!(
-                "504 at {:.3}s, want {}",
-                seen.client.ended_at.as_secs_f64(),
-                ms(first_byte)
-            )
-        },
+        &seen.client,
+        Verdict::Http(StatusCode::GATEWAY_TIMEOUT),
+        Some(first_byte),
     );
     Ok(outcome(seen, problems))
 }
@@ -583,9 +570,7 @@ async fn origin_killed(scale: Scale) -> Result<Outcome, NotRun> {
         label: "origin killed".to_owned(),
     });
     let mut problems = Vec::new();
-    check(&mut problems, client.verdict == Verdict::Truncated, || {
-        format!("client: {}, want truncated", client.verdict.name())
-    });
+    ended_as(&mut problems, &client, Verdict::Truncated, None);
     check(
         &mut problems,
         client.ended_at <= killed_at + Duration::from_millis(500),
@@ -691,16 +676,7 @@ async fn injected_rst(scale: Scale) -> Result<Outcome, NotRun> {
     )
     .await?;
     let mut problems = Vec::new();
-    check(&mut problems, seen.client.verdict == Verdict::Reset, || {
-        format!("client: {}, want reset", seen.client.verdict.name())
-    });
-    check(&mut problems, around(seen.client.ended_at, after), || {
-        format!(
-            "reset at {:.3}s, want {}",
-            seen.client.ended_at.as_secs_f64(),
-            ms(after)
-        )
-    });
+    ended_as(&mut problems, &seen.client, Verdict::Reset, Some(after));
     origin_follows(&mut problems, &seen);
     Ok(outcome(seen, problems))
 }
@@ -717,11 +693,7 @@ async fn byte_limit(scale: Scale) -> Result<Outcome, NotRun> {
     )
     .await?;
     let mut problems = Vec::new();
-    check(
-        &mut problems,
-        seen.client.verdict == Verdict::Truncated,
-        || format!("client: {}, want truncated", seen.client.verdict.name()),
-    );
+    ended_as(&mut problems, &seen.client, Verdict::Truncated, None);
     check(&mut problems, seen.client.body_bytes() == 70, || {
         format!("{} body bytes, want 70", seen.client.body_bytes())
     });
@@ -777,22 +749,11 @@ async fn behind_hop(
 /// delivered; `allowed` bytes may pass (a gzip header).
 fn swallowed(seen: Seen, idle: Duration, allowed: usize) -> Outcome {
     let mut problems = Vec::new();
-    check(
-        &mut problems,
-        seen.client.verdict == Verdict::Truncated,
-        || format!("client: {}, want truncated", seen.client.verdict.name()),
-    );
+    ended_as(&mut problems, &seen.client, Verdict::Truncated, Some(idle));
     check(&mut problems, seen.client.body_bytes() <= allowed, || {
         format!(
             "{} body bytes passed the hop, want at most {allowed}",
             seen.client.body_bytes()
-        )
-    });
-    check(&mut problems, around(seen.client.ended_at, idle), || {
-        format!(
-            "cut at {:.3}s, want {}",
-            seen.client.ended_at.as_secs_f64(),
-            ms(idle)
         )
     });
     origin_follows(&mut problems, &seen);
