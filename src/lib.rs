@@ -1,6 +1,7 @@
 //! keepalive-lab: the lab around the origin and the proxy. The binary's subcommands live here so
-//! that the tests run them in-process: `demo`, `watch`, `experiment`.
+//! that the tests run them in-process: `demo`, `watch`, `probe`, `experiment`.
 
 pub mod demo;
 pub mod experiment;
+pub mod probe;
 pub mod watch;

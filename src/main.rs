@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use keepalive_common::config::parse_or_exit;
-use keepalive_lab::{demo, experiment, watch};
+use keepalive_lab::{demo, experiment, probe, watch};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +33,9 @@ enum Command {
     /// dots, then how it ended: completed (exit 0), truncated (18), reset (56), timeout (28),
     /// http <status> (22), or failed (7), curl's codes for the same endings
     Watch(watch::WatchArgs),
+    /// Measure the timers of a balancer in front of keepalive-server from outside: first byte,
+    /// idle, whether heartbeats help, total; then explain each and recommend a heartbeat interval
+    Probe(probe::ProbeArgs),
     /// Run the scripted scenarios, every way a long stream dies (timers, client and origin going
     /// away, injected faults, hops that swallow heartbeats, silent network loss): a table of
     /// expected vs seen, a timeline SVG each; exit 1 if any differs. --list names them
@@ -45,6 +48,7 @@ async fn main() -> ExitCode {
     let outcome = match cli.command {
         Some(Command::Watch(args)) => return ExitCode::from(watch::run(args).await),
         Some(Command::Experiment(args)) => return ExitCode::from(experiment::run(args).await),
+        Some(Command::Probe(args)) => return ExitCode::from(probe::run(args).await),
         Some(Command::Demo(args)) => demo::run(args).await,
         None => demo::run(cli.demo).await,
     };

@@ -1,0 +1,332 @@
+//! `keepalive-lab probe URL`: measures, from outside, the timers of whatever balancer sits in front of
+//! a keepalive-server, using the origin's own parameters to provoke each one:
+//!
+//! - first byte: response headers withheld (`delay=max`): the balancer's error page comes at its limit;
+//! - idle: one line, then silence (`sleep=max`): the cut comes at the idle limit after that line;
+//! - heartbeats: the same silence filled with heartbeats every half idle limit: a stream that outlives
+//!   the idle limit proves they work; a cut then is a total limit (`max_duration`), unless a stream of
+//!   real lines (no heartbeats) at that pace is not cut there, which means the heartbeats were held
+//!   back on the way (a buffering or compressing hop).
+//!
+//! A balancer acts at its limit, so the moment it acts is the measurement: one trial per timer, no
+//! bisection. The first-byte and idle trials run at once (separate connections cannot disturb each
+//! other); the heartbeat trial needs the idle limit, so it follows.
+
+use std::time::Duration;
+
+use clap::Args;
+use http::Uri;
+use keepalive_common::duration::{display, parse_duration};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::watch::{observe, Observation, Verdict};
+
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// The balancer's URL for keepalive-server's /polls/streamed, e.g. https://lb.example/polls/streamed
+    /// (http:// only: run the probe where it reaches the balancer without TLS)
+    url: Uri,
+
+    /// Longest a timer is looked for; one not hit by then is reported as null. Real balancers'
+    /// timers are often 60 s: the default covers them
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    max: Duration,
+
+    /// Print exactly one JSON object as the last line
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one trial saw: the balancer acted (cut or answered an error) after `at`, or not at all.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Seen {
+    Cut { at: Duration },
+    Error { at: Duration, status: u16 },
+    Lasted,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Findings {
+    pub first_byte_timeout_s: Option<f64>,
+    /// The status the balancer answered when it gave up waiting for headers.
+    pub first_byte_status: Option<u16>,
+    pub idle_timeout_s: Option<f64>,
+    pub heartbeat_survives: bool,
+    pub heartbeat_interval_s: f64,
+    pub max_duration_s: Option<f64>,
+    pub recommended_heartbeat_s: Option<f64>,
+    pub max_s: f64,
+    pub took_s: f64,
+}
+
+fn url_with(base: &Uri, query: &str) -> Result<Uri, String> {
+    let path = base.path();
+    let joined = match base.query() {
+        Some(existing) if !existing.is_empty() => format!("{path}?{existing}&{query}"),
+        _ => format!("{path}?{query}"),
+    };
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(
+        joined
+            .parse()
+            .map_err(|err| format!("cannot add {query:?} to {base}: {err}"))?,
+    );
+    Uri::from_parts(parts).map_err(|err| format!("cannot add {query:?} to {base}: {err}"))
+}
+
+fn millis(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}
+
+/// When the balancer acted on a trial, measured from `from` (the request, or the first line).
+fn seen(observation: &Observation, from: Duration) -> Result<Seen, String> {
+    let since = |at: Duration| at.saturating_sub(from);
+    match &observation.verdict {
+        Verdict::Truncated | Verdict::Reset => Ok(Seen::Cut {
+            at: since(observation.ended_at),
+        }),
+        Verdict::Http(status) if status.is_server_error() => Ok(Seen::Error {
+            at: since(observation.ended_at),
+            status: status.as_u16(),
+        }),
+        Verdict::Completed | Verdict::Timeout => Ok(Seen::Lasted),
+        Verdict::Http(status) => Err(format!(
+            "the balancer answered {status}: is the URL keepalive-server's /polls/streamed?"
+        )),
+        Verdict::Failed(reason) => Err(reason.clone()),
+    }
+}
+
+/// Two measurements of the same limit, within the probe's tolerance (10% or 200 ms).
+fn same(a: Duration, b: Duration) -> bool {
+    let tolerance = Duration::from_millis(200).max(a.max(b).mul_f64(0.1));
+    a.abs_diff(b) <= tolerance
+}
+
+/// Runs the trials; `progress` gets a sentence as each starts and ends.
+pub async fn measure(
+    url: &Uri,
+    max: Duration,
+    mut progress: impl FnMut(&str),
+) -> Result<Findings, String> {
+    let started = Instant::now();
+    // Each trial asks for a little more than `max`, so that "not hit by max" is the client's own
+    // timeout and never the origin ending the stream.
+    let patience = max + Duration::from_millis(500);
+    let first_byte_url = url_with(url, &format!("delay={}&lines=1&sleep=0", millis(patience)))?;
+    let idle_url = url_with(url, &format!("sleep={}&lines=2", millis(patience)))?;
+    progress(&format!(
+        "first byte: headers held back up to {}; idle: one line, then up to {} of silence",
+        display(max),
+        display(max)
+    ));
+    let (first_byte, idle) = tokio::join!(
+        observe(&first_byte_url, &[], Some(max), |_| {}),
+        observe(&idle_url, &[], Some(max), |_| {}),
+    );
+    let first_byte = seen(&first_byte, Duration::ZERO)?;
+    // The origin sends the first line as soon as the request reaches it, and the balancer's idle
+    // clock starts when that line passes it: measured from the request, not from when the line
+    // reached the client, since a hop may hold small chunks a little (HAProxy does, ~200 ms).
+    let idle = seen(&idle, Duration::ZERO)?;
+    let (first_byte_timeout, first_byte_status) = match first_byte {
+        Seen::Error { at, status } => {
+            progress(&format!(
+                "first byte: answered {status} after {}",
+                display(at)
+            ));
+            (Some(at), Some(status))
+        }
+        Seen::Cut { at } => {
+            progress(&format!(
+                "first byte: closed without an answer after {}",
+                display(at)
+            ));
+            (Some(at), None)
+        }
+        Seen::Lasted => {
+            progress(&format!(
+                "first byte: headers held {} without complaint",
+                display(max)
+            ));
+            (None, None)
+        }
+    };
+    let idle_cut = match idle {
+        Seen::Cut { at } | Seen::Error { at, .. } => {
+            progress(&format!("idle: cut {} after the only line", display(at)));
+            Some(at)
+        }
+        Seen::Lasted => {
+            progress(&format!("idle: {} of silence passed", display(max)));
+            None
+        }
+    };
+
+    let interval = idle_cut.map_or(Duration::from_secs(1), |idle| idle / 2);
+    let heartbeat_url = url_with(
+        url,
+        &format!(
+            "sleep={}&lines=2&heartbeat={}",
+            millis(patience),
+            millis(interval)
+        ),
+    )?;
+    progress(&format!(
+        "heartbeats: the same silence with a heartbeat every {}",
+        display(interval)
+    ));
+    let heartbeat = observe(&heartbeat_url, &[], Some(max), |_| {}).await;
+    let heartbeat = seen(&heartbeat, Duration::ZERO)?;
+    let (mut idle_timeout, mut survives, mut max_duration) = (idle_cut, true, None);
+    match (heartbeat, idle_cut) {
+        (Seen::Lasted, _) => progress(&format!("heartbeats: the stream lasted {}", display(max))),
+        (Seen::Cut { at } | Seen::Error { at, .. }, Some(idle)) if same(at, idle) => {
+            // Cut where silence would have been cut: either the heartbeats never arrived, or
+            // the "idle" cut was a total limit all along. Real lines at the heartbeat pace tell.
+            progress(&format!(
+                "heartbeats: cut after {} too; sending real lines every {} to tell why",
+                display(at),
+                display(interval)
+            ));
+            let lines_url = url_with(url, &format!("sleep={}", millis(interval)))?;
+            let lines = observe(&lines_url, &[], Some(max), |_| {}).await;
+            match seen(&lines, Duration::ZERO)? {
+                Seen::Cut { at: lines_at } | Seen::Error { at: lines_at, .. }
+                    if same(lines_at, at) =>
+                {
+                    progress(&format!(
+                        "lines: cut after {} as well: a total limit, and no idle timer before it",
+                        display(lines_at)
+                    ));
+                    idle_timeout = None;
+                    max_duration = Some(lines_at);
+                }
+                _ => {
+                    progress("lines: not cut there: the heartbeats were held back on the way");
+                    survives = false;
+                }
+            }
+        }
+        (Seen::Cut { at } | Seen::Error { at, .. }, _) => {
+            progress(&format!(
+                "heartbeats: the stream outlived the idle limit, then was cut after {}: a total limit",
+                display(at)
+            ));
+            max_duration = Some(at);
+        }
+    }
+    let recommended = idle_timeout.map(|idle| (idle.as_secs_f64() / 2.0 * 10.0).floor() / 10.0);
+    Ok(Findings {
+        first_byte_timeout_s: first_byte_timeout.map(seconds),
+        first_byte_status,
+        idle_timeout_s: idle_timeout.map(seconds),
+        heartbeat_survives: survives,
+        heartbeat_interval_s: seconds(interval),
+        max_duration_s: max_duration.map(seconds),
+        recommended_heartbeat_s: recommended,
+        max_s: seconds(max),
+        took_s: seconds(started.elapsed()),
+    })
+}
+
+/// Whole milliseconds, as seconds.
+fn seconds(duration: Duration) -> f64 {
+    duration.as_millis() as f64 / 1000.0
+}
+
+fn explain(findings: &Findings) -> Vec<String> {
+    let max = findings.max_s;
+    let mut lines = Vec::new();
+    lines.push(match (findings.first_byte_timeout_s, findings.first_byte_status) {
+        (Some(at), Some(status)) => format!(
+            "First byte: the balancer answers {status} when response headers take {at:.1} s: start responding (headers, then stream) sooner than that."
+        ),
+        (Some(at), None) => format!(
+            "First byte: the balancer closes the connection when response headers take {at:.1} s."
+        ),
+        _ => format!("First byte: response headers may take at least {max:.0} s."),
+    });
+    lines.push(match findings.idle_timeout_s {
+        Some(idle) => format!(
+            "Idle: a stream silent for {idle:.1} s is cut mid-body; clients see a truncated response, not an error."
+        ),
+        None => format!("Idle: {max:.0} s of silence did not cut the stream."),
+    });
+    lines.push(if findings.heartbeat_survives {
+        format!(
+            "Heartbeats: one every {:.1} s kept the stream alive.",
+            findings.heartbeat_interval_s
+        )
+    } else {
+        "Heartbeats: they did NOT keep the stream alive: something on the way holds small chunks back (proxy buffering, compression); send X-Accel-Buffering: no and Cache-Control: no-transform, or turn buffering off.".to_owned()
+    });
+    lines.push(match findings.max_duration_s {
+        Some(total) => format!(
+            "Total: every response is cut after {total:.1} s, heartbeats or not: longer streams must reconnect and resume."
+        ),
+        None => format!("Total: no limit on a heartbeated stream up to {max:.0} s."),
+    });
+    if let Some(every) = findings.recommended_heartbeat_s {
+        lines.push(format!(
+            "Recommendation: send a heartbeat at least every {every:.1} s (half the idle limit)."
+        ));
+    }
+    lines
+}
+
+/// Runs `probe`: progress on stderr, the findings explained (or as JSON) on stdout.
+pub async fn run(args: ProbeArgs) -> u8 {
+    let json = args.json;
+    let findings = measure(&args.url, args.max, |line| eprintln!("probe: {line}")).await;
+    match findings {
+        Ok(findings) => {
+            if json {
+                println!("{}", serde_json::to_string(&findings).unwrap_or_default());
+            } else {
+                for line in explain(&findings) {
+                    println!("{line}");
+                }
+                println!("(probed {} in {:.1} s)", args.url, findings.took_s);
+            }
+            0
+        }
+        Err(reason) => {
+            eprintln!("keepalive-lab probe: {reason}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_added_to_the_url() {
+        let base: Uri = "http://lb:8080/polls/streamed".parse().expect("URL");
+        assert_eq!(
+            url_with(&base, "sleep=1").expect("URL").to_string(),
+            "http://lb:8080/polls/streamed?sleep=1"
+        );
+        let with_query: Uri = "http://lb/polls/streamed?format=sse".parse().expect("URL");
+        assert_eq!(
+            url_with(&with_query, "sleep=1").expect("URL").to_string(),
+            "http://lb/polls/streamed?format=sse&sleep=1"
+        );
+    }
+
+    #[test]
+    fn tolerance_is_ten_percent_or_200_ms() {
+        assert!(same(
+            Duration::from_millis(2000),
+            Duration::from_millis(2190)
+        ));
+        assert!(!same(
+            Duration::from_millis(2000),
+            Duration::from_millis(2300)
+        ));
+        assert!(same(Duration::from_secs(60), Duration::from_secs(65)));
+    }
+}
