@@ -1,0 +1,396 @@
+//! Conformance with real balancers: nginx and HAProxy (from Debian's packages, configured from
+//! `lb/`) and keepalive-proxy each put in front of the origin with the same scaled-down timers, and
+//! held to the same observable outcome: the idle cut at the same time with the same ending (a
+//! chunked body without its last chunk), a 504 before headers, heartbeats that survive, and the
+//! probe's numbers. Plus nginx's default `proxy_buffering on` with gzip, which holds heartbeats back
+//! unless the origin's `X-Accel-Buffering: no` is honoured.
+//!
+//! Where nginx or HAProxy is not installed, these tests say so on stderr and pass, unless
+//! `KEEPALIVE_REQUIRE_LB=1` (set by `scripts/test-all`, hence CI), where that is a failure.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use keepalive_lab::probe::measure;
+use keepalive_proxy::TimerSet;
+use support::{
+    assert_around, get, ms, origin_config, raw_request, start_origin, start_proxy, Ending, RawConn,
+    Running, OFF,
+};
+
+const IDLE: Duration = Duration::from_millis(1000);
+
+/// The timers every balancer here gets; nginx and HAProxy have one timer for first byte and idle.
+fn timers() -> TimerSet {
+    TimerSet {
+        connect: ms(1000),
+        first_byte: Some(IDLE),
+        idle: Some(IDLE),
+        max_duration: OFF,
+        header: ms(5000),
+        keepalive: ms(5000),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Nginx,
+    Haproxy,
+    KeepaliveProxy,
+}
+
+/// A balancer in front of the origin, stopped (and its files removed) on drop.
+struct Balancer {
+    addr: SocketAddr,
+    _origin: Running,
+    _process: Option<RealProcess>,
+    _proxy: Option<support::Proxy>,
+}
+
+struct RealProcess {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for RealProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The installed program, looked for on PATH and in /usr/sbin (where Debian puts both).
+fn program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// `None` (after saying so) where the balancer is not installed and the run does not require it.
+fn installed(name: &str) -> Option<PathBuf> {
+    let found = program(name);
+    if found.is_none() {
+        let required = std::env::var("KEEPALIVE_REQUIRE_LB").is_ok_and(|value| value == "1");
+        assert!(
+            !required,
+            "KEEPALIVE_REQUIRE_LB=1 but {name} is not installed (apt-get install {name})"
+        );
+        eprintln!(
+            "SKIPPED: {name} is not installed (apt-get install {name}); this test did not run"
+        );
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `template` with every `${NAME}` replaced; panics on a field left unfilled.
+fn render(template: &Path, fields: &[(&str, String)]) -> String {
+    let mut text = std::fs::read_to_string(template)
+        .unwrap_or_else(|err| panic!("read {}: {err}", template.display()));
+    for (name, value) in fields {
+        text = text.replace(&format!("${{{name}}}"), value);
+    }
+    let config: String = text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !config.contains("${"),
+        "unfilled field in {}:\n{config}",
+        template.display()
+    );
+    text
+}
+
+fn millis(duration: Option<Duration>) -> String {
+    format!(
+        "{}ms",
+        duration.expect("a timer the balancer has").as_millis()
+    )
+}
+
+async fn wait_listening(addr: SocketAddr, what: &str, log: &Path) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{what} did not listen on {addr}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+async fn start(kind: Kind, nginx_extra: &str) -> Option<Balancer> {
+    let origin = start_origin(origin_config()).await;
+    let timers = timers();
+    if kind == Kind::KeepaliveProxy {
+        let proxy = start_proxy(origin.addr, timers).await;
+        return Some(Balancer {
+            addr: proxy.addr,
+            _origin: origin,
+            _process: None,
+            _proxy: Some(proxy),
+        });
+    }
+    let name = if kind == Kind::Nginx {
+        "nginx"
+    } else {
+        "haproxy"
+    };
+    let binary = installed(name)?;
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!(
+        "keepalive-lab-{name}-{}-{port}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("a run directory");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut fields = vec![
+        ("LISTEN_PORT", port.to_string()),
+        ("UPSTREAM_PORT", origin.addr.port().to_string()),
+        ("RUN_DIR", dir.display().to_string()),
+        ("CONNECT", millis(timers.connect)),
+        ("IDLE", millis(timers.idle)),
+        ("HEADER", millis(timers.header)),
+        ("KEEPALIVE", millis(timers.keepalive)),
+        ("CLIENT", "30s".to_owned()),
+    ];
+    fields.push(("EXTRA", nginx_extra.to_owned()));
+    let (template, config, mut command) = match kind {
+        Kind::Nginx => {
+            let config = dir.join("nginx.conf");
+            let mut command = Command::new(binary);
+            command.arg("-c").arg(&config).arg("-p").arg(&dir);
+            (root.join("lb/nginx/proxy.conf"), config, command)
+        }
+        _ => {
+            let config = dir.join("haproxy.cfg");
+            let mut command = Command::new(binary);
+            command.arg("-db").arg("-f").arg(&config);
+            (root.join("lb/haproxy/proxy.cfg"), config, command)
+        }
+    };
+    std::fs::write(&config, render(&template, &fields)).expect("write the config");
+    let log = dir.join("stderr.log");
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("a log file"))
+        .spawn()
+        .unwrap_or_else(|err| panic!("start {name}: {err}"));
+    let process = RealProcess { child, dir };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(addr, name, &log).await;
+    Some(Balancer {
+        addr,
+        _origin: origin,
+        _process: Some(process),
+        _proxy: None,
+    })
+}
+
+async fn idle_cut_truncates_the_chunked_body(kind: Kind) {
+    let Some(balancer) = start(kind, "").await else {
+        return;
+    };
+    let transcript = raw_request(
+        balancer.addr,
+        &get("/polls/streamed?sleep=3s", ""),
+        Duration::from_secs(4),
+    )
+    .await;
+    let response = transcript.response();
+    assert_eq!(response.status, 200, "{kind:?}: {}", transcript.text());
+    assert!(response.is_chunked(), "{kind:?}: {:?}", response.headers);
+    let body = response.data();
+    assert!(
+        String::from_utf8_lossy(&body.data).starts_with("[         0 s] Little brown lady\n"),
+        "{kind:?}: {}",
+        transcript.text()
+    );
+    assert!(!body.complete, "{kind:?}: a cut body has no last chunk");
+    assert_eq!(
+        transcript.ending,
+        Ending::Eof,
+        "{kind:?} closes the connection"
+    );
+    assert_around(transcript.ended_at, IDLE, &format!("{kind:?} idle cut"));
+}
+
+async fn answers_504_before_headers(kind: Kind) {
+    let Some(balancer) = start(kind, "").await else {
+        return;
+    };
+    let transcript = raw_request(
+        balancer.addr,
+        &get("/polls/streamed?delay=3s", "Connection: close\r\n"),
+        Duration::from_secs(4),
+    )
+    .await;
+    assert_eq!(
+        transcript.response().status,
+        504,
+        "{kind:?}: {}",
+        transcript.text()
+    );
+    let at = transcript.first_byte_at.expect("an answer");
+    assert_around(at, IDLE, &format!("{kind:?} 504"));
+}
+
+async fn heartbeats_keep_a_stream_alive(kind: Kind) {
+    let Some(balancer) = start(kind, "").await else {
+        return;
+    };
+    let mut conn = RawConn::connect(balancer.addr).await;
+    conn.send(get("/polls/streamed?sleep=1500ms&heartbeat=300ms", "").as_bytes())
+        .await;
+    let transcript = conn.finish(Duration::from_millis(3500)).await;
+    assert_eq!(
+        transcript.ending,
+        Ending::Open,
+        "{kind:?}: {}",
+        transcript.text()
+    );
+    let text = String::from_utf8_lossy(&transcript.response().data().data).into_owned();
+    assert!(
+        text.contains("Jumped into the blue water") && text.contains("And smiled"),
+        "{kind:?}: lines 1.5 s apart passed a {IDLE:?} idle timer: {text:?}"
+    );
+}
+
+async fn probe_measures_the_idle_timer(kind: Kind) {
+    let Some(balancer) = start(kind, "").await else {
+        return;
+    };
+    let url = format!("http://{}/polls/streamed", balancer.addr)
+        .parse()
+        .expect("a URL");
+    let findings = measure(&url, Duration::from_secs(3), |_| {})
+        .await
+        .unwrap_or_else(|err| panic!("{kind:?}: {err}"));
+    let idle = findings.idle_timeout_s.expect("an idle timeout");
+    assert!(
+        (idle - 1.0).abs() <= 0.2,
+        "{kind:?}: idle {idle}, want 1.0: {findings:?}"
+    );
+    let first_byte = findings.first_byte_timeout_s.expect("a first-byte timeout");
+    assert!((first_byte - 1.0).abs() <= 0.2, "{kind:?}: {findings:?}");
+    assert_eq!(
+        findings.first_byte_status,
+        Some(504),
+        "{kind:?}: {findings:?}"
+    );
+    assert!(findings.heartbeat_survives, "{kind:?}: {findings:?}");
+    assert_eq!(findings.max_duration_s, None, "{kind:?}: {findings:?}");
+}
+
+macro_rules! conformance {
+    ($($kind:ident: $idle:ident, $gateway:ident, $heartbeats:ident, $probe:ident;)+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $idle() {
+                idle_cut_truncates_the_chunked_body(Kind::$kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $gateway() {
+                answers_504_before_headers(Kind::$kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $heartbeats() {
+                heartbeats_keep_a_stream_alive(Kind::$kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $probe() {
+                probe_measures_the_idle_timer(Kind::$kind).await;
+            }
+        )+
+    };
+}
+
+conformance! {
+    Nginx: nginx_idle_cut_truncates_the_chunked_body, nginx_answers_504_before_headers,
+        nginx_lets_heartbeats_keep_a_stream_alive, probe_measures_nginx;
+    Haproxy: haproxy_idle_cut_truncates_the_chunked_body, haproxy_answers_504_before_headers,
+        haproxy_lets_heartbeats_keep_a_stream_alive, probe_measures_haproxy;
+    KeepaliveProxy: keepalive_proxy_idle_cut_truncates_the_chunked_body,
+        keepalive_proxy_answers_504_before_headers, keepalive_proxy_lets_heartbeats_keep_a_stream_alive,
+        probe_measures_keepalive_proxy;
+}
+
+/// nginx's gzip, as commonly switched on for text; what it holds back depends on buffering.
+const NGINX_GZIP: &str = "gzip on; gzip_types text/plain; gzip_proxied any; gzip_min_length 1;";
+
+/// What a gzip-accepting client gets in 2 s of a heartbeated stream through `nginx_extra`.
+async fn gzip_client_in_two_seconds(nginx_extra: &str) -> Option<support::Transcript> {
+    let balancer = start(Kind::Nginx, nginx_extra).await?;
+    let mut conn = RawConn::connect(balancer.addr).await;
+    conn.send(
+        get(
+            "/polls/streamed?sleep=5s&heartbeat=200ms",
+            "Accept-Encoding: gzip\r\n",
+        )
+        .as_bytes(),
+    )
+    .await;
+    Some(conn.finish(Duration::from_millis(2000)).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_buffering_holds_heartbeats_back_unless_the_origin_says_no() {
+    // Buffered (X-Accel-Buffering ignored), gzip waits for more data: nothing at all in 2 s, not
+    // even the response head, which goes out with the first compressed bytes.
+    let ignoring = format!("proxy_ignore_headers X-Accel-Buffering; {NGINX_GZIP}");
+    let Some(held) = gzip_client_in_two_seconds(&ignoring).await else {
+        return;
+    };
+    assert_eq!(held.text(), "", "buffered and gzipped, the stream is held");
+    assert_eq!(held.ending, Ending::Open);
+    // Unbuffered on the origin's word, nginx flushes every chunk through gzip: they pass.
+    let Some(passed) = gzip_client_in_two_seconds(NGINX_GZIP).await else {
+        return;
+    };
+    let response = passed.response();
+    assert_eq!(response.header("content-encoding"), Some("gzip"));
+    let bytes = response.data().data.len();
+    assert!(
+        bytes > 40,
+        "with X-Accel-Buffering: no the heartbeats pass, got {bytes} bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_buffering_alone_forwards_each_chunk_as_it_comes() {
+    // Without a filter that waits for more data, nginx's buffering does not delay a slow stream:
+    // it writes what it has whenever the origin has nothing more to read.
+    let Some(balancer) = start(Kind::Nginx, "proxy_ignore_headers X-Accel-Buffering;").await else {
+        return;
+    };
+    let mut conn = RawConn::connect(balancer.addr).await;
+    conn.send(get("/polls/streamed?sleep=5s&heartbeat=200ms", "").as_bytes())
+        .await;
+    let transcript = conn.finish(Duration::from_millis(2000)).await;
+    let text = String::from_utf8_lossy(&transcript.response().data().data).into_owned();
+    let heartbeats = text
+        .strip_prefix("[         0 s] Little brown lady\n")
+        .map(|rest| rest.matches(' ').count());
+    assert!(heartbeats >= Some(5), "{text:?}");
+}
