@@ -256,7 +256,7 @@ fn explain(findings: &Findings) -> Vec<String> {
     });
     lines.push(if findings.heartbeat_survives {
         format!(
-            "Heartbeats: one every {:.1} s kept the stream alive.",
+            "Heartbeats: one every {:.2} s kept the stream alive.",
             findings.heartbeat_interval_s
         )
     } else {
