@@ -5,8 +5,8 @@
 //! - idle: one line, then silence (`sleep=max`): the cut comes at the idle limit after that line;
 //! - heartbeats: the same silence filled with heartbeats every half idle limit: a stream that outlives
 //!   the idle limit proves they work; a cut then is a total limit (`max_duration`), unless a stream of
-//!   real lines (no heartbeats) at that pace is not cut there, which means the heartbeats were held
-//!   back on the way (a buffering or compressing hop).
+//!   real lines (no heartbeats) at that pace is not cut there, or not even the first line got through,
+//!   which means the heartbeats were held back on the way (a buffering or compressing hop).
 //!
 //! A balancer acts at its limit, so the moment it acts is the measurement: one trial per timer, no
 //! bisection. The first-byte and idle trials run at once (separate connections cannot disturb each
@@ -129,6 +129,9 @@ pub async fn measure(
     // The origin sends the first line as soon as the request reaches it, and the balancer's idle
     // clock starts when that line passes it: measured from the request, not from when the line
     // reached the client, since a hop may hold small chunks a little (HAProxy does, ~200 ms).
+    // The first line leaves the origin at once: if none arrived, something on the way holds
+    // small chunks back, and heartbeats cannot help either.
+    let idle_delivered = !idle.chunks.is_empty();
     let idle = seen(&idle, Duration::ZERO)?;
     let (first_byte_timeout, first_byte_status) = match first_byte {
         Seen::Error { at, status } => {
@@ -182,6 +185,15 @@ pub async fn measure(
     let (mut idle_timeout, mut survives, mut max_duration) = (idle_cut, true, None);
     match (heartbeat, idle_cut) {
         (Seen::Lasted, _) => progress(&format!("heartbeats: the stream lasted {}", display(max))),
+        (Seen::Cut { at } | Seen::Error { at, .. }, Some(idle))
+            if same(at, idle) && !idle_delivered =>
+        {
+            progress(&format!(
+                "heartbeats: cut after {} too, and not even the first line ever arrived: held back on the way",
+                display(at)
+            ));
+            survives = false;
+        }
         (Seen::Cut { at } | Seen::Error { at, .. }, Some(idle)) if same(at, idle) => {
             // Cut where silence would have been cut: either the heartbeats never arrived, or
             // the "idle" cut was a total limit all along. Real lines at the heartbeat pace tell.
