@@ -1,0 +1,286 @@
+//! `keepalive-lab bench`: keepalive-proxy side by side with nginx (and a direct connection) in one
+//! run, on this machine's loopback: small-response throughput and latency, many long heartbeated
+//! streams held open, idle-cut precision, and disconnect propagation. A benchmark that prints
+//! figures and ratios, not a test: the goals are in the README's "Performance" section.
+
+mod load;
+mod procs;
+
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+
+use load::{
+    disconnect_propagation, hold_streams, idle_cut_errors, percentile, wrk, Held, Throughput,
+};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Shorter runs and 1,000 streams instead of 10,000 (about a minute instead of several)
+    #[arg(long)]
+    quick: bool,
+
+    /// One JSON object with every figure on the last line
+    #[arg(long)]
+    json: bool,
+}
+
+/// Every figure of a run; the JSON keys are a contract of the benchmark issue.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub proxy_rps: f64,
+    pub nginx_rps: f64,
+    pub direct_rps: f64,
+    pub proxy_p50_ms: f64,
+    pub nginx_p50_ms: f64,
+    pub direct_p50_ms: f64,
+    pub proxy_p99_ms: f64,
+    pub nginx_p99_ms: f64,
+    pub direct_p99_ms: f64,
+    pub streams: usize,
+    pub proxy_streams_cut: usize,
+    pub nginx_streams_cut: usize,
+    pub proxy_rss_mib: f64,
+    pub nginx_rss_mib: f64,
+    pub proxy_kib_per_stream: f64,
+    pub nginx_kib_per_stream: f64,
+    pub proxy_heartbeat_lag_p99_ms: f64,
+    pub nginx_heartbeat_lag_p99_ms: f64,
+    pub idle_cut_error_p50_ms: f64,
+    pub idle_cut_error_p99_ms: f64,
+    pub nginx_idle_cut_error_p50_ms: f64,
+    pub nginx_idle_cut_error_p99_ms: f64,
+    pub disconnect_propagation_p50_ms: f64,
+    pub disconnect_propagation_p99_ms: f64,
+    pub nginx_disconnect_propagation_p50_ms: f64,
+    pub nginx_disconnect_propagation_p99_ms: f64,
+}
+
+struct Plan {
+    wrk_for: Duration,
+    connections: usize,
+    streams: usize,
+    hold: Duration,
+    cut_streams: usize,
+    disconnects: usize,
+}
+
+/// The limit the idle-cut precision is measured at.
+const CUT_LIMIT: Duration = Duration::from_millis(500);
+
+pub async fn run(args: BenchArgs) -> u8 {
+    match measure(&args, |line| eprintln!("bench: {line}")).await {
+        Ok(report) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                print!("{}", table(&report));
+            }
+            0
+        }
+        Err(reason) => {
+            eprintln!("keepalive-lab bench: {reason}");
+            1
+        }
+    }
+}
+
+pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report, String> {
+    let plan = if args.quick {
+        Plan {
+            wrk_for: Duration::from_secs(3),
+            connections: 64,
+            streams: 1_000,
+            hold: Duration::from_secs(4),
+            cut_streams: 50,
+            disconnects: 20,
+        }
+    } else {
+        Plan {
+            wrk_for: Duration::from_secs(10),
+            connections: 64,
+            streams: 10_000,
+            hold: Duration::from_secs(10),
+            cut_streams: 100,
+            disconnects: 50,
+        }
+    };
+    let streams = procs::raise_fd_limit(plan.streams)?;
+    if streams < plan.streams {
+        progress(&format!(
+            "the open-file limit fits {streams} streams through a proxy, not {}: raise it (ulimit -Hn, as root) for the full count",
+            plan.streams
+        ));
+    }
+    let plan = Plan { streams, ..plan };
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let scratch = std::env::temp_dir().join(format!("keepalive-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)
+        .map_err(|err| format!("cannot create {}: {err}", scratch.display()))?;
+    let origin_log = scratch.join("origin.log");
+    let origin = procs::origin(&origin_log)?;
+    let long = Duration::from_secs(60);
+    let proxy = procs::proxy(origin.addr, long)?;
+    let nginx = procs::nginx(origin.addr, workers, long)?;
+
+    let mut rps = Vec::new();
+    for (name, addr) in [
+        ("direct", origin.addr),
+        ("keepalive-proxy", proxy.addr),
+        ("nginx", nginx.addr),
+    ] {
+        progress(&format!(
+            "small responses: wrk, {} connections, {} s, {name}",
+            plan.connections,
+            plan.wrk_for.as_secs()
+        ));
+        let url = format!("http://{addr}/polls/");
+        rps.push(wrk(&url, plan.wrk_for, plan.connections)?);
+    }
+    let [direct, via_proxy, via_nginx]: [Throughput; 3] =
+        rps.try_into().map_err(|_| "three wrk runs".to_owned())?;
+
+    let mut held = Vec::new();
+    for process in [&proxy, &nginx] {
+        progress(&format!(
+            "{} heartbeated streams held {} s through {}",
+            plan.streams,
+            plan.hold.as_secs(),
+            process.name
+        ));
+        let pid = process.pid();
+        held.push(
+            hold_streams(process.addr, plan.streams, plan.hold, || {
+                procs::rss_kib(pid)
+            })
+            .await?,
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let [proxy_held, nginx_held]: [Held; 2] =
+        held.try_into().map_err(|_| "two stream runs".to_owned())?;
+
+    progress(&format!(
+        "idle cut precision: {} streams, limit {} ms",
+        plan.cut_streams,
+        CUT_LIMIT.as_millis()
+    ));
+    let proxy_cut = procs::proxy(origin.addr, CUT_LIMIT)?;
+    let nginx_cut = procs::nginx(origin.addr, workers, CUT_LIMIT)?;
+    let mut proxy_errors = idle_cut_errors(proxy_cut.addr, plan.cut_streams, CUT_LIMIT).await?;
+    let mut nginx_errors = idle_cut_errors(nginx_cut.addr, plan.cut_streams, CUT_LIMIT).await?;
+
+    progress(&format!(
+        "disconnect propagation: {} clients closing",
+        plan.disconnects
+    ));
+    let mut proxy_delays =
+        disconnect_propagation(proxy.addr, &origin_log, plan.disconnects).await?;
+    let mut nginx_delays =
+        disconnect_propagation(nginx.addr, &origin_log, plan.disconnects).await?;
+    drop((origin, proxy, nginx, proxy_cut, nginx_cut));
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    Ok(Report {
+        proxy_rps: via_proxy.rps,
+        nginx_rps: via_nginx.rps,
+        direct_rps: direct.rps,
+        proxy_p50_ms: via_proxy.p50_ms,
+        nginx_p50_ms: via_nginx.p50_ms,
+        direct_p50_ms: direct.p50_ms,
+        proxy_p99_ms: via_proxy.p99_ms,
+        nginx_p99_ms: via_nginx.p99_ms,
+        direct_p99_ms: direct.p99_ms,
+        streams: plan.streams,
+        proxy_streams_cut: proxy_held.cut,
+        nginx_streams_cut: nginx_held.cut,
+        proxy_rss_mib: mib(proxy_held.rss_kib),
+        nginx_rss_mib: mib(nginx_held.rss_kib),
+        proxy_kib_per_stream: proxy_held.rss_per_stream_kib,
+        nginx_kib_per_stream: nginx_held.rss_per_stream_kib,
+        proxy_heartbeat_lag_p99_ms: proxy_held.lag_p99_ms,
+        nginx_heartbeat_lag_p99_ms: nginx_held.lag_p99_ms,
+        idle_cut_error_p50_ms: percentile(&mut proxy_errors, 0.5),
+        idle_cut_error_p99_ms: percentile(&mut proxy_errors, 0.99),
+        nginx_idle_cut_error_p50_ms: percentile(&mut nginx_errors, 0.5),
+        nginx_idle_cut_error_p99_ms: percentile(&mut nginx_errors, 0.99),
+        disconnect_propagation_p50_ms: percentile(&mut proxy_delays, 0.5),
+        disconnect_propagation_p99_ms: percentile(&mut proxy_delays, 0.99),
+        nginx_disconnect_propagation_p50_ms: percentile(&mut nginx_delays, 0.5),
+        nginx_disconnect_propagation_p99_ms: percentile(&mut nginx_delays, 0.99),
+    })
+}
+
+/// The human report: one row per figure, keepalive-proxy next to nginx, and their ratio.
+pub fn table(report: &Report) -> String {
+    let row = |what: &str, proxy: f64, nginx: f64, unit: &str| {
+        format!(
+            "| {what} | {proxy:.2} {unit} | {nginx:.2} {unit} | {:.2}x |\n",
+            proxy / nginx
+        )
+    };
+    let mut text =
+        String::from("| figure | keepalive-proxy | nginx | proxy / nginx |\n|---|---|---|---|\n");
+    text += &row(
+        "small responses, req/s",
+        report.proxy_rps,
+        report.nginx_rps,
+        "",
+    );
+    text += &row(
+        "latency p50",
+        report.proxy_p50_ms,
+        report.nginx_p50_ms,
+        "ms",
+    );
+    text += &row(
+        "latency p99",
+        report.proxy_p99_ms,
+        report.nginx_p99_ms,
+        "ms",
+    );
+    text += &row(
+        &format!("RSS with {} streams", report.streams),
+        report.proxy_rss_mib,
+        report.nginx_rss_mib,
+        "MiB",
+    );
+    text += &row(
+        "RSS per stream",
+        report.proxy_kib_per_stream,
+        report.nginx_kib_per_stream,
+        "KiB",
+    );
+    text += &row(
+        "heartbeat lag p99",
+        report.proxy_heartbeat_lag_p99_ms,
+        report.nginx_heartbeat_lag_p99_ms,
+        "ms",
+    );
+    text += &format!(
+        "| streams cut | {} | {} | |\n",
+        report.proxy_streams_cut, report.nginx_streams_cut
+    );
+    text += &row(
+        "idle cut error p99",
+        report.idle_cut_error_p99_ms,
+        report.nginx_idle_cut_error_p99_ms,
+        "ms",
+    );
+    text += &row(
+        "disconnect propagation p99",
+        report.disconnect_propagation_p99_ms,
+        report.nginx_disconnect_propagation_p99_ms,
+        "ms",
+    );
+    text += &format!(
+        "\ndirect to the origin: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms; keepalive-proxy does {:.2}x of direct\n",
+        report.direct_rps,
+        report.direct_p50_ms,
+        report.direct_p99_ms,
+        report.proxy_rps / report.direct_rps
+    );
+    text
+}

@@ -1,0 +1,204 @@
+//! The processes a benchmark measures: the origin, keepalive-proxy and nginx, each a real program of
+//! its own (so that the load generator never shares their CPU time accounting), on loopback ports,
+//! killed when dropped; and their resident memory, read from /proc.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A child process, killed (and its scratch directory removed) on drop.
+pub struct Process {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    child: Child,
+    scratch: Option<PathBuf>,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+pub fn free_addr() -> Result<SocketAddr, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|err| format!("no free port: {err}"))
+}
+
+/// A program built next to this one (`cargo build --release` builds all three).
+pub fn sibling(name: &str) -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|err| format!("where am I: {err}"))?;
+    let path = me.with_file_name(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} not found next to {}: run cargo build --release first",
+            name,
+            me.display()
+        ))
+    }
+}
+
+/// `nginx` on PATH or in /usr/sbin.
+pub fn nginx_binary() -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nginx"))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| "nginx is not installed (apt-get install nginx wrk)".to_owned())
+}
+
+fn wait_listening(addr: SocketAddr, name: &str) -> Result<(), String> {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err(format!("{name} did not start listening on {addr}"))
+}
+
+fn spawn(
+    name: &'static str,
+    mut command: Command,
+    addr: SocketAddr,
+    stderr: Stdio,
+    scratch: Option<PathBuf>,
+) -> Result<Process, String> {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|err| format!("cannot start {name}: {err}"))?;
+    let process = Process {
+        name,
+        addr,
+        child,
+        scratch,
+    };
+    wait_listening(addr, name)?;
+    Ok(process)
+}
+
+/// The origin, logging JSON to `log` (the disconnect benchmark reads its clock there).
+pub fn origin(log: &Path) -> Result<Process, String> {
+    let addr = free_addr()?;
+    let mut command = Command::new(sibling("keepalive-server")?);
+    command
+        .env("SERVER_ADDR", addr.to_string())
+        .env("LOG_FORMAT", "json")
+        .env("SERVER_DRAIN_TIMEOUT", "0")
+        .env_remove("RUST_LOG");
+    let log = std::fs::File::create(log)
+        .map_err(|err| format!("cannot create {}: {err}", log.display()))?;
+    spawn("origin", command, addr, Stdio::from(log), None)
+}
+
+/// keepalive-proxy in front of `upstream`, nginx's timers, idle as given.
+pub fn proxy(upstream: SocketAddr, idle: Duration) -> Result<Process, String> {
+    let addr = free_addr()?;
+    let admin = free_addr()?;
+    let mut command = Command::new(sibling("keepalive-proxy")?);
+    command
+        .env("PROXY_ADDR", addr.to_string())
+        .env("PROXY_ADMIN_ADDR", admin.to_string())
+        .env("PROXY_UPSTREAM", format!("http://{upstream}"))
+        .env("PROXY_PRESET", "nginx")
+        .env("PROXY_IDLE_TIMEOUT", format!("{}ms", idle.as_millis()))
+        .env(
+            "PROXY_FIRST_BYTE_TIMEOUT",
+            format!("{}ms", idle.as_millis()),
+        )
+        .env("RUST_LOG", "warn")
+        .env("PROXY_DRAIN_TIMEOUT", "0");
+    spawn("keepalive-proxy", command, addr, Stdio::null(), None)
+}
+
+/// nginx in front of `upstream` with `workers` worker processes, upstream keep-alive on, and
+/// `proxy_read_timeout` of `idle`.
+pub fn nginx(upstream: SocketAddr, workers: usize, idle: Duration) -> Result<Process, String> {
+    let binary = nginx_binary()?;
+    let addr = free_addr()?;
+    let dir = std::env::temp_dir().join(format!(
+        "keepalive-bench-nginx-{}-{}",
+        std::process::id(),
+        addr.port()
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+    let config = format!(
+        "worker_processes {workers};\nworker_rlimit_nofile 65536;\ndaemon off;\npid {dir}/nginx.pid;\n\
+         error_log {dir}/error.log;\nevents {{ worker_connections 30000; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
+         upstream origin {{ server {upstream}; keepalive 64; }}\n\
+         server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://origin;\n\
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+         proxy_read_timeout {idle}ms;\n    }}\n  }}\n}}\n",
+        dir = dir.display(),
+        idle = idle.as_millis(),
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, config)
+        .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+    let mut command = Command::new(binary);
+    command.arg("-c").arg(&path).arg("-p").arg(&dir);
+    spawn("nginx", command, addr, Stdio::null(), Some(dir))
+}
+
+/// Resident memory of `pid` and its children (nginx's workers), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let own = status_rss(pid);
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|child| child.parse::<u32>().ok())
+        .map(status_rss)
+        .sum::<u64>();
+    own + children
+}
+
+fn status_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Raises this process's open-file limit (which the children inherit) for `streams` connections,
+/// and returns how many streams fit: a proxy holds two descriptors per stream (client and origin),
+/// so where the hard limit cannot be raised (no CAP_SYS_RESOURCE), fewer streams than asked.
+pub fn raise_fd_limit(streams: usize) -> Result<usize, String> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const SPARE: u64 = 200;
+    let want = streams as u64 * 2 + SPARE;
+    let (soft, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|err| format!("getrlimit: {err}"))?;
+    if soft >= want {
+        return Ok(streams);
+    }
+    if setrlimit(Resource::RLIMIT_NOFILE, want, hard.max(want)).is_ok() {
+        return Ok(streams);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+        .map_err(|err| format!("cannot raise the open-file limit to {hard}: {err}"))?;
+    let fit = usize::try_from(hard.saturating_sub(SPARE) / 2).unwrap_or(streams);
+    Ok(fit.min(streams))
+}
