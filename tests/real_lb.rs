@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use keepalive_lab::bench::find_program;
 use keepalive_lab::probe::measure;
 use keepalive_proxy::TimerSet;
 use support::{
@@ -64,18 +65,9 @@ impl Drop for RealProcess {
     }
 }
 
-/// The installed program, looked for on PATH and in /usr/sbin (where Debian puts both).
-fn program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
 /// `None` (after saying so) where the balancer is not installed and the run does not require it.
 fn installed(name: &str) -> Option<PathBuf> {
-    let found = program(name);
+    let found = find_program(name);
     if found.is_none() {
         let required = std::env::var("KEEPALIVE_REQUIRE_LB").is_ok_and(|value| value == "1");
         assert!(

@@ -52,14 +52,14 @@ pub fn sibling(name: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// `nginx` on PATH or in /usr/sbin.
-pub fn nginx_binary() -> Result<PathBuf, String> {
+/// An installed program, on PATH or in /usr/sbin (where Debian puts nginx and HAProxy, and which a
+/// non-root PATH often lacks).
+pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("nginx"))
+        .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .ok_or_else(|| "nginx is not installed (apt-get install nginx wrk)".to_owned())
 }
 
 fn wait_listening(addr: SocketAddr, name: &str) -> Result<(), String> {
@@ -132,7 +132,8 @@ pub fn proxy(upstream: SocketAddr, idle: Duration) -> Result<Process, String> {
 /// nginx in front of `upstream` with `workers` worker processes, upstream keep-alive on, and
 /// `proxy_read_timeout` of `idle`.
 pub fn nginx(upstream: SocketAddr, workers: usize, idle: Duration) -> Result<Process, String> {
-    let binary = nginx_binary()?;
+    let binary = find_program("nginx")
+        .ok_or_else(|| "nginx is not installed (apt-get install nginx wrk)".to_owned())?;
     let addr = free_addr()?;
     let dir = std::env::temp_dir().join(format!(
         "keepalive-bench-nginx-{}-{}",

@@ -363,7 +363,6 @@ async fn idle_cut(scale: Scale) -> Result<Outcome, NotRun> {
 
 async fn heartbeat_saves(scale: Scale) -> Result<Outcome, NotRun> {
     let idle = scale.ms(500);
-    let watch_for = scale.ms(2000);
     let seen = through_proxy(
         &format!(
             "heartbeat-saves: a line every {}, a heartbeat every {}, idle limit {}",
@@ -379,28 +378,11 @@ async fn heartbeat_saves(scale: Scale) -> Result<Outcome, NotRun> {
                 ms(scale.ms(200))
             ),
             headers: Vec::new(),
-            max_time: Some(watch_for),
+            max_time: Some(scale.ms(2000)),
         },
     )
     .await?;
-    let mut problems = Vec::new();
-    check(
-        &mut problems,
-        seen.client.verdict == Verdict::Timeout,
-        || {
-            format!(
-                "client: {} at {:.3}s, want still open at {}",
-                seen.client.verdict.name(),
-                seen.client.ended_at.as_secs_f64(),
-                ms(watch_for)
-            )
-        },
-    );
-    check(&mut problems, seen.client.heartbeats() >= 5, || {
-        format!("only {} heartbeats arrived", seen.client.heartbeats())
-    });
-    origin_follows(&mut problems, &seen);
-    Ok(outcome(seen, problems))
+    Ok(passed_through(seen))
 }
 
 async fn total_timer(scale: Scale) -> Result<Outcome, NotRun> {
@@ -760,7 +742,8 @@ fn swallowed(seen: Seen, idle: Duration, allowed: usize) -> Outcome {
     outcome(seen, problems)
 }
 
-/// The hop let the heartbeats through: the stream outlived the balancer's idle limit.
+/// The heartbeats got through: the stream outlived the idle limit and was still open when the
+/// client stopped watching.
 fn passed_through(seen: Seen) -> Outcome {
     let mut problems = Vec::new();
     check(
