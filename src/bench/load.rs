@@ -10,9 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Requests a second and latency percentiles from one wrk run.
+/// Requests served, requests a second and latency percentiles from one wrk run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Throughput {
+    pub requests: u64,
     pub rps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -41,6 +42,12 @@ pub fn wrk(url: &str, duration: Duration, connections: usize) -> Result<Throughp
 }
 
 fn parse_wrk(text: &str) -> Option<Throughput> {
+    let requests = text
+        .lines()
+        .find_map(|line| line.trim().split_once(" requests in "))?
+        .0
+        .parse()
+        .ok()?;
     let rps = text
         .lines()
         .find_map(|line| line.trim().strip_prefix("Requests/sec:"))?
@@ -53,6 +60,7 @@ fn parse_wrk(text: &str) -> Option<Throughput> {
             .and_then(|value| wrk_duration_ms(value.trim()))
     };
     Some(Throughput {
+        requests,
         rps,
         p50_ms: percentile("50%")?,
         p99_ms: percentile("99%")?,
@@ -149,7 +157,7 @@ pub async fn hold_streams(
                                 let now = Instant::now();
                                 if let Some(last) = last {
                                     let gap = now.duration_since(last).as_secs_f64() * 1000.0;
-                                    lags.push((gap - 1000.0).max(0.0));
+                                    lags.push((now, (gap - 1000.0).max(0.0)));
                                 }
                                 last = Some(now);
                             }
@@ -161,6 +169,9 @@ pub async fn hold_streams(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Lag is measured once every stream is open: while thousands of connections are still being
+    // made, heartbeats wait behind the handshakes, which says more about the ramp than the proxy.
+    let all_open = Instant::now();
     tokio::time::sleep(hold).await;
     let during = rss();
     let _ = done_tx.send(true);
@@ -171,7 +182,13 @@ pub async fn hold_streams(
             .await
             .map_err(|err| format!("a stream task failed: {err}"))?;
         // The first gap is from the first line to the first heartbeat: not a heartbeat's lag.
-        lags.extend(stream_lags.into_iter().skip(1));
+        lags.extend(
+            stream_lags
+                .into_iter()
+                .skip(1)
+                .filter(|(arrived, _)| *arrived > all_open)
+                .map(|(_, lag)| lag),
+        );
         cut += usize::from(was_cut);
     }
     Ok(Held {
@@ -277,6 +294,7 @@ mod tests {
             \x20 Latency Distribution\n     50%  812.00us\n     75%    1.10ms\n     90%    1.50ms\n     99%    3.20ms\n\
             \x20 100000 requests in 3.00s, 15.00MB read\nRequests/sec:  33333.33\nTransfer/sec:      5.00MB\n";
         let throughput = parse_wrk(text).expect("parsed");
+        assert_eq!(throughput.requests, 100_000);
         assert!((throughput.rps - 33333.33).abs() < 0.01);
         assert!((throughput.p50_ms - 0.812).abs() < 1e-9);
         assert!((throughput.p99_ms - 3.2).abs() < 1e-9);

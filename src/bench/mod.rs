@@ -40,6 +40,12 @@ pub struct Report {
     pub proxy_p99_ms: f64,
     pub nginx_p99_ms: f64,
     pub direct_p99_ms: f64,
+    /// CPU time each proxy spent per small request, in user space and in the kernel: the kernel's
+    /// share (the same socket calls for both) bounds how far user-space work can be cut.
+    pub proxy_user_us_per_request: f64,
+    pub proxy_kernel_us_per_request: f64,
+    pub nginx_user_us_per_request: f64,
+    pub nginx_kernel_us_per_request: f64,
     pub streams: usize,
     pub proxy_streams_cut: usize,
     pub nginx_streams_cut: usize,
@@ -66,6 +72,23 @@ struct Plan {
     hold: Duration,
     cut_streams: usize,
     disconnects: usize,
+}
+
+/// Microseconds of CPU time a proxy used per request during a wrk run.
+#[derive(Debug, Clone, Copy)]
+struct CpuPerRequest {
+    user_us: f64,
+    kernel_us: f64,
+}
+
+impl CpuPerRequest {
+    fn of(used: procs::CpuTime, load: Throughput) -> Self {
+        let requests = load.requests.max(1) as f64;
+        Self {
+            user_us: used.user * 1e6 / requests,
+            kernel_us: used.kernel * 1e6 / requests,
+        }
+    }
 }
 
 /// The limit the idle-cut precision is measured at.
@@ -127,10 +150,11 @@ pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report
     let nginx = procs::nginx(origin.addr, workers, long)?;
 
     let mut rps = Vec::new();
-    for (name, addr) in [
-        ("direct", origin.addr),
-        ("keepalive-proxy", proxy.addr),
-        ("nginx", nginx.addr),
+    let mut cpu = Vec::new();
+    for (name, addr, pid) in [
+        ("direct", origin.addr, origin.pid()),
+        ("keepalive-proxy", proxy.addr, proxy.pid()),
+        ("nginx", nginx.addr, nginx.pid()),
     ] {
         progress(&format!(
             "small responses: wrk, {} connections, {} s, {name}",
@@ -138,10 +162,15 @@ pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report
             plan.wrk_for.as_secs()
         ));
         let url = format!("http://{addr}/polls/");
-        rps.push(wrk(&url, plan.wrk_for, plan.connections)?);
+        let before = procs::cpu_time(pid);
+        let throughput = wrk(&url, plan.wrk_for, plan.connections)?;
+        cpu.push(CpuPerRequest::of(procs::cpu_time(pid) - before, throughput));
+        rps.push(throughput);
     }
     let [direct, via_proxy, via_nginx]: [Throughput; 3] =
         rps.try_into().map_err(|_| "three wrk runs".to_owned())?;
+    let [_, proxy_cpu, nginx_cpu]: [CpuPerRequest; 3] =
+        cpu.try_into().map_err(|_| "three wrk runs".to_owned())?;
 
     let mut held = Vec::new();
     for process in [&proxy, &nginx] {
@@ -195,6 +224,10 @@ pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report
         proxy_p99_ms: via_proxy.p99_ms,
         nginx_p99_ms: via_nginx.p99_ms,
         direct_p99_ms: direct.p99_ms,
+        proxy_user_us_per_request: proxy_cpu.user_us,
+        proxy_kernel_us_per_request: proxy_cpu.kernel_us,
+        nginx_user_us_per_request: nginx_cpu.user_us,
+        nginx_kernel_us_per_request: nginx_cpu.kernel_us,
         streams: plan.streams,
         proxy_streams_cut: proxy_held.cut,
         nginx_streams_cut: nginx_held.cut,
@@ -244,6 +277,18 @@ pub fn table(report: &Report) -> String {
         "ms",
     );
     text += &row(
+        "CPU per request, user space",
+        report.proxy_user_us_per_request,
+        report.nginx_user_us_per_request,
+        "µs",
+    );
+    text += &row(
+        "CPU per request, kernel",
+        report.proxy_kernel_us_per_request,
+        report.nginx_kernel_us_per_request,
+        "µs",
+    );
+    text += &row(
         &format!("RSS with {} streams", report.streams),
         report.proxy_rss_mib,
         report.nginx_rss_mib,
@@ -284,5 +329,16 @@ pub fn table(report: &Report) -> String {
         report.direct_p99_ms,
         report.proxy_rps / report.direct_rps
     );
+    text += &format!(
+        "a proxy making nginx's socket calls with no user-space work at all would do at most {:.2}x of nginx\n",
+        ceiling_vs_nginx(report)
+    );
     text
+}
+
+/// nginx's CPU time per request over its kernel time alone: the req/s ratio a proxy whose user-space
+/// work cost nothing would reach, when CPU is what limits both.
+pub fn ceiling_vs_nginx(report: &Report) -> f64 {
+    (report.nginx_user_us_per_request + report.nginx_kernel_us_per_request)
+        / report.nginx_kernel_us_per_request
 }

@@ -163,14 +163,71 @@ pub fn nginx(upstream: SocketAddr, workers: usize, idle: Duration) -> Result<Pro
 
 /// Resident memory of `pid` and its children (nginx's workers), in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    let own = status_rss(pid);
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+    status_rss(pid) + children(pid).map(status_rss).sum::<u64>()
+}
+
+fn children(pid: u32) -> impl Iterator<Item = u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
         .split_whitespace()
         .filter_map(|child| child.parse::<u32>().ok())
-        .map(status_rss)
-        .sum::<u64>();
-    own + children
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+/// CPU time a process has used so far, in user space and in the kernel, in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTime {
+    pub user: f64,
+    pub kernel: f64,
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = CpuTime;
+
+    fn sub(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user - earlier.user,
+            kernel: self.kernel - earlier.kernel,
+        }
+    }
+}
+
+/// CPU time of `pid` and its children (nginx's workers), from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> CpuTime {
+    std::iter::once(pid)
+        .chain(children(pid))
+        .map(stat_cpu_time)
+        .fold(CpuTime::default(), |sum, one| CpuTime {
+            user: sum.user + one.user,
+            kernel: sum.kernel + one.kernel,
+        })
+}
+
+fn stat_cpu_time(pid: u32) -> CpuTime {
+    use nix::unistd::{sysconf, SysconfVar};
+    let ticks_per_second = sysconf(SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |ticks| ticks as f64);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    parse_stat(&stat, ticks_per_second)
+}
+
+fn parse_stat(stat: &str, ticks_per_second: f64) -> CpuTime {
+    // The command name (field 2) may hold spaces; the fields after its closing parenthesis do not.
+    // utime and stime are fields 14 and 15, the 12th and 13th after it.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let mut fields = after_name.split_whitespace().skip(11);
+    let mut next_seconds = || {
+        fields
+            .next()
+            .and_then(|ticks| ticks.parse::<f64>().ok())
+            .map_or(0.0, |ticks| ticks / ticks_per_second)
+    };
+    let user = next_seconds();
+    let kernel = next_seconds();
+    CpuTime { user, kernel }
 }
 
 fn status_rss(pid: u32) -> u64 {
@@ -202,4 +259,18 @@ pub fn raise_fd_limit(streams: usize) -> Result<usize, String> {
         .map_err(|err| format!("cannot raise the open-file limit to {hard}: {err}"))?;
     let fit = usize::try_from(hard.saturating_sub(SPARE) / 2).unwrap_or(streams);
     Ok(fit.min(streams))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat =
+            "4242 (nginx: worker (1)) S 1 4242 4242 0 -1 4194624 90 0 0 0 250 75 0 0 20 0 1 0";
+        let used = parse_stat(stat, 100.0);
+        assert!((used.user - 2.5).abs() < 1e-9, "{used:?}");
+        assert!((used.kernel - 0.75).abs() < 1e-9, "{used:?}");
+    }
 }
