@@ -11,6 +11,8 @@ use clap::Parser;
 use keepalive_common::duration::{display, parse_duration, parse_timer};
 use keepalive_common::logging::LogFormat;
 
+use crate::jobs::Storage;
+
 const DEFAULT_ADDR: &str = "0.0.0.0:8000";
 /// The seed's `int(request.GET.get('sleep', 10))`.
 const DEFAULT_SLEEP: &str = "10s";
@@ -18,6 +20,9 @@ const DEFAULT_HEARTBEAT: &str = "off";
 const DEFAULT_MAX_SLEEP: &str = "1h";
 const DEFAULT_DRAIN_TIMEOUT: &str = "5s";
 const DEFAULT_LOG_FORMAT: &str = "pretty";
+const DEFAULT_DATA_DIR: &str = "keepalive-data";
+const DEFAULT_JOB_RETENTION: &str = "24h";
+const DEFAULT_JOB_MAX: &str = "1000";
 
 /// How the origin listens and what `/polls/streamed` does when the query does not say.
 #[derive(Debug, Clone, PartialEq, Eq, Parser)]
@@ -61,6 +66,20 @@ pub struct ServerConfig {
     /// never finish by themselves.
     #[arg(long, env = "SERVER_DRAIN_TIMEOUT", default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = parse_duration)]
     pub drain_timeout: Duration,
+
+    /// Where jobs (POST /jobs) are kept, in an SQLite database (jobs.sqlite3) made on first use;
+    /// :memory: keeps them in memory only, lost when the origin stops.
+    #[arg(long, env = "SERVER_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: Storage,
+
+    /// How long a finished job (and its log) is kept.
+    #[arg(long, env = "SERVER_JOB_RETENTION", default_value = DEFAULT_JOB_RETENTION, value_parser = parse_duration)]
+    pub job_retention: Duration,
+
+    /// Most jobs kept at once: beyond it the oldest finished ones are deleted, and new jobs are
+    /// refused (503) while this many are running.
+    #[arg(long, env = "SERVER_JOB_MAX", default_value = DEFAULT_JOB_MAX, value_parser = clap::value_parser!(u64).range(1..))]
+    pub job_max: u64,
 
     /// Shape of the log lines on stderr: pretty for a terminal, json for a log pipeline.
     #[arg(long, env = "LOG_FORMAT", default_value = DEFAULT_LOG_FORMAT, value_enum)]
@@ -113,6 +132,13 @@ impl Default for ServerConfig {
             max_sleep: duration(DEFAULT_MAX_SLEEP),
             tcp_user_timeout: None,
             drain_timeout: duration(DEFAULT_DRAIN_TIMEOUT),
+            data_dir: DEFAULT_DATA_DIR
+                .parse()
+                .expect("DEFAULT_DATA_DIR is a directory"),
+            job_retention: duration(DEFAULT_JOB_RETENTION),
+            job_max: DEFAULT_JOB_MAX
+                .parse()
+                .expect("DEFAULT_JOB_MAX is a number"),
             log_format: <LogFormat as clap::ValueEnum>::from_str(DEFAULT_LOG_FORMAT, false)
                 .expect("DEFAULT_LOG_FORMAT is a log format"),
             healthcheck: false,

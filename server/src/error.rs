@@ -22,8 +22,27 @@ pub struct InvalidParameter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
     InvalidParameter(InvalidParameter),
-    NotFound { path: String },
-    MethodNotAllowed { method: Method, path: String },
+    NotFound {
+        path: String,
+    },
+    MethodNotAllowed {
+        method: Method,
+        path: String,
+        /// The methods the path does answer, for the message.
+        allowed: &'static str,
+    },
+    /// No such job: never made, or deleted by retention.
+    JobNotFound {
+        id: String,
+    },
+    /// The client holds a position this store cannot serve: another epoch, or lines it never had.
+    HistoryLost {
+        detail: String,
+    },
+    /// The job store refuses more work for now.
+    Unavailable {
+        detail: String,
+    },
 }
 
 impl From<InvalidParameter> for ApiError {
@@ -49,6 +68,9 @@ impl ApiError {
             Self::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::JobNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::HistoryLost { .. } => StatusCode::CONFLICT,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -74,12 +96,40 @@ impl ApiError {
                     "no route for {path}; try /polls/, /polls/streamed, /healthz or /metrics"
                 ),
             },
-            Self::MethodNotAllowed { method, path } => ErrorBody {
+            Self::MethodNotAllowed {
+                method,
+                path,
+                allowed,
+            } => ErrorBody {
                 status,
                 error: "method not allowed",
                 parameter: None,
                 value: None,
-                detail: format!("{method} {path}: only GET and HEAD are served here"),
+                detail: format!("{method} {path}: this path answers {allowed}"),
+            },
+            Self::JobNotFound { id } => ErrorBody {
+                status,
+                error: "job not found",
+                parameter: None,
+                value: None,
+                detail: format!(
+                    "no job {id:?}: job ids are 16 hex digits from POST /jobs, and finished jobs \
+                     are deleted after SERVER_JOB_RETENTION or beyond SERVER_JOB_MAX"
+                ),
+            },
+            Self::HistoryLost { detail } => ErrorBody {
+                status,
+                error: "history lost",
+                parameter: None,
+                value: None,
+                detail: detail.clone(),
+            },
+            Self::Unavailable { detail } => ErrorBody {
+                status,
+                error: "unavailable",
+                parameter: None,
+                value: None,
+                detail: detail.clone(),
             },
         }
     }

@@ -10,6 +10,7 @@
 
 mod config;
 mod error;
+pub mod jobs;
 mod metrics;
 mod params;
 mod poem;
@@ -44,7 +45,11 @@ pub async fn serve(
     listener.local_addr()?;
     let drain_timeout = config.drain_timeout;
     let user_timeout = config.tcp_user_timeout;
-    let router = app(AppState::new(config));
+    let data_dir = config.data_dir.clone();
+    let state = AppState::new(config).map_err(std::io::Error::other)?;
+    let resumed = state.jobs().resume().await.map_err(std::io::Error::other)?;
+    tracing::info!(data_dir = %data_dir, epoch = state.jobs().epoch(), resumed, "job store open");
+    let router = app(state);
     serve_connections(listener, shutdown, drain_timeout, |tcp, peer, stopping| {
         set_user_timeout(&tcp, user_timeout);
         serve_connection(tcp, peer, router.clone(), stopping)

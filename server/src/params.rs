@@ -74,6 +74,51 @@ impl StreamParams {
     }
 }
 
+/// A job's length when `POST /jobs` does not say: ten verses.
+pub const DEFAULT_JOB_LINES: u64 = 30;
+/// The longest job one request may start: its whole log stays on disk until retention removes it.
+pub const MAX_JOB_LINES: u64 = 100_000;
+
+/// What `POST /jobs` asked for. Unlike a stream, a job always ends: it is stored line by line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobParams {
+    pub sleep: Duration,
+    pub heartbeat: Option<Duration>,
+    pub lines: u64,
+}
+
+impl JobParams {
+    pub fn from_query(query: &str, config: &ServerConfig) -> Result<Self, InvalidParameter> {
+        let mut params = Self {
+            sleep: config.sleep,
+            heartbeat: config.heartbeat,
+            lines: DEFAULT_JOB_LINES,
+        };
+        let max = config.max_sleep;
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            match name.as_ref() {
+                "sleep" => params.sleep = duration("sleep", &value, max)?,
+                "heartbeat" => params.heartbeat = heartbeat(&value, max)?,
+                "lines" => params.lines = job_lines(&value)?,
+                _ => {}
+            }
+        }
+        Ok(params)
+    }
+}
+
+fn job_lines(value: &str) -> Result<u64, InvalidParameter> {
+    let count = lines(value)?;
+    if count > MAX_JOB_LINES {
+        return Err(invalid(
+            "lines",
+            value,
+            format!("{LINES_FORM}, at most {MAX_JOB_LINES} for a job"),
+        ));
+    }
+    Ok(count)
+}
+
 fn invalid(parameter: &'static str, value: &str, expected: impl Into<String>) -> InvalidParameter {
     InvalidParameter {
         parameter,

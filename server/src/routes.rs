@@ -9,10 +9,11 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Extension, Router};
+use axum::routing::{get, post};
+use axum::{middleware, Extension, Router};
 
 use crate::error::ApiError;
+use crate::jobs::routes as jobs;
 use crate::metrics;
 use crate::params::StreamParams;
 use crate::poem;
@@ -31,9 +32,19 @@ pub fn app(state: AppState) -> Router {
         .route("/polls/streamed", get(streamed))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(job_routes(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// The tutorial's "special measures": work that outlives its connection (see [`crate::jobs`]).
+fn job_routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/jobs", post(jobs::start))
+        .route("/jobs/{id}", get(jobs::show).delete(jobs::cancel))
+        .route("/jobs/{id}/stream", get(jobs::follow))
+        .route_layer(middleware::map_response_with_state(state, jobs::add_epoch))
 }
 
 async fn polls_index() -> &'static str {
@@ -77,9 +88,16 @@ async fn not_found(uri: Uri) -> ApiError {
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    let path = uri.path().to_owned();
+    let allowed = match path.split('/').collect::<Vec<_>>()[..] {
+        ["", "jobs"] => "POST",
+        ["", "jobs", _] => "GET, HEAD and DELETE",
+        _ => "GET and HEAD",
+    };
     ApiError::MethodNotAllowed {
         method,
-        path: uri.path().to_owned(),
+        path,
+        allowed,
     }
 }
 
@@ -100,8 +118,10 @@ mod tests {
     fn state() -> AppState {
         AppState::new(ServerConfig {
             max_sleep: Duration::from_secs(60),
+            data_dir: crate::jobs::Storage::Memory,
             ..ServerConfig::default()
         })
+        .expect("an in-memory job store")
     }
 
     async fn get(app: Router, uri: &str) -> Response {
@@ -222,7 +242,7 @@ mod tests {
         assert_eq!(body["status"], 405);
         assert_eq!(
             body["detail"],
-            "POST /polls/streamed: only GET and HEAD are served here"
+            "POST /polls/streamed: this path answers GET and HEAD"
         );
     }
 

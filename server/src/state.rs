@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use crate::config::ServerConfig;
+use crate::jobs::{Jobs, Retention, StoreError};
 use crate::metrics::Metrics;
 
 /// The router's state.
@@ -13,15 +14,25 @@ use crate::metrics::Metrics;
 pub struct AppState {
     config: Arc<ServerConfig>,
     metrics: Metrics,
+    jobs: Jobs,
 }
 
 impl AppState {
-    /// A fresh origin: its own metrics, all at zero.
-    pub fn new(config: ServerConfig) -> Self {
-        Self {
+    /// A fresh origin: its own metrics, all at zero, and the job store at `config.data_dir`
+    /// (opened, not yet resumed: see [`Jobs::resume`]).
+    pub fn new(config: ServerConfig) -> Result<Self, StoreError> {
+        let jobs = Jobs::open(
+            &config.data_dir,
+            Retention {
+                max_age: config.job_retention,
+                max_jobs: config.job_max,
+            },
+        )?;
+        Ok(Self {
             config: Arc::new(config),
             metrics: Metrics::new(),
-        }
+            jobs,
+        })
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -30,5 +41,9 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
     }
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use keepalive_server::jobs::Storage;
 use keepalive_server::{serve, ServerConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,6 +16,14 @@ struct Origin {
     addr: std::net::SocketAddr,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
+}
+
+/// The documented defaults, with jobs in memory: a test leaves no data directory behind.
+fn in_memory() -> ServerConfig {
+    ServerConfig {
+        data_dir: Storage::Memory,
+        ..ServerConfig::default()
+    }
 }
 
 async fn start_origin(config: ServerConfig) -> Origin {
@@ -69,7 +78,7 @@ async fn metric(origin: &Origin, sample: &str) -> f64 {
 
 #[tokio::test]
 async fn client_gone_ends_the_stream_within_a_second() {
-    let origin = start_origin(ServerConfig::default()).await;
+    let origin = start_origin(in_memory()).await;
     let client_gone = r#"origin_streams_ended_total{reason="client_gone"}"#;
 
     let stream = open_stream(&origin, "/polls/streamed?sleep=5").await;
@@ -95,7 +104,7 @@ async fn client_gone_ends_the_stream_within_a_second() {
 async fn shutdown_closes_infinite_streams_after_the_drain_timeout() {
     let origin = start_origin(ServerConfig {
         drain_timeout: Duration::from_millis(300),
-        ..ServerConfig::default()
+        ..in_memory()
     })
     .await;
     let mut stream = open_stream(&origin, "/polls/streamed?sleep=10").await;

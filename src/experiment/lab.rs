@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use keepalive_proxy::{Metrics, ProxyConfig, TimerSet};
+use keepalive_server::jobs::Storage;
 use keepalive_server::ServerConfig;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
@@ -29,6 +30,7 @@ impl Running {
 pub fn origin_config() -> ServerConfig {
     ServerConfig {
         drain_timeout: Duration::ZERO,
+        data_dir: Storage::Memory,
         ..ServerConfig::default()
     }
 }

@@ -22,6 +22,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use keepalive_proxy::{admin, Metrics, ProxyConfig, TimerSet};
+use keepalive_server::jobs::Storage;
 use keepalive_server::ServerConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -76,6 +77,7 @@ impl Running {
 pub fn origin_config() -> ServerConfig {
     ServerConfig {
         drain_timeout: Duration::from_millis(100),
+        data_dir: Storage::Memory,
         ..ServerConfig::default()
     }
 }

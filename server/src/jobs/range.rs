@@ -1,0 +1,111 @@
+//! The one form of `Range` a job's text answers: a single byte range (RFC 9110 14.1.2). A request
+//! for several ranges gets the whole text with 200, as the RFC allows; a header that does not parse
+//! is ignored, as the RFC requires.
+
+/// A single byte range as asked, before it meets the text's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=N-` or `bytes=N-M`.
+    From { first: u64, last: Option<u64> },
+    /// `bytes=-N`: the last N bytes.
+    Suffix(u64),
+}
+
+/// Reads a `Range` header; `None` when it is absent from consideration (several ranges, another
+/// unit, malformed).
+pub fn parse(header: &str) -> Option<ByteRange> {
+    let spec = header.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let number = |text: &str| text.trim().parse::<u64>().ok();
+    match (first.trim().is_empty(), last.trim().is_empty()) {
+        (true, false) => Some(ByteRange::Suffix(number(last)?)),
+        (false, true) => Some(ByteRange::From {
+            first: number(first)?,
+            last: None,
+        }),
+        (false, false) => {
+            let (first, last) = (number(first)?, number(last)?);
+            (first <= last).then_some(ByteRange::From {
+                first,
+                last: Some(last),
+            })
+        }
+        (true, true) => None,
+    }
+}
+
+impl ByteRange {
+    /// The inclusive byte span this range selects from `available` bytes, or `None` when it
+    /// selects nothing (416).
+    pub fn span(self, available: u64) -> Option<(u64, u64)> {
+        match self {
+            Self::From { first, last } => (first < available).then(|| {
+                (
+                    first,
+                    last.map_or(available - 1, |last| last.min(available - 1)),
+                )
+            }),
+            Self::Suffix(0) => None,
+            Self::Suffix(length) => {
+                (available > 0).then(|| (available.saturating_sub(length), available - 1))
+            }
+        }
+    }
+
+    /// Where the range starts, if that does not depend on the length.
+    pub fn first(self) -> Option<u64> {
+        match self {
+            Self::From { first, .. } => Some(first),
+            Self::Suffix(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_ranges_parse_and_others_are_ignored() {
+        assert_eq!(
+            parse("bytes=10-"),
+            Some(ByteRange::From {
+                first: 10,
+                last: None
+            })
+        );
+        assert_eq!(
+            parse("bytes=3-9"),
+            Some(ByteRange::From {
+                first: 3,
+                last: Some(9)
+            })
+        );
+        assert_eq!(parse("bytes=-5"), Some(ByteRange::Suffix(5)));
+        for ignored in [
+            "bytes=1-2,5-6",
+            "items=1-",
+            "bytes=9-3",
+            "bytes=-",
+            "bytes=a-",
+            "",
+        ] {
+            assert_eq!(parse(ignored), None, "{ignored}");
+        }
+    }
+
+    #[test]
+    fn spans_meet_the_length() {
+        let from = |first, last| ByteRange::From { first, last };
+        assert_eq!(from(10, None).span(100), Some((10, 99)));
+        assert_eq!(from(10, Some(500)).span(100), Some((10, 99)));
+        assert_eq!(from(100, None).span(100), None);
+        assert_eq!(ByteRange::Suffix(30).span(100), Some((70, 99)));
+        assert_eq!(ByteRange::Suffix(300).span(100), Some((0, 99)));
+        assert_eq!(ByteRange::Suffix(0).span(100), None);
+        assert_eq!(ByteRange::Suffix(5).span(0), None);
+    }
+}
