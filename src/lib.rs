@@ -5,4 +5,5 @@ pub mod bench;
 pub mod demo;
 pub mod experiment;
 pub mod probe;
+pub mod resume;
 pub mod watch;

@@ -33,6 +33,12 @@ pub struct WatchArgs {
     /// One JSON object a line: each chunk, then the verdict
     #[arg(long)]
     json: bool,
+
+    /// URL is a durable job (/jobs/{id} or /jobs/{id}/stream): follow its SSE stream across cuts,
+    /// resuming with Last-Event-ID, and check at the end that every line arrived exactly once
+    /// (exit 0) or say what was lost or repeated (exit 1)
+    #[arg(long)]
+    resume: bool,
 }
 
 fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
@@ -118,6 +124,8 @@ pub struct Chunk {
 #[derive(Debug, Clone)]
 pub struct Observation {
     pub status: Option<StatusCode>,
+    /// The response's headers; empty when there was no response.
+    pub headers: http::HeaderMap,
     pub headers_at: Option<Duration>,
     pub chunks: Vec<Chunk>,
     pub verdict: Verdict,
@@ -154,6 +162,7 @@ pub async fn observe(
     let deadline = max_time.map(|max_time| started + max_time);
     let mut observation = Observation {
         status: None,
+        headers: http::HeaderMap::new(),
         headers_at: None,
         chunks: Vec::new(),
         verdict: Verdict::Completed,
@@ -226,6 +235,7 @@ async fn follow(
         }
     };
     observation.status = Some(response.status());
+    observation.headers = response.headers().clone();
     observation.headers_at = Some(started.elapsed());
     let status = response.status();
     let mut body = response.into_body();
@@ -310,6 +320,9 @@ struct VerdictLine {
 
 /// Runs `watch`; the exit code is the verdict's.
 pub async fn run(args: WatchArgs) -> u8 {
+    if args.resume {
+        return crate::resume::run(&args.url, &args.headers, args.max_time, args.json).await;
+    }
     let json = args.json;
     if !json {
         println!("watching {}", args.url);

@@ -64,4 +64,6 @@ scenario_tests! {
     no_transform_lets_heartbeats_through_a_gzip_hop => "no-transform",
     tcp_user_timeout_drops_a_silently_lost_stream => "silent-loss",
     without_tcp_user_timeout_the_origin_streams_to_nobody => "silent-loss-no-timeout",
+    resuming_client_assembles_a_job_through_repeated_idle_cuts => "job-resume-idle",
+    resuming_client_assembles_a_job_through_repeated_resets => "job-resume-rst",
 }

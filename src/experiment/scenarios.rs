@@ -19,6 +19,7 @@ use super::lab::{
     start_origin, start_proxy, OriginCounts, OriginEnd,
 };
 use super::timeline::{Event, Mark, Timeline};
+use crate::resume::{fetch, follow_job, Progress, Resumed};
 use crate::watch::{observe, Observation, Verdict};
 
 /// How long things take: `--quick` runs at 1, a full run at 4.
@@ -143,6 +144,16 @@ pub const ALL: &[Scenario] = &[
         name: "no-transform",
         expectation: "Cache-Control: no-transform lets the heartbeats through that hop",
         run: |scale| Box::pin(no_transform(scale)),
+    },
+    Scenario {
+        name: "job-resume-idle",
+        expectation: "a durable job read through a proxy whose idle timer keeps cutting: every line once, in order",
+        run: |scale| Box::pin(job_resume_idle(scale)),
+    },
+    Scenario {
+        name: "job-resume-rst",
+        expectation: "a durable job read through injected RSTs: every line once, in order",
+        run: |scale| Box::pin(job_resume_rst(scale)),
     },
 ];
 
@@ -1001,4 +1012,121 @@ async fn silent_loss(scale: Scale, user_timeout: Option<Duration>) -> Result<Out
         problems,
         timeline,
     })
+}
+
+/// A durable job of `lines` lines, `sleep` apart, started at the origin and followed through a
+/// proxy with `timers` (and the fault `headers`) by the resuming client; judged on every line
+/// arriving exactly once, in order, through at least two cuts that looked like `cut`.
+async fn job_through_cuts(
+    title: String,
+    timers: TimerSet,
+    job: (Duration, u64),
+    headers: Vec<(HeaderName, HeaderValue)>,
+    cut: Verdict,
+) -> Result<Outcome, NotRun> {
+    let (sleep, lines) = job;
+    let origin = start_origin().await.map_err(io)?;
+    let proxy = start_proxy(origin.addr, timers, |_| {}).await.map_err(io)?;
+    let start = url(
+        origin.addr,
+        &format!("/jobs?sleep={}&lines={lines}", ms(sleep)),
+    )?;
+    let (status, body) = fetch(http::Method::POST, &start).await?;
+    let job: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let stream = match (status, job["stream"].as_str()) {
+        (StatusCode::CREATED, Some(stream)) => stream.to_owned(),
+        _ => return Err(NotRun::Failed(format!("POST /jobs answered {status}"))),
+    };
+    let mut timeline = Timeline::new(title);
+    let mut events = Vec::new();
+    let budget = sleep * u32::try_from(lines).unwrap_or(u32::MAX) * 4 + Duration::from_secs(5);
+    let resumed = follow_job(
+        &url(proxy.addr, &stream)?,
+        &headers,
+        Some(budget),
+        Some(Duration::from_millis(50)),
+        |progress| match progress {
+            Progress::Line(line) => events.push(Event {
+                at: line.at,
+                mark: Mark::Chunk,
+                label: format!("id {}", line.id),
+            }),
+            Progress::Cut { at, how, after } => events.push(Event {
+                at,
+                mark: Mark::Cut,
+                label: format!("{} after id {after}", how.name()),
+            }),
+        },
+    )
+    .await;
+    timeline.lane("resuming client").events = events;
+    let mut problems = Vec::new();
+    check(&mut problems, resumed.verified(), || job_problem(&resumed));
+    check(&mut problems, resumed.cuts >= 2, || {
+        format!("{} cuts: the proxy did not keep cutting", resumed.cuts)
+    });
+    let want = cut.name();
+    check(
+        &mut problems,
+        resumed.cut_kinds.iter().all(|kind| *kind == want),
+        || format!("cuts {:?}, want all {want}", resumed.cut_kinds),
+    );
+    Ok(Outcome {
+        client: format!(
+            "{} of {} lines, each once, through {} cuts ({})",
+            resumed.lines.len(),
+            resumed.job_lines.unwrap_or(0),
+            resumed.cuts,
+            want
+        ),
+        origin: format!("job {}", resumed.job_state.as_deref().unwrap_or("unknown")),
+        problems,
+        timeline,
+    })
+}
+
+fn job_problem(resumed: &Resumed) -> String {
+    format!(
+        "{} lines for a job of {:?}: missing {:?}, repeated {:?}{}",
+        resumed.lines.len(),
+        resumed.job_lines,
+        resumed.missing(),
+        resumed.repeated(),
+        resumed
+            .gave_up
+            .as_deref()
+            .map_or_else(String::new, |reason| format!(", stopped: {reason}"))
+    )
+}
+
+async fn job_resume_idle(scale: Scale) -> Result<Outcome, NotRun> {
+    let idle = scale.ms(300);
+    job_through_cuts(
+        format!(
+            "job-resume-idle: lines every {}, idle limit {}, no heartbeats",
+            ms(scale.ms(500)),
+            ms(idle)
+        ),
+        timers(Some(idle), None, None),
+        (scale.ms(500), 7),
+        Vec::new(),
+        Verdict::Truncated,
+    )
+    .await
+}
+
+async fn job_resume_rst(scale: Scale) -> Result<Outcome, NotRun> {
+    let after = scale.ms(500);
+    job_through_cuts(
+        format!(
+            "job-resume-rst: lines every {}, each connection reset after {}",
+            ms(scale.ms(200)),
+            ms(after)
+        ),
+        timers(Some(scale.ms(5000)), None, None),
+        (scale.ms(200), 12),
+        vec![fault("x-keepalive-fault-reset-after", &ms(after))?],
+        Verdict::Reset,
+    )
+    .await
 }

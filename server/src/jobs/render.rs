@@ -16,7 +16,7 @@ pub fn line_text(number: u64, elapsed_secs: u64) -> String {
 
 /// A verse starts again at lines 4, 7, 10…: the banner goes right before them, as in the stream.
 fn banner_before(number: u64) -> bool {
-    number > 1 && (number - 1) % POEM.len() as u64 == 0
+    number > 1 && (number - 1).is_multiple_of(POEM.len() as u64)
 }
 
 /// Bytes line `number` takes in the text rendering: its banner, its text, and their newlines.

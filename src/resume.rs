@@ -1,0 +1,490 @@
+//! `keepalive-lab watch --resume URL`: follows a durable job's SSE stream across every cut, resuming
+//! with `Last-Event-ID` the way EventSource does, and checks at the end that the lines assembled are
+//! exactly the job's: each line number once, none missing, as many as the job wrote.
+//!
+//! [`follow_job`] is the client, also used by the experiments; [`run`] prints what it does.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::watch::{observe, Verdict};
+
+/// The longest pause between two attempts, whatever `retry:` the origin asks for.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// One SSE event with an id: a line of the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobLine {
+    pub id: u64,
+    pub data: String,
+    /// Since the first request.
+    pub at: Duration,
+}
+
+/// What following a job came to.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Resumed {
+    /// Line ids in the order they arrived (a repeat shows up twice).
+    #[serde(skip)]
+    pub lines: Vec<JobLine>,
+    /// Connections that ended before the job's end: each was resumed.
+    pub cuts: usize,
+    /// How each cut looked (`truncated`, `reset`, `http 504`…), in order.
+    pub cut_kinds: Vec<String>,
+    /// The job's state and line count, from its `end` event or its JSON once the stream said 204.
+    pub job_state: Option<String>,
+    pub job_lines: Option<u64>,
+    /// Why following stopped before the end, if it did.
+    pub gave_up: Option<String>,
+}
+
+impl Resumed {
+    /// Line ids seen more than once.
+    pub fn repeated(&self) -> Vec<u64> {
+        let mut seen = BTreeSet::new();
+        let mut repeated = BTreeSet::new();
+        for line in &self.lines {
+            if !seen.insert(line.id) {
+                repeated.insert(line.id);
+            }
+        }
+        repeated.into_iter().collect()
+    }
+
+    /// Line ids of the job (1 ..= its line count) that never arrived.
+    pub fn missing(&self) -> Vec<u64> {
+        let seen: BTreeSet<u64> = self.lines.iter().map(|line| line.id).collect();
+        let expected = self.job_lines.unwrap_or(0);
+        (1..=expected).filter(|id| !seen.contains(id)).collect()
+    }
+
+    /// Everything arrived once, in order, and the job is over.
+    pub fn verified(&self) -> bool {
+        let in_order = self
+            .lines
+            .iter()
+            .enumerate()
+            .all(|(index, line)| line.id == index as u64 + 1);
+        self.gave_up.is_none()
+            && self.job_lines == Some(self.lines.len() as u64)
+            && in_order
+            && self.repeated().is_empty()
+    }
+}
+
+/// Reads SSE from a byte stream cut anywhere: only complete events count, as EventSource does.
+#[derive(Default)]
+struct SseParser {
+    buffer: String,
+    id: Option<u64>,
+    event: Option<String>,
+    data: Vec<String>,
+    retry: Option<Duration>,
+}
+
+enum SseEvent {
+    Line { id: u64, data: String },
+    End { data: String },
+    Other,
+}
+
+impl SseParser {
+    fn push(&mut self, bytes: &[u8], mut on_event: impl FnMut(SseEvent)) {
+        self.buffer.push_str(&String::from_utf8_lossy(bytes));
+        while let Some(newline) = self.buffer.find('\n') {
+            let line: String = self.buffer.drain(..=newline).collect();
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                on_event(self.dispatch());
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => self.id = value.trim().parse().ok(),
+                "event" => self.event = Some(value.to_owned()),
+                "data" => self.data.push(value.to_owned()),
+                "retry" => {
+                    self.retry = value.trim().parse().ok().map(Duration::from_millis);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn dispatch(&mut self) -> SseEvent {
+        let data = std::mem::take(&mut self.data).join("\n");
+        let event = self.event.take();
+        let id = self.id.take();
+        match (event.as_deref(), id) {
+            (Some("end"), _) => SseEvent::End { data },
+            (None, Some(id)) if !data.is_empty() => SseEvent::Line { id, data },
+            _ => SseEvent::Other,
+        }
+    }
+
+    /// A new connection starts with a clean buffer; `retry` stays.
+    fn reset(&mut self) {
+        self.buffer.clear();
+        self.id = None;
+        self.event = None;
+        self.data.clear();
+    }
+}
+
+/// Follows the job whose stream is `url` until it is over (its `end` event, or `204`), resuming after
+/// every cut; gives up at `max_time` or on `409 history lost`. `reconnect` overrides the origin's
+/// `retry:` (the experiments use a short one); `on_progress` sees each line and each cut.
+pub async fn follow_job(
+    url: &Uri,
+    headers: &[(HeaderName, HeaderValue)],
+    max_time: Option<Duration>,
+    reconnect: Option<Duration>,
+    mut on_progress: impl FnMut(Progress<'_>),
+) -> Resumed {
+    let started = Instant::now();
+    let deadline = max_time.map(|max_time| started + max_time);
+    let mut resumed = Resumed::default();
+    let mut parser = SseParser::default();
+    let mut epoch: Option<HeaderValue> = None;
+    loop {
+        let mut request_headers = headers.to_vec();
+        request_headers.push((
+            http::header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        ));
+        if let Some(last) = resumed.lines.last() {
+            request_headers.push((HeaderName::from_static("last-event-id"), last.id.into()));
+        }
+        if let Some(epoch) = &epoch {
+            request_headers.push((HeaderName::from_static("keepalive-epoch"), epoch.clone()));
+        }
+        let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            resumed.gave_up = Some("--max-time passed before the job's end".to_owned());
+            return resumed;
+        }
+        parser.reset();
+        let mut ended = false;
+        let seen = observe(url, &request_headers, left, |chunk| {
+            parser.push(&chunk.data, |event| match event {
+                SseEvent::Line { id, data } => {
+                    let line = JobLine {
+                        id,
+                        data,
+                        at: started.elapsed(),
+                    };
+                    on_progress(Progress::Line(&line));
+                    resumed.lines.push(line);
+                }
+                SseEvent::End { data } => {
+                    ended = true;
+                    let end: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
+                    resumed.job_state = end["state"].as_str().map(str::to_owned);
+                    resumed.job_lines = end["lines"].as_u64();
+                }
+                SseEvent::Other => {}
+            });
+        })
+        .await;
+        if epoch.is_none() {
+            epoch = seen.headers.get("keepalive-epoch").cloned();
+        }
+        if ended {
+            return resumed;
+        }
+        match seen.verdict {
+            Verdict::Http(StatusCode::CONFLICT) => {
+                resumed.gave_up = Some(
+                    "409: the origin no longer has this job's history (another epoch, or lines it never wrote)"
+                        .to_owned(),
+                );
+                return resumed;
+            }
+            Verdict::Completed if seen.status == Some(StatusCode::NO_CONTENT) => {
+                // Over, and this client had it all: the line count comes from the job itself.
+                match job_info(url).await {
+                    Ok((state, lines)) => {
+                        resumed.job_state = Some(state);
+                        resumed.job_lines = Some(lines);
+                    }
+                    Err(reason) => resumed.gave_up = Some(reason),
+                }
+                return resumed;
+            }
+            Verdict::Timeout => {
+                resumed.gave_up = Some("--max-time passed before the job's end".to_owned());
+                return resumed;
+            }
+            Verdict::Http(status) if status == StatusCode::NOT_FOUND => {
+                resumed.gave_up = Some("404: no such job".to_owned());
+                return resumed;
+            }
+            verdict => {
+                resumed.cuts += 1;
+                resumed.cut_kinds.push(verdict.name());
+                let after = resumed.lines.last().map_or(0, |line| line.id);
+                on_progress(Progress::Cut {
+                    at: started.elapsed(),
+                    how: &verdict,
+                    after,
+                });
+                let pause = reconnect
+                    .or(parser.retry)
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(MAX_RECONNECT_DELAY);
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+/// What [`follow_job`] reports as it goes.
+pub enum Progress<'a> {
+    Line(&'a JobLine),
+    Cut {
+        at: Duration,
+        how: &'a Verdict,
+        after: u64,
+    },
+}
+
+/// The job's state and line count from `GET /jobs/{id}`, the stream URL without its `/stream`.
+async fn job_info(stream_url: &Uri) -> Result<(String, u64), String> {
+    let path = stream_url.path().trim_end_matches("/stream");
+    let mut parts = stream_url.clone().into_parts();
+    parts.path_and_query = Some(path.parse().map_err(|err| format!("{path}: {err}"))?);
+    let job_url = Uri::from_parts(parts).map_err(|err| format!("{path}: {err}"))?;
+    let (status, body) = fetch(http::Method::GET, &job_url).await?;
+    if !status.is_success() {
+        return Err(format!("GET {path}: {status}"));
+    }
+    let job: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|err| format!("GET {path}: not JSON: {err}"))?;
+    let state = job["state"].as_str().unwrap_or("unknown").to_owned();
+    let lines = job["lines_written"]
+        .as_u64()
+        .ok_or_else(|| format!("GET {path}: no lines_written"))?;
+    Ok((state, lines))
+}
+
+/// One request with an empty body, its whole answer read: for the job's JSON, not for streams.
+pub async fn fetch(method: http::Method, url: &Uri) -> Result<(StatusCode, Bytes), String> {
+    let authority = url
+        .authority()
+        .ok_or_else(|| format!("{url} has no host"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let failed = |err: &dyn std::fmt::Display| format!("{method} {url}: {err}");
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|err| failed(&err))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|err| failed(&err))?;
+    let driver = tokio::spawn(connection);
+    let path = url.path_and_query().map_or("/", |path| path.as_str());
+    let request = http::Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header(http::header::HOST, authority.as_str())
+        .body(Empty::<Bytes>::new())
+        .map_err(|err| failed(&err))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|err| failed(&err))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| failed(&err))?
+        .to_bytes();
+    driver.abort();
+    Ok((status, body))
+}
+
+/// A job's URL as given (`/jobs/{id}` or `/jobs/{id}/stream`), as its stream's.
+pub fn stream_url(url: &Uri) -> Result<Uri, String> {
+    let path = url.path().trim_end_matches('/');
+    if path.ends_with("/stream") {
+        return Ok(url.clone());
+    }
+    let mut parts = url.clone().into_parts();
+    let query = url
+        .query()
+        .map_or_else(String::new, |query| format!("?{query}"));
+    parts.path_and_query = Some(
+        format!("{path}/stream{query}")
+            .parse()
+            .map_err(|err| format!("{url}: {err}"))?,
+    );
+    Uri::from_parts(parts).map_err(|err| format!("{url}: {err}"))
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    verified: bool,
+    lines: usize,
+    job_lines: Option<u64>,
+    job_state: Option<&'a str>,
+    cuts: usize,
+    cut_kinds: &'a [String],
+    missing: Vec<u64>,
+    repeated: Vec<u64>,
+    gave_up: Option<&'a str>,
+}
+
+/// Runs `watch --resume`: exit 0 when the job was assembled exactly, 1 otherwise.
+pub async fn run(
+    url: &Uri,
+    headers: &[(HeaderName, HeaderValue)],
+    max_time: Option<Duration>,
+    json: bool,
+) -> u8 {
+    let url = match stream_url(url) {
+        Ok(url) => url,
+        Err(reason) => {
+            eprintln!("keepalive-lab watch: {reason}");
+            return 2;
+        }
+    };
+    if !json {
+        println!("following the job at {url}, resuming after every cut");
+    }
+    let resumed = follow_job(&url, headers, max_time, None, |progress| {
+        if json {
+            return;
+        }
+        match progress {
+            Progress::Line(line) => {
+                println!(
+                    "{:>9.3}s  id {:>5}  {}",
+                    line.at.as_secs_f64(),
+                    line.id,
+                    line.data
+                );
+            }
+            Progress::Cut { at, how, after } => println!(
+                "{:>9.3}s  cut: {} — resuming after id {after}",
+                at.as_secs_f64(),
+                how.name()
+            ),
+        }
+    })
+    .await;
+    let summary = Summary {
+        verified: resumed.verified(),
+        lines: resumed.lines.len(),
+        job_lines: resumed.job_lines,
+        job_state: resumed.job_state.as_deref(),
+        cuts: resumed.cuts,
+        cut_kinds: &resumed.cut_kinds,
+        missing: resumed.missing(),
+        repeated: resumed.repeated(),
+        gave_up: resumed.gave_up.as_deref(),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    } else if summary.verified {
+        println!(
+            "verified: lines 1..{} each exactly once, in order, through {} cuts; job {}",
+            summary.lines,
+            summary.cuts,
+            summary.job_state.unwrap_or("over")
+        );
+    } else {
+        println!(
+            "NOT verified: {} lines received, job has {}; missing {:?}, repeated {:?}{}",
+            summary.lines,
+            summary
+                .job_lines
+                .map_or_else(|| "an unknown number".to_owned(), |lines| lines.to_string()),
+            summary.missing,
+            summary.repeated,
+            summary
+                .gave_up
+                .map_or_else(String::new, |reason| format!("; stopped: {reason}"))
+        );
+    }
+    u8::from(!summary.verified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(chunks: &[&str]) -> Vec<(u64, String)> {
+        let mut parser = SseParser::default();
+        let mut lines = Vec::new();
+        for chunk in chunks {
+            parser.push(chunk.as_bytes(), |event| {
+                if let SseEvent::Line { id, data } = event {
+                    lines.push((id, data));
+                }
+            });
+        }
+        lines
+    }
+
+    #[test]
+    fn events_count_only_when_complete_whatever_the_chunking() {
+        let stream = "retry: 1000\n\nid: 1\ndata: a\n\n:\n\ndata: banner\n\nid: 2\ndata: b\n\nid: 3\ndata: c";
+        let whole = parse(&[stream]);
+        assert_eq!(whole, vec![(1, "a".to_owned()), (2, "b".to_owned())]);
+        for split in 0..stream.len() {
+            assert_eq!(
+                parse(&[&stream[..split], &stream[split..]]),
+                whole,
+                "{split}"
+            );
+        }
+    }
+
+    #[test]
+    fn verification_wants_every_line_once_in_order() {
+        let line = |id| JobLine {
+            id,
+            data: String::new(),
+            at: Duration::ZERO,
+        };
+        let mut resumed = Resumed {
+            lines: vec![line(1), line(2), line(3)],
+            job_lines: Some(3),
+            ..Resumed::default()
+        };
+        assert!(resumed.verified());
+        resumed.lines.push(line(3));
+        assert!(!resumed.verified());
+        assert_eq!(resumed.repeated(), vec![3]);
+        resumed.lines = vec![line(1), line(3)];
+        assert_eq!(resumed.missing(), vec![2]);
+        assert!(!resumed.verified());
+    }
+
+    #[test]
+    fn a_job_url_becomes_its_stream_url() {
+        let url: Uri = "http://127.0.0.1:8080/jobs/0123456789abcdef"
+            .parse()
+            .expect("url");
+        assert_eq!(
+            stream_url(&url).expect("stream").to_string(),
+            "http://127.0.0.1:8080/jobs/0123456789abcdef/stream"
+        );
+        let url: Uri = "http://h:1/jobs/0123456789abcdef/stream?heartbeat=1s"
+            .parse()
+            .expect("url");
+        assert_eq!(stream_url(&url).expect("stream"), url);
+    }
+}
