@@ -11,6 +11,7 @@ use clap::Args;
 use keepalive_common::duration::display;
 use keepalive_proxy::config::TimerSetting;
 use keepalive_proxy::{admin, Metrics, Preset, ProxyConfig, TimerSet};
+use keepalive_server::jobs::Storage;
 use keepalive_server::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +45,10 @@ pub struct DemoArgs {
     /// Total lifetime of one response, heartbeats or not; preset = off
     #[arg(long, env = "PROXY_MAX_DURATION", default_value = "preset", value_parser = TimerSetting::parse)]
     max_duration: TimerSetting,
+
+    /// Where the origin keeps durable jobs (POST /jobs); :memory: keeps them in memory only
+    #[arg(long, env = "SERVER_DATA_DIR", default_value = "keepalive-data")]
+    data_dir: Storage,
 }
 
 pub async fn run(mut args: DemoArgs) -> Result<(), String> {
@@ -63,6 +68,7 @@ pub async fn run(mut args: DemoArgs) -> Result<(), String> {
     let server_config = ServerConfig {
         addr: args.origin_addr,
         drain_timeout: DEMO_DRAIN,
+        data_dir: args.data_dir.clone(),
         ..ServerConfig::default()
     };
     let proxy_config = ProxyConfig {

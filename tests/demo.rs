@@ -28,6 +28,8 @@ impl Demo {
                 command.env_remove(key.as_ref());
             }
         }
+        // Jobs in memory: a test run leaves no data directory behind.
+        command.env("SERVER_DATA_DIR", ":memory:");
         let mut child = command
             .args(args)
             .stdin(Stdio::null())

@@ -1059,7 +1059,7 @@ async fn job_through_cuts(
         },
     )
     .await;
-    timeline.lane("resuming client").events = events;
+    timeline.lane("client").events = events;
     let mut problems = Vec::new();
     check(&mut problems, resumed.verified(), || job_problem(&resumed));
     check(&mut problems, resumed.cuts >= 2, || {
