@@ -369,12 +369,9 @@ pub async fn run(
         }
         match progress {
             Progress::Line(line) => {
-                println!(
-                    "{:>9.3}s  id {:>5}  {}",
-                    line.at.as_secs_f64(),
-                    line.id,
-                    line.data
-                );
+                // The banner rides in the data of the line after it: one printed line each.
+                let data = line.data.replace('\n', "\n                         ");
+                println!("{:>9.3}s  id {:>5}  {data}", line.at.as_secs_f64(), line.id);
             }
             Progress::Cut { at, how, after } => println!(
                 "{:>9.3}s  cut: {} — resuming after id {after}",

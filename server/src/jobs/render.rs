@@ -41,15 +41,16 @@ pub fn text(line: &Line) -> String {
     out
 }
 
-/// The line as an SSE event whose id is its number (the banner an event without id before it), so
-/// that `Last-Event-ID` names the last line a client has.
+/// The line as an SSE event whose id is its number, so that `Last-Event-ID` names the last line a
+/// client has. The banner is a first `data:` line of the same event, not an event of its own: an
+/// event without id, cut off before the next line, would be shown again after the resume.
 pub fn sse(line: &Line) -> String {
     let banner = if banner_before(line.number) {
-        format!("data: {BANNER}\n\n")
+        format!("data: {BANNER}\n")
     } else {
         String::new()
     };
-    format!("{banner}id: {}\ndata: {}\n\n", line.number, line.text)
+    format!("id: {}\n{banner}data: {}\n\n", line.number, line.text)
 }
 
 /// First thing on every SSE response: how long EventSource should wait before reconnecting.
@@ -98,11 +99,12 @@ mod tests {
     }
 
     #[test]
-    fn sse_numbers_lines_and_not_banners() {
+    fn sse_carries_the_banner_inside_the_next_lines_event() {
         assert_eq!(
             sse(&line(4)),
-            "data: =========== Here we go again ===========\n\n\
-             id: 4\ndata: [         7 s] Little brown lady\n\n"
+            "id: 4\ndata: =========== Here we go again ===========\n\
+             data: [         7 s] Little brown lady\n\n"
         );
+        assert_eq!(sse(&line(3)), "id: 3\ndata: [         7 s] And smiled\n\n");
     }
 }
