@@ -16,6 +16,9 @@ use tokio::time::Instant;
 
 use crate::watch::{observe, Verdict};
 
+/// Connections in a row that may end without a new line (a balancer answering 502 while the origin
+/// restarts) before following stops.
+const MAX_ATTEMPTS_WITHOUT_PROGRESS: u32 = 20;
 /// The longest pause between two attempts, whatever `retry:` the origin asks for.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
@@ -38,9 +41,11 @@ pub struct Resumed {
     pub cuts: usize,
     /// How each cut looked (`truncated`, `reset`, `http 504`…), in order.
     pub cut_kinds: Vec<String>,
-    /// The job's state and line count, from its `end` event or its JSON once the stream said 204.
+    /// The job as it stood once its stream was over, from `GET /jobs/{id}`: its state, the lines
+    /// it wrote, and the lines it was asked for.
     pub job_state: Option<String>,
     pub job_lines: Option<u64>,
+    pub lines_asked: Option<u64>,
     /// Why following stopped before the end, if it did.
     pub gave_up: Option<String>,
 }
@@ -65,7 +70,8 @@ impl Resumed {
         (1..=expected).filter(|id| !seen.contains(id)).collect()
     }
 
-    /// Everything arrived once, in order, and the job is over.
+    /// The job completed every line it was asked for, and each arrived once, in order. A job
+    /// cancelled or failed part-way is not verified, however well its lines arrived.
     pub fn verified(&self) -> bool {
         let in_order = self
             .lines
@@ -73,6 +79,9 @@ impl Resumed {
             .enumerate()
             .all(|(index, line)| line.id == index as u64 + 1);
         self.gave_up.is_none()
+            && self.job_state.as_deref() == Some("completed")
+            && self.lines_asked.is_some()
+            && self.job_lines == self.lines_asked
             && self.job_lines == Some(self.lines.len() as u64)
             && in_order
             && self.repeated().is_empty()
@@ -82,7 +91,8 @@ impl Resumed {
 /// Reads SSE from a byte stream cut anywhere: only complete events count, as EventSource does.
 #[derive(Default)]
 struct SseParser {
-    buffer: String,
+    /// Bytes, not text: a chunk may end inside a multi-byte character.
+    buffer: Vec<u8>,
     id: Option<u64>,
     event: Option<String>,
     data: Vec<String>,
@@ -91,15 +101,16 @@ struct SseParser {
 
 enum SseEvent {
     Line { id: u64, data: String },
-    End { data: String },
+    End,
     Other,
 }
 
 impl SseParser {
     fn push(&mut self, bytes: &[u8], mut on_event: impl FnMut(SseEvent)) {
-        self.buffer.push_str(&String::from_utf8_lossy(bytes));
-        while let Some(newline) = self.buffer.find('\n') {
-            let line: String = self.buffer.drain(..=newline).collect();
+        self.buffer.extend_from_slice(bytes);
+        while let Some(newline) = self.buffer.iter().position(|byte| *byte == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=newline).collect();
+            let line = String::from_utf8_lossy(&line);
             let line = line.trim_end_matches(['\n', '\r']);
             if line.is_empty() {
                 on_event(self.dispatch());
@@ -124,7 +135,7 @@ impl SseParser {
         let event = self.event.take();
         let id = self.id.take();
         match (event.as_deref(), id) {
-            (Some("end"), _) => SseEvent::End { data },
+            (Some("end"), _) => SseEvent::End,
             (None, Some(id)) if !data.is_empty() => SseEvent::Line { id, data },
             _ => SseEvent::Other,
         }
@@ -154,6 +165,7 @@ pub async fn follow_job(
     let mut resumed = Resumed::default();
     let mut parser = SseParser::default();
     let mut epoch: Option<HeaderValue> = None;
+    let mut attempts_without_progress = 0;
     loop {
         let mut request_headers = headers.to_vec();
         request_headers.push((
@@ -173,6 +185,7 @@ pub async fn follow_job(
         }
         parser.reset();
         let mut ended = false;
+        let lines_before = resumed.lines.len();
         let seen = observe(url, &request_headers, left, |chunk| {
             parser.push(&chunk.data, |event| match event {
                 SseEvent::Line { id, data } => {
@@ -184,12 +197,7 @@ pub async fn follow_job(
                     on_progress(Progress::Line(&line));
                     resumed.lines.push(line);
                 }
-                SseEvent::End { data } => {
-                    ended = true;
-                    let end: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
-                    resumed.job_state = end["state"].as_str().map(str::to_owned);
-                    resumed.job_lines = end["lines"].as_u64();
-                }
+                SseEvent::End => ended = true,
                 SseEvent::Other => {}
             });
         })
@@ -197,9 +205,25 @@ pub async fn follow_job(
         if epoch.is_none() {
             epoch = seen.headers.get("keepalive-epoch").cloned();
         }
-        if ended {
+        // Over, and this client had it all (the end event, or 204 on a reconnect): what the job
+        // wrote and was asked for comes from the job itself.
+        if ended || seen.status == Some(StatusCode::NO_CONTENT) {
+            match job_info(url).await {
+                Ok(job) => {
+                    resumed.job_state = Some(job.state);
+                    resumed.job_lines = Some(job.lines_written);
+                    resumed.lines_asked = Some(job.lines);
+                }
+                Err(reason) => resumed.gave_up = Some(reason),
+            }
             return resumed;
         }
+        let progressed = resumed.lines.len() > lines_before;
+        attempts_without_progress = if progressed {
+            0
+        } else {
+            attempts_without_progress + 1
+        };
         match seen.verdict {
             Verdict::Http(StatusCode::CONFLICT) => {
                 resumed.gave_up = Some(
@@ -208,23 +232,25 @@ pub async fn follow_job(
                 );
                 return resumed;
             }
-            Verdict::Completed if seen.status == Some(StatusCode::NO_CONTENT) => {
-                // Over, and this client had it all: the line count comes from the job itself.
-                match job_info(url).await {
-                    Ok((state, lines)) => {
-                        resumed.job_state = Some(state);
-                        resumed.job_lines = Some(lines);
-                    }
-                    Err(reason) => resumed.gave_up = Some(reason),
-                }
-                return resumed;
-            }
             Verdict::Timeout => {
                 resumed.gave_up = Some("--max-time passed before the job's end".to_owned());
                 return resumed;
             }
-            Verdict::Http(status) if status == StatusCode::NOT_FOUND => {
-                resumed.gave_up = Some("404: no such job".to_owned());
+            // As EventSource does: a client error will not go away by asking again (but for a
+            // timeout or a rate limit, which are a balancer's to give).
+            Verdict::Http(status)
+                if status.is_client_error()
+                    && status != StatusCode::REQUEST_TIMEOUT
+                    && status != StatusCode::TOO_MANY_REQUESTS =>
+            {
+                resumed.gave_up = Some(format!("the origin answered {status}"));
+                return resumed;
+            }
+            _ if attempts_without_progress >= MAX_ATTEMPTS_WITHOUT_PROGRESS => {
+                resumed.gave_up = Some(format!(
+                    "{MAX_ATTEMPTS_WITHOUT_PROGRESS} attempts in a row brought no line (last: {})",
+                    seen.verdict.name()
+                ));
                 return resumed;
             }
             verdict => {
@@ -256,8 +282,15 @@ pub enum Progress<'a> {
     },
 }
 
-/// The job's state and line count from `GET /jobs/{id}`, the stream URL without its `/stream`.
-async fn job_info(stream_url: &Uri) -> Result<(String, u64), String> {
+/// A job as `GET /jobs/{id}` describes it.
+struct JobStanding {
+    state: String,
+    lines_written: u64,
+    lines: u64,
+}
+
+/// The job whose stream is `stream_url`, from its JSON.
+async fn job_info(stream_url: &Uri) -> Result<JobStanding, String> {
     let path = stream_url.path().trim_end_matches("/stream");
     let mut parts = stream_url.clone().into_parts();
     parts.path_and_query = Some(path.parse().map_err(|err| format!("{path}: {err}"))?);
@@ -268,11 +301,16 @@ async fn job_info(stream_url: &Uri) -> Result<(String, u64), String> {
     }
     let job: serde_json::Value =
         serde_json::from_slice(&body).map_err(|err| format!("GET {path}: not JSON: {err}"))?;
-    let state = job["state"].as_str().unwrap_or("unknown").to_owned();
-    let lines = job["lines_written"]
-        .as_u64()
-        .ok_or_else(|| format!("GET {path}: no lines_written"))?;
-    Ok((state, lines))
+    let count = |field: &str| {
+        job[field]
+            .as_u64()
+            .ok_or_else(|| format!("GET {path}: no {field}"))
+    };
+    Ok(JobStanding {
+        state: job["state"].as_str().unwrap_or("unknown").to_owned(),
+        lines_written: count("lines_written")?,
+        lines: count("lines")?,
+    })
 }
 
 /// One request with an empty body, its whole answer read: for the job's JSON, not for streams.
@@ -338,6 +376,7 @@ struct Summary<'a> {
     verified: bool,
     lines: usize,
     job_lines: Option<u64>,
+    lines_asked: Option<u64>,
     job_state: Option<&'a str>,
     cuts: usize,
     cut_kinds: &'a [String],
@@ -385,6 +424,7 @@ pub async fn run(
         verified: resumed.verified(),
         lines: resumed.lines.len(),
         job_lines: resumed.job_lines,
+        lines_asked: resumed.lines_asked,
         job_state: resumed.job_state.as_deref(),
         cuts: resumed.cuts,
         cut_kinds: &resumed.cut_kinds,
@@ -403,11 +443,11 @@ pub async fn run(
         );
     } else {
         println!(
-            "NOT verified: {} lines received, job has {}; missing {:?}, repeated {:?}{}",
+            "NOT verified: {} lines received; the job {} with {} of {} lines; missing {:?}, repeated {:?}{}",
             summary.lines,
-            summary
-                .job_lines
-                .map_or_else(|| "an unknown number".to_owned(), |lines| lines.to_string()),
+            summary.job_state.unwrap_or("(state unknown)"),
+            count(summary.job_lines),
+            count(summary.lines_asked),
             summary.missing,
             summary.repeated,
             summary
@@ -416,6 +456,10 @@ pub async fn run(
         );
     }
     u8::from(!summary.verified)
+}
+
+fn count(lines: Option<u64>) -> String {
+    lines.map_or_else(|| "?".to_owned(), |lines| lines.to_string())
 }
 
 #[cfg(test)]
@@ -458,10 +502,18 @@ mod tests {
         };
         let mut resumed = Resumed {
             lines: vec![line(1), line(2), line(3)],
+            job_state: Some("completed".to_owned()),
             job_lines: Some(3),
+            lines_asked: Some(3),
             ..Resumed::default()
         };
         assert!(resumed.verified());
+        let cancelled = Resumed {
+            job_state: Some("cancelled".to_owned()),
+            lines_asked: Some(10),
+            ..resumed.clone()
+        };
+        assert!(!cancelled.verified(), "a job cut short is not the job");
         resumed.lines.push(line(3));
         assert!(!resumed.verified());
         assert_eq!(resumed.repeated(), vec![3]);

@@ -49,12 +49,22 @@ pub async fn serve(
     let state = AppState::new(config).map_err(std::io::Error::other)?;
     let resumed = state.jobs().resume().await.map_err(std::io::Error::other)?;
     tracing::info!(data_dir = %data_dir, epoch = state.jobs().epoch(), resumed, "job store open");
+    let config = state.config();
+    tracing::info!(
+        addr = %listener.local_addr().map_or_else(|err| err.to_string(), |addr| addr.to_string()),
+        sleep = %keepalive_common::duration::display(config.sleep),
+        heartbeat = %config.heartbeat.map_or_else(|| "off".to_owned(), keepalive_common::duration::display),
+        max_sleep = %keepalive_common::duration::display(config.max_sleep),
+        "listening; try /polls/streamed?sleep=1&heartbeat=300ms"
+    );
+    let jobs = state.jobs().clone();
     let router = app(state);
     serve_connections(listener, shutdown, drain_timeout, |tcp, peer, stopping| {
         set_user_timeout(&tcp, user_timeout);
         serve_connection(tcp, peer, router.clone(), stopping)
     })
     .await;
+    jobs.stop().await;
     Ok(())
 }
 

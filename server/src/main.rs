@@ -26,13 +26,6 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(
-        addr = %listener.local_addr().map_or_else(|err| err.to_string(), |addr| addr.to_string()),
-        sleep = %keepalive_common::duration::display(config.sleep),
-        heartbeat = %config.heartbeat.map_or_else(|| "off".to_owned(), keepalive_common::duration::display),
-        max_sleep = %keepalive_common::duration::display(config.max_sleep),
-        "listening; try /polls/streamed?sleep=1&heartbeat=300ms"
-    );
     match serve(listener, config, shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

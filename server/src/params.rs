@@ -149,7 +149,7 @@ fn timer(
 
 /// A heartbeat period, refused below [`SHORTEST_HEARTBEAT`]: `heartbeat=1ns` would turn one request
 /// into a flood of spaces, which no load balancer needs to stay awake.
-fn heartbeat(value: &str, max: Duration) -> Result<Option<Duration>, InvalidParameter> {
+pub(crate) fn heartbeat(value: &str, max: Duration) -> Result<Option<Duration>, InvalidParameter> {
     let period = timer("heartbeat", value, max)?;
     if period.is_some_and(|period| period < SHORTEST_HEARTBEAT) {
         return Err(invalid(

@@ -829,3 +829,70 @@ async fn kill_9_mid_job_keeps_every_line_already_served() {
     println!("kill -9 after {served_lines} lines served; the job resumed and wrote all 200");
     drop(second);
 }
+
+/// The origin in-process on port 0 with jobs under `dir`, and what it takes to stop it and wait.
+async fn start_origin_on(
+    dir: &Path,
+) -> (
+    Http,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let config = ServerConfig {
+        data_dir: Storage::Dir(dir.to_owned()),
+        drain_timeout: Duration::from_millis(100),
+        ..ServerConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, config, async {
+        let _ = stopped.await;
+    }));
+    (Http::new(addr), stop, server)
+}
+
+#[tokio::test]
+async fn a_stopped_origin_suspends_its_jobs_and_the_next_one_resumes_them() {
+    let dir = TempDir::new();
+    let (origin, stop, server) = start_origin_on(dir.0.as_path()).await;
+    let job = origin.start_job("lines=30&sleep=30ms").await;
+    let id = job["id"].as_str().expect("id").to_owned();
+    sleep(Duration::from_millis(200)).await;
+
+    // While it runs, nobody else may run its jobs: the data directory is locked.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let second = ServerConfig {
+        data_dir: Storage::Dir(dir.0.as_path().to_owned()),
+        ..ServerConfig::default()
+    };
+    let refused = serve(listener, second, std::future::pending())
+        .await
+        .expect_err("a second origin on a data directory in use");
+    assert!(refused.to_string().contains("locked"), "{refused}");
+
+    stop.send(()).expect("origin running");
+    timeout(PATIENCE, server)
+        .await
+        .expect("serve returns once its jobs are suspended")
+        .expect("no panic")
+        .expect("served");
+
+    let (origin, _stop, _server) = start_origin_on(dir.0.as_path()).await;
+    let suspended = origin.get(&format!("/jobs/{id}"), &[]).await.json();
+    assert_eq!(suspended["runs"], 2, "{suspended}");
+    assert!(
+        suspended["lines_written"].as_u64().expect("lines_written") < 30,
+        "the job was not suspended mid-way: {suspended}"
+    );
+    wait_finished(&origin, &id).await;
+    let events = parse_events(
+        &origin
+            .get(&format!("/jobs/{id}/stream?format=sse"), &[])
+            .await
+            .body,
+    );
+    assert_eq!(ids(&events), (1..=30).collect::<Vec<_>>());
+    let done = origin.get(&format!("/jobs/{id}"), &[]).await.json();
+    assert_eq!(done["state"], "completed", "{done}");
+}

@@ -7,6 +7,8 @@
 //! lines themselves from the store, so a live reader and one resuming after a restart see the same
 //! bytes. After a restart the origin resumes every job a previous run left running, from its last
 //! committed line (nothing a client saw is ever rewritten; the job's `runs` counts the take-overs).
+//! When the origin stops, [`Jobs::stop`] suspends the runners between two lines and leaves their jobs
+//! `running` for the next start; a lock on the data directory keeps two origins from running one job.
 
 pub mod range;
 pub mod render;
@@ -20,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use store::{Storage, Store, StoreError};
 
@@ -126,6 +129,12 @@ pub struct Line {
     pub text: String,
 }
 
+/// How often finished jobs past retention are looked for, besides at start and at each new job.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How long a reader waits for a job that is `running` in the store but has no runner here (its end
+/// is being recorded, or could not be) before it gives up on it.
+pub const STALLED_AFTER: Duration = Duration::from_secs(1);
+
 /// How long finished jobs are kept, and how many jobs at most.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -149,6 +158,9 @@ pub struct Jobs {
     epoch: Arc<str>,
     retention: Retention,
     running: Arc<Mutex<HashMap<JobId, Running>>>,
+    /// Suspends every runner when the origin stops.
+    stopping: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for Jobs {
@@ -174,7 +186,17 @@ impl Jobs {
             epoch: epoch.into(),
             retention,
             running: Arc::default(),
+            stopping: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         })
+    }
+
+    /// Suspends every runner between two lines (their jobs stay `running`, for the next start) and
+    /// waits until none is left, so that the data directory is free for another origin.
+    pub async fn stop(&self) {
+        self.stopping.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     pub fn store(&self) -> &Store {
@@ -186,7 +208,8 @@ impl Jobs {
         &self.epoch
     }
 
-    /// Resumes what a previous run of the origin left running; call once, at start.
+    /// Resumes what a previous run of the origin left running, and starts the periodic retention
+    /// sweep; call once, at start.
     pub async fn resume(&self) -> Result<usize, StoreError> {
         self.sweep().await;
         let jobs = self.store.take_over_running().await?;
@@ -200,6 +223,15 @@ impl Jobs {
             );
             self.spawn(job.id.clone(), job.spec, job.lines_written, job.started_at);
         }
+        let jobs_handle = self.clone();
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = jobs_handle.stopping.cancelled() => return,
+                    () = tokio::time::sleep(SWEEP_EVERY) => jobs_handle.sweep().await,
+                }
+            }
+        });
         Ok(jobs.len())
     }
 
@@ -226,10 +258,15 @@ impl Jobs {
         running.get(id).map(|job| job.cancel.cancel()).is_some()
     }
 
-    /// A receiver of the job's committed line count, while the job runs in this process.
+    /// A receiver of the job's committed line count, while the job runs in this process; its
+    /// `changed()` waits for the next line (the current count is marked seen).
     pub fn watch(&self, id: &JobId) -> Option<watch::Receiver<u64>> {
         let running = self.running.lock().unwrap_or_else(|err| err.into_inner());
-        running.get(id).map(|job| job.progress.clone())
+        running.get(id).map(|job| {
+            let mut progress = job.progress.clone();
+            progress.borrow_and_update();
+            progress
+        })
     }
 
     async fn sweep(&self) {
@@ -255,24 +292,41 @@ impl Jobs {
                 },
             );
         let jobs = self.clone();
-        tokio::spawn(async move {
-            let state = jobs
+        self.tasks.spawn(async move {
+            // Declared after `progress_tx` was captured, so dropped before it: readers woken by the
+            // sender's drop no longer find the job here, even if this task panicked.
+            let _entry = RunningEntry {
+                jobs: jobs.clone(),
+                id: id.clone(),
+            };
+            let Some(state) = jobs
                 .run(&id, spec, written, started_at, &progress_tx, &cancel)
-                .await;
-            if let Err(err) = jobs.store.finish(&id, state).await {
-                tracing::error!(job = %id, %err, "cannot record the job's end; it resumes at the next start");
-            }
-            jobs.running
-                .lock()
-                .unwrap_or_else(|err| err.into_inner())
-                .remove(&id);
-            // Dropping the sender wakes every reader, which then finds the job finished in the store.
-            drop(progress_tx);
+                .await
+            else {
+                tracing::info!(job = %id, "job suspended: the origin is stopping; it resumes at the next start");
+                return;
+            };
+            jobs.record_end(&id, state).await;
             tracing::info!(job = %id, state = state.as_str(), "job ended");
         });
     }
 
-    /// Writes lines `written + 1 ..= spec.lines` on the poem's clock; the first at once.
+    /// Records how a job ended, trying a few times: while it stays `running` in the store, readers
+    /// wait for it and it counts against `SERVER_JOB_MAX` until the next start.
+    async fn record_end(&self, id: &JobId, state: JobState) {
+        for attempt in 1..=3 {
+            match self.store.finish(id, state).await {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::error!(job = %id, %err, attempt, "cannot record the job's end");
+                    tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+                }
+            }
+        }
+    }
+
+    /// Writes lines `written + 1 ..= spec.lines` on the poem's clock: a new job's first line at
+    /// once, a resumed job's next one a `sleep` after the take-over. `None` when the origin stops.
     async fn run(
         &self,
         id: &JobId,
@@ -281,22 +335,81 @@ impl Jobs {
         started_at: SystemTime,
         progress: &watch::Sender<u64>,
         cancel: &CancellationToken,
-    ) -> JobState {
-        let mut due = Instant::now();
+    ) -> Option<JobState> {
+        let mut due = Instant::now()
+            + if written == 0 {
+                Duration::ZERO
+            } else {
+                spec.sleep
+            };
         for number in written + 1..=spec.lines {
+            // Only between lines: a line being committed is always committed whole.
             tokio::select! {
-                () = cancel.cancelled() => return JobState::Cancelled,
+                () = self.stopping.cancelled() => return None,
+                () = cancel.cancelled() => return Some(JobState::Cancelled),
                 () = tokio::time::sleep_until(due) => {}
             }
             let elapsed = started_at.elapsed().unwrap_or_default().as_secs();
             let text = render::line_text(number, elapsed);
             if let Err(err) = self.store.append(id, number, text).await {
                 tracing::error!(job = %id, line = number, %err, "cannot commit a line: job failed");
-                return JobState::Failed;
+                return Some(JobState::Failed);
             }
             progress.send_replace(number);
             due += spec.sleep;
         }
-        JobState::Completed
+        Some(JobState::Completed)
+    }
+}
+
+/// Takes a job off the running map when its runner ends, whichever way.
+struct RunningEntry {
+    jobs: Jobs,
+    id: JobId,
+}
+
+impl Drop for RunningEntry {
+    fn drop(&mut self) {
+        self.jobs
+            .running
+            .lock()
+            .unwrap_or_else(|err| err.into_inner())
+            .remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watcher_waits_for_the_next_line_not_for_those_already_written() {
+        let retention = Retention {
+            max_age: Duration::from_secs(3600),
+            max_jobs: 10,
+        };
+        let jobs = Jobs::open(&Storage::Memory, retention).expect("an in-memory store");
+        let spec = JobSpec {
+            sleep: Duration::from_secs(3600),
+            heartbeat: None,
+            lines: 2,
+        };
+        let job = jobs.start(spec).await.expect("started");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while jobs
+            .store()
+            .info(&job.id)
+            .await
+            .expect("info")
+            .map(|job| job.lines_written)
+            != Some(1)
+        {
+            assert!(Instant::now() < deadline, "the first line never came");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut progress = jobs.watch(&job.id).expect("running here");
+        let woke = tokio::time::timeout(Duration::from_millis(200), progress.changed()).await;
+        assert!(woke.is_err(), "woken with no new line: a reader would spin");
+        jobs.stop().await;
     }
 }

@@ -21,7 +21,11 @@ pub fn parse(header: &str) -> Option<ByteRange> {
     let (first, last) = spec.split_once('-')?;
     let number = |text: &str| text.trim().parse::<u64>().ok();
     match (first.trim().is_empty(), last.trim().is_empty()) {
-        (true, false) => Some(ByteRange::Suffix(number(last)?)),
+        // `-0` selects nothing (RFC 9110 14.1.2); ignored rather than answered 416, which would need
+        // the final length of a job that may still be running.
+        (true, false) => {
+            Some(ByteRange::Suffix(number(last)?)).filter(|suffix| *suffix != ByteRange::Suffix(0))
+        }
         (false, true) => Some(ByteRange::From {
             first: number(first)?,
             last: None,
@@ -90,6 +94,7 @@ mod tests {
             "items=1-",
             "bytes=9-3",
             "bytes=-",
+            "bytes=-0",
             "bytes=a-",
             "",
         ] {

@@ -19,12 +19,15 @@ use serde::Serialize;
 
 use super::{range, render, JobId, JobInfo, JobSpec, Jobs, StartError, StoreError};
 use crate::error::ApiError;
-use crate::params::JobParams;
+use crate::params::{self, JobParams};
 use crate::state::AppState;
 
 pub const EPOCH_HEADER: HeaderName = HeaderName::from_static("keepalive-epoch");
 /// How long an EventSource waits before reconnecting after a cut.
 const SSE_RETRY_MS: u64 = 1000;
+/// A job's stream grows under one ETag (the text is append-only, which is what `If-Range` needs),
+/// so no cache may keep a copy; and no hop may transform it, or heartbeats and offsets would suffer.
+const NO_STORE: &str = "no-store, no-transform";
 /// Lines read from the store at a time while streaming.
 const BATCH: u64 = 256;
 
@@ -90,7 +93,11 @@ pub async fn follow(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let jobs = state.jobs();
-    let query = StreamQuery::read(query.as_deref().unwrap_or_default(), &headers)?;
+    let query = StreamQuery::read(
+        query.as_deref().unwrap_or_default(),
+        &headers,
+        state.config().max_sleep,
+    )?;
     if let Some(theirs) = query
         .epoch
         .as_deref()
@@ -122,7 +129,7 @@ struct StreamQuery {
 }
 
 impl StreamQuery {
-    fn read(query: &str, headers: &HeaderMap) -> Result<Self, ApiError> {
+    fn read(query: &str, headers: &HeaderMap, max_sleep: Duration) -> Result<Self, ApiError> {
         let accepts_sse = headers
             .get_all(header::ACCEPT)
             .iter()
@@ -144,13 +151,7 @@ impl StreamQuery {
                 },
                 "lastEventID" => last_event_id = Some(value.into_owned()),
                 "epoch" => read.epoch = Some(value.into_owned()),
-                "heartbeat" => {
-                    read.heartbeat = Some(
-                        keepalive_common::duration::parse_timer(&value).map_err(|_| {
-                            invalid("heartbeat", &value, keepalive_common::duration::TIMER_FORM)
-                        })?,
-                    );
-                }
+                "heartbeat" => read.heartbeat = Some(params::heartbeat(&value, max_sleep)?),
                 _ => {}
             }
         }
@@ -235,6 +236,7 @@ async fn text(jobs: &Jobs, job: JobInfo, headers: &HeaderMap) -> Result<Response
         header::CONTENT_TYPE,
         "text/plain; charset=utf-8",
     );
+    insert(&mut response, header::CACHE_CONTROL, NO_STORE);
     insert(&mut response, header::ETAG, &etag);
     insert(&mut response, header::ACCEPT_RANGES, "bytes");
     Ok(response)
@@ -268,9 +270,11 @@ async fn ranged(jobs: &Jobs, job: JobInfo, asked: range::ByteRange) -> Result<Re
 
 /// Waits until the job's text is longer than `offset` or the job is over, and returns it then.
 async fn wait_for_bytes(jobs: &Jobs, mut job: JobInfo, offset: u64) -> Result<JobInfo, ApiError> {
+    let mut stalled = Stalled::default();
     while !job.state.is_finished() && job.bytes_written <= offset {
         match jobs.watch(&job.id) {
             Some(mut progress) => {
+                stalled = Stalled::default();
                 // Re-read after subscribing: a line committed in between is not missed.
                 job = find(jobs, job.id.as_str()).await?;
                 if job.state.is_finished() || job.bytes_written > offset {
@@ -278,12 +282,40 @@ async fn wait_for_bytes(jobs: &Jobs, mut job: JobInfo, offset: u64) -> Result<Jo
                 }
                 let _ = progress.changed().await;
             }
-            // Not running here: its end is being recorded right now.
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
+            None if stalled.give_up().await => {
+                return Err(ApiError::Unavailable {
+                    detail: format!(
+                        "job {} is running but makes no progress in this origin; try again later",
+                        job.id
+                    ),
+                })
+            }
+            None => {}
         }
         job = find(jobs, job.id.as_str()).await?;
     }
     Ok(job)
+}
+
+/// Waiting for a job that is `running` in the store but has no runner here: its end is being
+/// recorded (a moment), or could not be, or the origin is stopping.
+#[derive(Default)]
+struct Stalled {
+    waited: Duration,
+}
+
+impl Stalled {
+    const STEP: Duration = Duration::from_millis(20);
+
+    /// Waits a step; `true` once waiting longer is pointless.
+    async fn give_up(&mut self) -> bool {
+        if self.waited >= super::STALLED_AFTER {
+            return true;
+        }
+        tokio::time::sleep(Self::STEP).await;
+        self.waited += Self::STEP;
+        false
+    }
 }
 
 /// Bytes `from..to` of the job's text.
@@ -321,7 +353,7 @@ fn streaming(reader: Reader) -> impl IntoResponse {
     });
     (
         [
-            (header::CACHE_CONTROL, "no-cache, no-transform"),
+            (header::CACHE_CONTROL, NO_STORE),
             (HeaderName::from_static("x-accel-buffering"), "no"),
         ],
         Body::from_stream(chunks),
@@ -345,6 +377,7 @@ struct Reader {
     heartbeat: Option<Duration>,
     pending: VecDeque<Bytes>,
     done: bool,
+    stalled: Stalled,
 }
 
 impl Reader {
@@ -367,6 +400,7 @@ impl Reader {
             heartbeat,
             pending,
             done: false,
+            stalled: Stalled::default(),
         }
     }
 
@@ -422,11 +456,15 @@ impl Reader {
     /// Waits for the next line; `true` when a heartbeat is due first.
     async fn wait(&mut self) -> bool {
         let Some(mut progress) = self.jobs.watch(&self.id) else {
-            // Not running in this process any more: its end is being recorded right now.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if self.stalled.give_up().await {
+                // Ends the body without its last chunk: the client sees a cut and resumes later.
+                tracing::warn!(job = %self.id, "job makes no progress in this origin: stream cut");
+                self.done = true;
+            }
             return false;
         };
-        if *progress.borrow_and_update() > self.sent {
+        self.stalled = Stalled::default();
+        if *progress.borrow() > self.sent {
             return false;
         }
         let heartbeat = self.heartbeat.filter(|_| self.rendering == Rendering::Sse);

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{JobId, JobInfo, JobSpec, JobState, Line};
 
@@ -20,6 +20,13 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is locked: another keepalive-server uses this SERVER_DATA_DIR")]
+    Busy { path: PathBuf },
     #[error("job database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("job database: a blocking task failed: {0}")]
@@ -82,11 +89,14 @@ CREATE TABLE IF NOT EXISTS lines (
 #[derive(Clone)]
 pub struct Store {
     connection: Arc<Mutex<Connection>>,
+    /// Held while the store is open: two origins running the same jobs would write each line twice.
+    _lock: Option<Arc<std::fs::File>>,
 }
 
 impl Store {
     /// Opens (creating when needed) the database; returns it with its epoch, made once per database.
     pub fn open(storage: &Storage) -> Result<(Self, String), StoreError> {
+        let mut lock = None;
         let connection = match storage {
             Storage::Memory => Connection::open_in_memory()?,
             Storage::Dir(dir) => {
@@ -94,6 +104,7 @@ impl Store {
                     path: dir.clone(),
                     source,
                 })?;
+                lock = Some(Arc::new(lock_dir(dir)?));
                 let connection = Connection::open(dir.join("jobs.sqlite3"))?;
                 connection.pragma_update(None, "journal_mode", "WAL")?;
                 connection.pragma_update(None, "synchronous", "NORMAL")?;
@@ -117,6 +128,7 @@ impl Store {
         Ok((
             Self {
                 connection: Arc::new(Mutex::new(connection)),
+                _lock: lock,
             },
             epoch,
         ))
@@ -167,7 +179,9 @@ impl Store {
     pub async fn append(&self, id: &JobId, number: u64, text: String) -> Result<(), StoreError> {
         let id = id.clone();
         self.call(move |db| {
-            let tx = db.transaction()?;
+            // Immediate: the write lock is taken up front, so a concurrent writer waits (busy
+            // timeout) instead of failing the upgrade from read to write.
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let written: u64 = tx.query_row(
                 "SELECT bytes_written FROM jobs WHERE id = ?1",
                 params![id.as_str()],
@@ -298,6 +312,25 @@ impl Store {
     }
 }
 
+/// An exclusive lock on `dir/jobs.lock`, released when the file is closed (or the process dies).
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join("jobs.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Busy { path }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Lock { path, source }),
+    }
+}
+
 fn info(db: &Connection, id: &JobId) -> rusqlite::Result<Option<JobInfo>> {
     db.query_row(
         "SELECT sleep_ms, heartbeat_ms, lines_total, lines_written, bytes_written, state,
@@ -339,4 +372,79 @@ fn millis(duration: Duration) -> u64 {
 
 fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            sleep: Duration::ZERO,
+            heartbeat: None,
+            lines: 1,
+        }
+    }
+
+    async fn finished_job(store: &Store, name: &str) -> JobId {
+        let id: JobId = name.parse().expect("a job id");
+        store.create(id.clone(), spec()).await.expect("created");
+        store
+            .finish(&id, JobState::Completed)
+            .await
+            .expect("finished");
+        // Distinct finishing times, in creation order.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        id
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_the_oldest_finished_jobs_beyond_the_count_and_never_running_ones() {
+        let (store, _) = Store::open(&Storage::Memory).expect("opened");
+        let oldest = finished_job(&store, "000000000000000a").await;
+        let middle = finished_job(&store, "000000000000000b").await;
+        let newest = finished_job(&store, "000000000000000c").await;
+        let running: JobId = "000000000000000d".parse().expect("a job id");
+        store
+            .create(running.clone(), spec())
+            .await
+            .expect("created");
+
+        // Three jobs at most: the running one counts, so one finished job must go, the oldest.
+        let deleted = store
+            .sweep(Duration::from_secs(3600), 3)
+            .await
+            .expect("swept");
+        assert_eq!(deleted, 1);
+        assert!(store.info(&oldest).await.expect("info").is_none());
+        for kept in [&middle, &newest, &running] {
+            assert!(store.info(kept).await.expect("info").is_some(), "{kept}");
+        }
+
+        // Past the age limit every finished job goes; the running one stays.
+        let deleted = store.sweep(Duration::ZERO, 1000).await.expect("swept");
+        assert_eq!(deleted, 2);
+        assert!(store.info(&running).await.expect("info").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_data_directory_in_use_is_refused() {
+        let dir = std::env::temp_dir().join(format!(
+            "keepalive-store-test-{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let first = Store::open(&Storage::Dir(dir.clone())).expect("opened");
+        let second = Store::open(&Storage::Dir(dir.clone()));
+        assert!(
+            matches!(second, Err(StoreError::Busy { .. })),
+            "a second store opened the same directory"
+        );
+        drop(first);
+        assert!(
+            Store::open(&Storage::Dir(dir.clone())).is_ok(),
+            "the lock outlived its store"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
