@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use keepalive_common::duration::display;
 use keepalive_proxy::config::TimerSetting;
+use keepalive_proxy::cut_style::CutStyle;
 use keepalive_proxy::{admin, Metrics, Preset, ProxyConfig, TimerSet};
 use keepalive_server::jobs::Storage;
 use keepalive_server::ServerConfig;
@@ -46,6 +47,11 @@ pub struct DemoArgs {
     #[arg(long, env = "PROXY_MAX_DURATION", default_value = "preset", value_parser = TimerSetting::parse)]
     max_duration: TimerSetting,
 
+    /// How the proxy's cuts end for the client: truncate (like nginx), clean (looks like a normal
+    /// end), reset (TCP RST)
+    #[arg(long, env = "PROXY_CUT_STYLE", value_enum, default_value = "truncate")]
+    cut_style: CutStyle,
+
     /// Where the origin keeps durable jobs (POST /jobs); :memory: keeps them in memory only
     #[arg(long, env = "SERVER_DATA_DIR", default_value = "keepalive-data")]
     data_dir: Storage,
@@ -79,6 +85,7 @@ pub async fn run(mut args: DemoArgs) -> Result<(), String> {
         idle_timeout: args.idle_timeout,
         first_byte_timeout: args.first_byte_timeout,
         max_duration: args.max_duration,
+        cut_style: args.cut_style,
         drain_timeout: DEMO_DRAIN,
         ..ProxyConfig::default()
     };

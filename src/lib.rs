@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod expect;
 pub mod experiment;
 pub mod probe;
 pub mod resume;

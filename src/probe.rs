@@ -38,12 +38,25 @@ pub struct ProbeArgs {
     json: bool,
 }
 
-/// What one trial saw: the balancer acted (cut or answered an error) after `at`, or not at all.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What one trial saw: the balancer acted (cut or answered an error) after `at`, or not at all. A
+/// cut is known by what arrived, not only by how the connection closed: a body that ended cleanly
+/// short of what the origin owed is a cut too (`clean`).
+#[derive(Debug, Clone, PartialEq)]
 enum Seen {
-    Cut { at: Duration },
+    Cut { at: Duration, how: &'static str },
     Error { at: Duration, status: u16 },
     Lasted,
+}
+
+impl Seen {
+    /// How the balancer's action looked to the client: `truncated`, `clean`, `reset`, `http 504`.
+    fn look(&self) -> Option<String> {
+        match self {
+            Seen::Cut { how, .. } => Some((*how).to_owned()),
+            Seen::Error { status, .. } => Some(format!("http {status}")),
+            Seen::Lasted => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -51,10 +64,15 @@ pub struct Findings {
     pub first_byte_timeout_s: Option<f64>,
     /// The status the balancer answered when it gave up waiting for headers.
     pub first_byte_status: Option<u16>,
+    /// How each timer's action looked to the client: `truncated` (closed mid-body), `clean` (a
+    /// normal end of body, short of what the origin owed: silent truncation), `reset`, `http <status>`.
+    pub first_byte_cut: Option<String>,
     pub idle_timeout_s: Option<f64>,
+    pub idle_cut: Option<String>,
     pub heartbeat_survives: bool,
     pub heartbeat_interval_s: f64,
     pub max_duration_s: Option<f64>,
+    pub max_duration_cut: Option<String>,
     pub recommended_heartbeat_s: Option<f64>,
     pub max_s: f64,
     pub took_s: f64,
@@ -83,8 +101,17 @@ fn millis(duration: Duration) -> String {
 fn seen(observation: &Observation, from: Duration) -> Result<Seen, String> {
     let since = |at: Duration| at.saturating_sub(from);
     match &observation.verdict {
-        Verdict::Truncated | Verdict::Reset => Ok(Seen::Cut {
+        Verdict::Truncated => Ok(Seen::Cut {
             at: since(observation.ended_at),
+            how: "truncated",
+        }),
+        Verdict::SilentlyTruncated(_) => Ok(Seen::Cut {
+            at: since(observation.ended_at),
+            how: "clean",
+        }),
+        Verdict::Reset => Ok(Seen::Cut {
+            at: since(observation.ended_at),
+            how: "reset",
         }),
         Verdict::Http(status) if status.is_server_error() => Ok(Seen::Error {
             at: since(observation.ended_at),
@@ -126,6 +153,7 @@ pub async fn measure(
         observe(&idle_url, &[], Some(max), |_| {}),
     );
     let first_byte = seen(&first_byte, Duration::ZERO)?;
+    let first_byte_cut = first_byte.look();
     // The origin sends the first line as soon as the request reaches it, and the balancer's idle
     // clock starts when that line passes it: measured from the request, not from when the line
     // reached the client, since a hop may hold small chunks a little (HAProxy does, ~200 ms).
@@ -133,6 +161,7 @@ pub async fn measure(
     // small chunks back, and heartbeats cannot help either.
     let idle_delivered = !idle.chunks.is_empty();
     let idle = seen(&idle, Duration::ZERO)?;
+    let mut idle_look = idle.look();
     let (first_byte_timeout, first_byte_status) = match first_byte {
         Seen::Error { at, status } => {
             progress(&format!(
@@ -141,7 +170,7 @@ pub async fn measure(
             ));
             (Some(at), Some(status))
         }
-        Seen::Cut { at } => {
+        Seen::Cut { at, .. } => {
             progress(&format!(
                 "first byte: closed without an answer after {}",
                 display(at)
@@ -157,7 +186,7 @@ pub async fn measure(
         }
     };
     let idle_cut = match idle {
-        Seen::Cut { at } | Seen::Error { at, .. } => {
+        Seen::Cut { at, .. } | Seen::Error { at, .. } => {
             progress(&format!("idle: cut {} after the only line", display(at)));
             Some(at)
         }
@@ -182,10 +211,12 @@ pub async fn measure(
     ));
     let heartbeat = observe(&heartbeat_url, &[], Some(max), |_| {}).await;
     let heartbeat = seen(&heartbeat, Duration::ZERO)?;
+    let heartbeat_look = heartbeat.look();
     let (mut idle_timeout, mut survives, mut max_duration) = (idle_cut, true, None);
+    let mut max_duration_look = None;
     match (heartbeat, idle_cut) {
         (Seen::Lasted, _) => progress(&format!("heartbeats: the stream lasted {}", display(max))),
-        (Seen::Cut { at } | Seen::Error { at, .. }, Some(idle))
+        (Seen::Cut { at, .. } | Seen::Error { at, .. }, Some(idle))
             if same(at, idle) && !idle_delivered =>
         {
             progress(&format!(
@@ -194,7 +225,7 @@ pub async fn measure(
             ));
             survives = false;
         }
-        (Seen::Cut { at } | Seen::Error { at, .. }, Some(idle)) if same(at, idle) => {
+        (Seen::Cut { at, .. } | Seen::Error { at, .. }, Some(idle)) if same(at, idle) => {
             // Cut where silence would have been cut: either the heartbeats never arrived, or
             // the "idle" cut was a total limit all along. Real lines at the heartbeat pace tell.
             progress(&format!(
@@ -204,10 +235,13 @@ pub async fn measure(
             ));
             let lines_url = url_with(url, &format!("sleep={}", millis(interval)))?;
             let lines = observe(&lines_url, &[], Some(max), |_| {}).await;
-            match seen(&lines, Duration::ZERO)? {
-                Seen::Cut { at: lines_at } | Seen::Error { at: lines_at, .. }
+            let lines = seen(&lines, Duration::ZERO)?;
+            match lines {
+                Seen::Cut { at: lines_at, .. } | Seen::Error { at: lines_at, .. }
                     if same(lines_at, at) =>
                 {
+                    max_duration_look = lines.look();
+                    idle_look = None;
                     progress(&format!(
                         "lines: cut after {} as well: a total limit, and no idle timer before it",
                         display(lines_at)
@@ -221,22 +255,26 @@ pub async fn measure(
                 }
             }
         }
-        (Seen::Cut { at } | Seen::Error { at, .. }, _) => {
+        (Seen::Cut { at, .. } | Seen::Error { at, .. }, _) => {
             progress(&format!(
                 "heartbeats: the stream outlived the idle limit, then was cut after {}: a total limit",
                 display(at)
             ));
             max_duration = Some(at);
+            max_duration_look = heartbeat_look;
         }
     }
     let recommended = idle_timeout.map(|idle| (idle.as_secs_f64() / 2.0 * 10.0).floor() / 10.0);
     Ok(Findings {
         first_byte_timeout_s: first_byte_timeout.map(seconds),
         first_byte_status,
+        first_byte_cut,
         idle_timeout_s: idle_timeout.map(seconds),
+        idle_cut: idle_look.filter(|_| idle_timeout.is_some()),
         heartbeat_survives: survives,
         heartbeat_interval_s: seconds(interval),
         max_duration_s: max_duration.map(seconds),
+        max_duration_cut: max_duration_look,
         recommended_heartbeat_s: recommended,
         max_s: seconds(max),
         took_s: seconds(started.elapsed()),
@@ -261,8 +299,12 @@ fn explain(findings: &Findings) -> Vec<String> {
         _ => format!("First byte: response headers may take at least {max:.0} s."),
     });
     lines.push(match findings.idle_timeout_s {
+        Some(idle) if findings.idle_cut.as_deref() == Some("clean") => format!(
+            "Idle: a stream silent for {idle:.1} s is cut mid-body, and the cut looks like a normal end: clients cannot tell (silent truncation). Make every stream end with a marker, and treat one without it as cut."
+        ),
         Some(idle) => format!(
-            "Idle: a stream silent for {idle:.1} s is cut mid-body; clients see a truncated response, not an error."
+            "Idle: a stream silent for {idle:.1} s is cut mid-body ({}); clients see an incomplete response, not an error.",
+            findings.idle_cut.as_deref().unwrap_or("cut")
         ),
         None => format!("Idle: {max:.0} s of silence did not cut the stream."),
     });

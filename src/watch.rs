@@ -17,6 +17,8 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::expect::{Expectation, Shortfall};
+
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
     /// The stream to watch: an http:// URL, e.g. http://127.0.0.1:8080/polls/streamed?sleep=8
@@ -59,6 +61,9 @@ pub enum Verdict {
     Completed,
     /// The connection closed mid-body: what a balancer's cut looks like.
     Truncated,
+    /// The body ended as HTTP says it should, but short of what the origin owed (see
+    /// [`crate::expect`]): a cut made to look like an end.
+    SilentlyTruncated(Shortfall),
     /// The connection was reset (TCP RST).
     Reset,
     /// `--max-time` passed with the stream still open.
@@ -75,6 +80,8 @@ impl Verdict {
         match self {
             Verdict::Completed => 0,
             Verdict::Truncated => 18,
+            // curl has no code for it (it exits 0 here): sysexits' "input data was incorrect".
+            Verdict::SilentlyTruncated(_) => 65,
             Verdict::Reset => 56,
             Verdict::Timeout => 28,
             Verdict::Http(_) => 22,
@@ -86,6 +93,7 @@ impl Verdict {
         match self {
             Verdict::Completed => "completed".to_owned(),
             Verdict::Truncated => "truncated".to_owned(),
+            Verdict::SilentlyTruncated(_) => "silently truncated".to_owned(),
             Verdict::Reset => "reset".to_owned(),
             Verdict::Timeout => "timeout".to_owned(),
             Verdict::Http(status) => format!("http {}", status.as_u16()),
@@ -100,6 +108,10 @@ impl Verdict {
                 "the connection closed mid-body: cut by something on the way (curl exits 18)"
                     .to_owned()
             }
+            Verdict::SilentlyTruncated(short) => format!(
+                "the body ended cleanly, but the origin owes {}; received {}: cut on the way and made to look like an end (curl exits 0)",
+                short.expected, short.received
+            ),
             Verdict::Reset => "the connection was reset (TCP RST; curl exits 56)".to_owned(),
             Verdict::Timeout => "still open when --max-time passed".to_owned(),
             Verdict::Http(status) => format!("the answer was {status}, not a stream"),
@@ -177,8 +189,22 @@ pub async fn observe(
         .unwrap_or(Verdict::Timeout),
         None => follow(url, headers, started, &mut observation, &mut on_chunk).await,
     };
-    observation.verdict = outcome;
     observation.ended_at = started.elapsed();
+    observation.verdict = match outcome {
+        Verdict::Completed if observation.status != Some(StatusCode::NO_CONTENT) => {
+            let owed = Expectation::of(url, headers);
+            let body: Vec<u8> = observation
+                .chunks
+                .iter()
+                .flat_map(|chunk| chunk.data.iter().copied())
+                .collect();
+            match owed.and_then(|owed| owed.shortfall(&body)) {
+                Some(short) => Verdict::SilentlyTruncated(short),
+                None => Verdict::Completed,
+            }
+        }
+        outcome => outcome,
+    };
     observation
 }
 

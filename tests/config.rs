@@ -162,6 +162,41 @@ fn proxy_refuses_an_unknown_preset_listing_the_known_ones() {
 }
 
 #[test]
+fn proxy_refuses_an_unknown_cut_style_listing_the_known_ones() {
+    let output = run(
+        Command::new(binary("keepalive-proxy")),
+        &[
+            ("PROXY_CUT_STYLE", "polite".to_owned()),
+            ("PROXY_ADDR", free_addr()),
+            ("PROXY_ADMIN_ADDR", free_addr()),
+        ],
+    );
+    assert_refused(&output, "PROXY_CUT_STYLE", "polite");
+    let line = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        line.contains("truncate") && line.contains("clean") && line.contains("reset"),
+        "{line}"
+    );
+}
+
+#[test]
+fn server_refuses_an_unusable_data_dir() {
+    let output = run(
+        Command::new(binary("keepalive-server")),
+        &[
+            ("SERVER_DATA_DIR", "/proc/keepalive-data".to_owned()),
+            ("SERVER_ADDR", free_addr()),
+        ],
+    );
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("/proc/keepalive-data"),
+        "the refusal names the directory: {stderr}"
+    );
+}
+
+#[test]
 fn proxy_refuses_a_bad_rust_log_instead_of_hiding_logs() {
     let output = run(
         Command::new(binary("keepalive-proxy")),
@@ -210,6 +245,7 @@ fn proxy_help_lists_every_preset_and_timer_env_var() {
         "PROXY_MAX_DURATION",
         "PROXY_HEADER_TIMEOUT",
         "PROXY_KEEPALIVE_TIMEOUT",
+        "PROXY_CUT_STYLE",
         "PROXY_FAULT_LATENCY",
         "PROXY_FAULT_BANDWIDTH",
         "PROXY_FAULT_LIMIT_BYTES",

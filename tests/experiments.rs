@@ -49,6 +49,8 @@ macro_rules! scenario_tests {
 
 scenario_tests! {
     idle_timer_truncates_and_the_origin_sees_the_client_go => "idle-cut",
+    a_clean_cut_looks_like_an_end_but_the_client_tells_it_was_cut => "clean-cut",
+    a_reset_cut_resets_the_client => "reset-cut",
     heartbeats_keep_a_stream_open_past_the_idle_limit => "heartbeat-saves",
     total_timer_cuts_despite_heartbeats => "total-timer",
     first_byte_timer_answers_504 => "first-byte-504",

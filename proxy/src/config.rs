@@ -10,6 +10,7 @@ use clap::{ArgAction, Parser};
 use keepalive_common::duration::{parse_duration, parse_timer, DurationError};
 use keepalive_common::logging::LogFormat;
 
+use crate::cut_style::CutStyle;
 use crate::faults::compression::CompressionHop;
 use crate::faults::{parse_probability, parse_size, FaultSettings};
 use crate::forward::Upstream;
@@ -108,6 +109,13 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_KEEPALIVE_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
     pub keepalive_timeout: TimerSetting,
 
+    /// How a cut the proxy makes mid-stream (timers, faults) ends for the client: truncate (close
+    /// without the last chunk, like nginx; curl exits 18), clean (send the last chunk: the cut looks
+    /// like a normal end, curl exits 0) or reset (TCP RST; curl exits 56). HTTP/2: RST_STREAM, or
+    /// END_STREAM for clean
+    #[arg(long, env = "PROXY_CUT_STYLE", value_enum, default_value = "truncate")]
+    pub cut_style: CutStyle,
+
     /// Fault: hold every body chunk this long before forwarding it
     #[arg(long, env = "PROXY_FAULT_LATENCY", default_value = "off", value_parser = parse_timer, help_heading = "Faults")]
     pub fault_latency: std::option::Option<Duration>,
@@ -156,7 +164,8 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_COMPRESSION_IGNORE_NO_TRANSFORM", default_value = "0", value_parser = BoolishValueParser::new(), action = ArgAction::Set, help_heading = "Faults")]
     pub compression_ignore_no_transform: bool,
 
-    /// Let requests set their own faults with x-keepalive-fault-* and x-keepalive-buffering* headers
+    /// Let requests set their own faults with x-keepalive-fault-*, x-keepalive-buffering* and
+    /// x-keepalive-cut-style headers
     #[arg(long, env = "PROXY_FAULT_HEADERS", default_value = "1", value_parser = BoolishValueParser::new(), action = ArgAction::Set, help_heading = "Faults")]
     pub fault_headers: bool,
 
@@ -253,6 +262,7 @@ impl Default for ProxyConfig {
             max_duration: TimerSetting::Preset,
             header_timeout: TimerSetting::Preset,
             keepalive_timeout: TimerSetting::Preset,
+            cut_style: CutStyle::Truncate,
             fault_latency: None,
             fault_bandwidth: None,
             fault_limit_bytes: None,

@@ -2,7 +2,8 @@
 //! that fired, an origin that refused or broke off) becomes what a client of a real balancer would see,
 //! one log line and one metric. Before headers that is a short text response (502/504); after headers
 //! the body fails, and hyper aborts the exchange exactly like nginx does: HTTP/1.1 gets a chunked body
-//! without its last chunk and a closed connection (curl exits 18), HTTP/2 a RST_STREAM.
+//! without its last chunk and a closed connection (curl exits 18), HTTP/2 a RST_STREAM. A cut the
+//! proxy makes itself may instead end cleanly or with a reset ([`CutStyle`]).
 //!
 //! The edge also owns each exchange's bookkeeping: `proxy_streams_active`, the client connection's
 //! in-flight guard (which keeps the keep-alive timer off), and noticing a client that went away.
@@ -24,7 +25,9 @@ use keepalive_common::duration::display;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::faults::{BadFaultHeader, FaultCut};
+use crate::cut_style::{CutStyle, CUT_STYLE_HEADER};
+use crate::faults::reset::ResetSwitch;
+use crate::faults::{BadFaultHeader, Fault, FaultCut};
 use crate::forward::ConnectRefused;
 use crate::metrics::Metrics;
 use crate::timeouts::client_conn::InFlight;
@@ -37,11 +40,18 @@ pub const TIMER_HEADER: &str = "x-keepalive-timer";
 #[derive(Clone)]
 pub struct EdgeLayer {
     metrics: Metrics,
+    cut_style: CutStyle,
+    /// Whether a request may choose its own cut style by header.
+    from_headers: bool,
 }
 
 impl EdgeLayer {
-    pub fn new(metrics: Metrics) -> Self {
-        Self { metrics }
+    pub fn new(metrics: Metrics, cut_style: CutStyle, from_headers: bool) -> Self {
+        Self {
+            metrics,
+            cut_style,
+            from_headers,
+        }
     }
 }
 
@@ -52,6 +62,8 @@ impl<S> Layer<S> for EdgeLayer {
         Edge {
             inner,
             metrics: self.metrics.clone(),
+            cut_style: self.cut_style,
+            from_headers: self.from_headers,
         }
     }
 }
@@ -60,6 +72,8 @@ impl<S> Layer<S> for EdgeLayer {
 pub struct Edge<S> {
     inner: S,
     metrics: Metrics,
+    cut_style: CutStyle,
+    from_headers: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Edge<S>
@@ -84,8 +98,23 @@ where
         }
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let exchange = Exchange::begin(&request, self.metrics.clone());
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let cut_style = if self.from_headers {
+            CutStyle::requested(request.headers(), self.cut_style)
+        } else {
+            Ok(self.cut_style)
+        };
+        // The origin is not part of the experiment's plumbing.
+        request.headers_mut().remove(CUT_STYLE_HEADER);
+        let exchange = Exchange::begin(
+            &request,
+            self.metrics.clone(),
+            cut_style.clone().unwrap_or_default(),
+        );
+        if let Err(bad) = cut_style {
+            let response = exchange.failed_before_headers(&bad);
+            return Box::pin(std::future::ready(Ok(exchange.respond(response))));
+        }
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = match response.await {
@@ -104,11 +133,14 @@ struct Exchange {
     method: Method,
     path: String,
     started: Instant,
+    cut_style: CutStyle,
+    /// The client connection's reset switch: HTTP/1 only, where a reset ends the whole connection.
+    reset: Option<ResetSwitch>,
     _in_flight: Option<InFlight>,
 }
 
 impl Exchange {
-    fn begin<B>(request: &Request<B>, metrics: Metrics) -> Self {
+    fn begin<B>(request: &Request<B>, metrics: Metrics, cut_style: CutStyle) -> Self {
         metrics.stream_opened();
         Self {
             metrics,
@@ -120,6 +152,12 @@ impl Exchange {
             method: request.method().clone(),
             path: request.uri().path().to_owned(),
             started: Instant::now(),
+            cut_style,
+            reset: request
+                .extensions()
+                .get::<ResetSwitch>()
+                .filter(|_| request.version() < http::Version::HTTP_2)
+                .cloned(),
             _in_flight: request.extensions().get::<InFlight>().cloned(),
         }
     }
@@ -195,7 +233,7 @@ impl Exchange {
                 format!("400 Bad Request: {err}\n"),
             ),
             // Faults act on bodies only: this is a bug in the layers below, not an origin's failure.
-            Failure::Fault => {
+            Failure::Fault(_) => {
                 tracing::error!(error = %err, request_id = self.request_id(), "fault before response headers");
                 (
                     StatusCode::BAD_GATEWAY,
@@ -246,8 +284,14 @@ impl Exchange {
         } else {
             State::Streaming
         };
+        // A body of announced length cannot end early and look complete: a clean cut would be
+        // malformed (HTTP/2) or a truncation anyway (HTTP/1), so it is cut the nginx way instead.
+        let length_known = response
+            .headers()
+            .contains_key(http::header::CONTENT_LENGTH);
         response.map(|body| EdgeBody {
             body: Some(body),
+            length_known,
             bytes: 0,
             state,
             exchange: self,
@@ -265,7 +309,7 @@ impl Drop for Exchange {
 enum Failure {
     Timer(TimerExpired),
     /// An injected fault ended the stream; the fault logged and counted itself when it acted.
-    Fault,
+    Fault(Fault),
     BadFaultHeader,
     Refused,
     Connect,
@@ -281,8 +325,8 @@ impl Failure {
             if let Some(expired) = err.downcast_ref::<TimerExpired>() {
                 return Failure::Timer(*expired);
             }
-            if err.is::<FaultCut>() {
-                return Failure::Fault;
+            if let Some(cut) = err.downcast_ref::<FaultCut>() {
+                return Failure::Fault(cut.fault);
             }
             if err.is::<BadFaultHeader>() {
                 return Failure::BadFaultHeader;
@@ -331,18 +375,25 @@ enum State {
 pub struct EdgeBody {
     // Taken out when the stream ends or is cut, so the origin's connection closes at that moment.
     body: Option<UnsyncBoxBody<Bytes, BoxError>>,
+    length_known: bool,
     bytes: u64,
     state: State,
     exchange: Exchange,
 }
 
 impl EdgeBody {
-    fn cut(&mut self, err: BoxError) -> BoxError {
+    /// Ends the stream after `err`: with that error (hyper then truncates, or resets the HTTP/2
+    /// stream), or, for a cut in the `clean` style, with `None`, a normal end of body.
+    fn cut(&mut self, err: BoxError) -> Option<BoxError> {
         self.state = State::Cut;
         self.body = None;
         let exchange = &self.exchange;
         let elapsed = display(exchange.started.elapsed());
-        match Failure::of(err.as_ref()) {
+        let styled = match exchange.cut_style {
+            CutStyle::Clean if self.length_known => CutStyle::Truncate,
+            style => style,
+        };
+        let style = match Failure::of(err.as_ref()) {
             Failure::Timer(expired) => {
                 exchange.metrics.timer_fired(expired.timer);
                 let limit = display(expired.limit);
@@ -351,13 +402,18 @@ impl EdgeBody {
                     %limit,
                     %elapsed,
                     bytes = self.bytes,
+                    cut_style = styled.as_str(),
                     request_id = exchange.request_id(),
                     path = %exchange.path,
-                    "{} timer fired mid-stream: cutting the client off without the last chunk",
+                    "{} timer fired mid-stream: {}",
                     expired.timer,
+                    styled.describe(),
                 );
+                styled
             }
-            Failure::Fault => {}
+            // A reset is that fault's whole point; it flipped the switch itself.
+            Failure::Fault(Fault::ResetAfter) => CutStyle::Reset,
+            Failure::Fault(_) => styled,
             _ => {
                 exchange.metrics.upstream_error("body_failed");
                 tracing::warn!(
@@ -368,9 +424,19 @@ impl EdgeBody {
                     path = %exchange.path,
                     "origin broke off the stream: cutting the client off without the last chunk",
                 );
+                CutStyle::Truncate
             }
+        };
+        match style {
+            CutStyle::Truncate => Some(err),
+            CutStyle::Reset => {
+                if let Some(reset) = &exchange.reset {
+                    reset.flip();
+                }
+                Some(err)
+            }
+            CutStyle::Clean => None,
         }
-        err
     }
 }
 
@@ -397,7 +463,7 @@ impl Body for EdgeBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(self.cut(err)))),
+            Poll::Ready(Some(Err(err))) => Poll::Ready(self.cut(err).map(Err)),
             Poll::Ready(None) => {
                 self.state = State::Ended;
                 self.body = None;

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod cut_style;
 pub mod edge;
 pub mod faults;
 pub mod forward;
@@ -79,7 +80,11 @@ pub fn stack(
                 }),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(EdgeLayer::new(metrics.clone()))
+        .layer(EdgeLayer::new(
+            metrics.clone(),
+            config.cut_style,
+            config.fault_headers,
+        ))
         .layer(FaultLayer::new(
             config.faults(),
             config.fault_headers,
@@ -114,6 +119,7 @@ pub async fn serve(
         max_duration = %show(timers.max_duration),
         header = %show(timers.header),
         keepalive = %show(timers.keepalive),
+        cut_style = config.cut_style.as_str(),
         "proxy listening",
     );
     let limits = ClientConnLimits {

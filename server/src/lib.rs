@@ -31,7 +31,7 @@ use tower::ServiceExt;
 
 pub use config::ServerConfig;
 pub use metrics::Metrics;
-pub use poem::{BANNER, POEM};
+pub use poem::{end_marker_line, BANNER, POEM};
 pub use routes::{app, POLLS_INDEX};
 pub use state::AppState;
 

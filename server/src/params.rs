@@ -47,6 +47,9 @@ pub struct StreamParams {
     pub format: Format,
     /// Poem lines after which the stream ends cleanly; `None` streams forever, as the seed does.
     pub lines: Option<u64>,
+    /// Whether a finite stream says it is over in its last bytes, so that a client can tell its
+    /// end from a cut that was made to look like one.
+    pub end_marker: bool,
 }
 
 impl StreamParams {
@@ -58,8 +61,10 @@ impl StreamParams {
             delay: Duration::ZERO,
             format: Format::Text,
             lines: None,
+            end_marker: false,
         };
         let max = config.max_sleep;
+        let mut end_marker = None;
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             match name.as_ref() {
                 "sleep" => params.sleep = duration("sleep", &value, max)?,
@@ -67,9 +72,13 @@ impl StreamParams {
                 "heartbeat" => params.heartbeat = heartbeat(&value, max)?,
                 "format" => params.format = format(&value)?,
                 "lines" => params.lines = Some(lines(&value)?),
+                "end" => end_marker = Some(end(&value)?),
                 _ => {}
             }
         }
+        // SSE clients ignore events they do not listen for, so SSE says it by default; the text
+        // stays the seed's bytes unless asked.
+        params.end_marker = end_marker.unwrap_or(params.format == Format::Sse);
         Ok(params)
     }
 }
@@ -188,6 +197,14 @@ fn format(value: &str) -> Result<Format, InvalidParameter> {
     }
 }
 
+fn end(value: &str) -> Result<bool, InvalidParameter> {
+    match value {
+        "marker" => Ok(true),
+        "none" => Ok(false),
+        _ => Err(invalid("end", value, "marker or none")),
+    }
+}
+
 fn lines(value: &str) -> Result<u64, InvalidParameter> {
     match value.trim().parse::<u64>() {
         Ok(count) if count >= 1 => Ok(count),
@@ -222,6 +239,7 @@ mod tests {
                 delay: Duration::ZERO,
                 format: Format::Text,
                 lines: None,
+                end_marker: false,
             })
         );
     }
@@ -238,8 +256,11 @@ mod tests {
                 delay: Duration::from_secs(60),
                 format: Format::Sse,
                 lines: Some(12),
+                end_marker: true,
             }
         );
+        assert!(parse("format=sse&end=none").is_ok_and(|p| !p.end_marker));
+        assert!(parse("end=marker").is_ok_and(|p| p.end_marker));
     }
 
     #[test]
@@ -285,6 +306,7 @@ mod tests {
             ("lines=0", "lines", "0", LINES_FORM),
             ("lines=x", "lines", "x", LINES_FORM),
             ("lines=-2", "lines", "-2", LINES_FORM),
+            ("end=yes", "end", "yes", "marker or none"),
         ];
         for (query, parameter, value, form) in cases {
             let err = parse(query).expect_err(query);

@@ -31,6 +31,11 @@ pub const POEM: [&str; 3] = [
 ];
 /// Sent between two verses, right before the next verse's first line; not counted as a line.
 pub const BANNER: &str = "=========== Here we go again ===========";
+/// How a finite text stream asked for `end=marker` says it is over; SSE sends an `end` event.
+/// A consumer should treat a finite stream without it as cut, however cleanly it closed.
+pub fn end_marker_line(lines: u64) -> String {
+    format!("=========== end of stream: {lines} lines ===========\n")
+}
 
 /// Proxies (nginx, Cloudflare) must neither buffer nor rewrite a stream whose point is its timing.
 const NO_BUFFERING: [(HeaderName, &str); 2] = [
@@ -68,6 +73,8 @@ struct Poem {
     heartbeat: Option<Duration>,
     format: Format,
     lines: Option<u64>,
+    /// Still owed after the last line: the end marker, when the request wants one.
+    end_marker_owed: bool,
     next_line_due: Instant,
     last_chunk_sent: Instant,
     /// The third line of a verse went out: the banner goes first when the next line is due.
@@ -83,6 +90,7 @@ impl Poem {
             heartbeat: params.heartbeat,
             format: params.format,
             lines: params.lines,
+            end_marker_owed: params.end_marker,
             next_line_due: guard.started,
             last_chunk_sent: guard.started,
             verse_ended: false,
@@ -92,11 +100,11 @@ impl Poem {
 
     /// The next frame of the body, or `None` right after the last line when `lines` was given.
     async fn next_chunk(&mut self) -> Option<Bytes> {
-        if self
-            .lines
-            .is_some_and(|limit| self.guard.lines_sent >= limit)
-        {
+        if let Some(limit) = self.lines.filter(|limit| self.guard.lines_sent >= *limit) {
             self.guard.completed = true;
+            if std::mem::take(&mut self.end_marker_owed) {
+                return Some(self.end_marker(limit));
+            }
             return None;
         }
         if let Some(due) = self.heartbeat_due() {
@@ -144,6 +152,13 @@ impl Poem {
         Bytes::from(match self.format {
             Format::Text => format!("{BANNER}\n"),
             Format::Sse => format!("data: {BANNER}\n\n"),
+        })
+    }
+
+    fn end_marker(&self, lines: u64) -> Bytes {
+        Bytes::from(match self.format {
+            Format::Text => end_marker_line(lines),
+            Format::Sse => format!("event: end\ndata: {{\"lines\":{lines}}}\n\n"),
         })
     }
 
@@ -248,6 +263,7 @@ mod tests {
             delay: Duration::ZERO,
             format,
             lines: None,
+            end_marker: format == Format::Sse,
         }
     }
 

@@ -301,7 +301,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn finite_sse_stream_numbers_lines_and_not_the_banner() {
+    async fn finite_sse_stream_numbers_lines_and_not_the_banner_and_says_when_it_is_over() {
         let response = get(app(state()), "/polls/streamed?format=sse&lines=4&sleep=0").await;
         assert_eq!(
             text(response).await,
@@ -309,7 +309,28 @@ mod tests {
              id: 2\ndata: [         0 s] Jumped into the blue water\n\n\
              id: 3\ndata: [         0 s] And smiled\n\n\
              data: =========== Here we go again ===========\n\n\
-             id: 4\ndata: [         0 s] Little brown lady\n\n"
+             id: 4\ndata: [         0 s] Little brown lady\n\n\
+             event: end\ndata: {\"lines\":4}\n\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn finite_text_stream_ends_with_a_marker_when_asked() {
+        let response = get(app(state()), "/polls/streamed?lines=2&sleep=0&end=marker").await;
+        assert_eq!(
+            text(response).await,
+            "[         0 s] Little brown lady\n\
+             [         0 s] Jumped into the blue water\n\
+             =========== end of stream: 2 lines ===========\n"
+        );
+        let response = get(
+            app(state()),
+            "/polls/streamed?format=sse&lines=1&sleep=0&end=none",
+        )
+        .await;
+        assert_eq!(
+            text(response).await,
+            "id: 1\ndata: [         0 s] Little brown lady\n\n"
         );
     }
 

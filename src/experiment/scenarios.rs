@@ -71,6 +71,16 @@ pub const ALL: &[Scenario] = &[
         run: |scale| Box::pin(idle_cut(scale)),
     },
     Scenario {
+        name: "clean-cut",
+        expectation: "the idle cut ends the body like a normal end (curl exits 0); the client still tells it was cut",
+        run: |scale| Box::pin(styled_cut(scale, "clean")),
+    },
+    Scenario {
+        name: "reset-cut",
+        expectation: "the idle cut resets the connection (curl exits 56)",
+        run: |scale| Box::pin(styled_cut(scale, "reset")),
+    },
+    Scenario {
         name: "heartbeat-saves",
         expectation: "heartbeats keep it open past 4x the idle limit",
         run: |scale| Box::pin(heartbeat_saves(scale)),
@@ -368,6 +378,43 @@ async fn idle_cut(scale: Scale) -> Result<Outcome, NotRun> {
     .await?;
     let mut problems = Vec::new();
     ended_as(&mut problems, &seen.client, Verdict::Truncated, Some(idle));
+    origin_follows(&mut problems, &seen);
+    Ok(outcome(seen, problems))
+}
+
+/// `idle-cut` again, with the proxy cutting in another style (`x-keepalive-cut-style`). The stream
+/// owes three lines, so a clean end after one is a cut whatever it looks like.
+async fn styled_cut(scale: Scale, style: &'static str) -> Result<Outcome, NotRun> {
+    let idle = scale.ms(500);
+    let seen = through_proxy(
+        &format!(
+            "{style}-cut: a line every {}, idle limit {}, cut style {style}",
+            ms(scale.ms(2000)),
+            ms(idle)
+        ),
+        Through {
+            timers: timers(Some(idle), None, None),
+            target: format!("/polls/streamed?sleep={}&lines=3", ms(scale.ms(2000))),
+            headers: vec![(
+                HeaderName::from_static("x-keepalive-cut-style"),
+                HeaderValue::from_static(style),
+            )],
+            max_time: Some(scale.ms(4000)),
+        },
+    )
+    .await?;
+    let mut problems = Vec::new();
+    match (style, &seen.client.verdict) {
+        ("clean", Verdict::SilentlyTruncated(_)) | ("reset", Verdict::Reset) => {}
+        (_, verdict) => problems.push(format!("client: {}, want the {style} cut", verdict.name())),
+    }
+    check(&mut problems, around(seen.client.ended_at, idle), || {
+        format!(
+            "cut at {:.3}s, want {}",
+            seen.client.ended_at.as_secs_f64(),
+            ms(idle)
+        )
+    });
     origin_follows(&mut problems, &seen);
     Ok(outcome(seen, problems))
 }
