@@ -7,14 +7,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::watch::{observe, Verdict};
+use crate::watch::{fetch, observe, Verdict};
 
 /// Connections in a row that may end without a new line (a balancer answering 502 while the origin
 /// restarts) before following stops.
@@ -311,46 +308,6 @@ async fn job_info(stream_url: &Uri) -> Result<JobStanding, String> {
         lines_written: count("lines_written")?,
         lines: count("lines")?,
     })
-}
-
-/// One request with an empty body, its whole answer read: for the job's JSON, not for streams.
-pub async fn fetch(method: http::Method, url: &Uri) -> Result<(StatusCode, Bytes), String> {
-    let authority = url
-        .authority()
-        .ok_or_else(|| format!("{url} has no host"))?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(80);
-    let failed = |err: &dyn std::fmt::Display| format!("{method} {url}: {err}");
-    let stream = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|err| failed(&err))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|err| failed(&err))?;
-    let driver = tokio::spawn(connection);
-    let path = url.path_and_query().map_or("/", |path| path.as_str());
-    let request = http::Request::builder()
-        .method(method.clone())
-        .uri(path)
-        .header(http::header::HOST, authority.as_str())
-        .body(Empty::<Bytes>::new())
-        .map_err(|err| failed(&err))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|err| failed(&err))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|err| failed(&err))?
-        .to_bytes();
-    driver.abort();
-    Ok((status, body))
 }
 
 /// A job's URL as given (`/jobs/{id}` or `/jobs/{id}/stream`), as its stream's.

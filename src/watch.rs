@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
-use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use keepalive_common::duration::parse_timer;
 use serde::Serialize;
@@ -215,34 +216,16 @@ async fn follow(
     observation: &mut Observation,
     on_chunk: &mut impl FnMut(&Chunk),
 ) -> Verdict {
-    let Some(authority) = url.authority() else {
-        return Verdict::Failed(format!("{url} has no host"));
+    let Connection {
+        mut sender,
+        driver,
+        host,
+    } = match connect(url).await {
+        Ok(connection) => connection,
+        Err(reason) => return Verdict::Failed(reason),
     };
-    if url.scheme_str().is_some_and(|scheme| scheme != "http") {
-        return Verdict::Failed(format!("{url}: only http:// URLs are supported"));
-    }
-    let port = authority.port_u16().unwrap_or(80);
-    // `[::1]` in a URL is `::1` to the resolver; the Host header keeps the brackets, never user info.
-    let host = authority.host();
-    let host_header = match authority.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let stream = match TcpStream::connect((host, port)).await {
-        Ok(stream) => stream,
-        Err(err) => return Verdict::Failed(format!("cannot connect to {authority}: {err}")),
-    };
-    let _ = stream.set_nodelay(true);
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(parts) => parts,
-            Err(err) => return Verdict::Failed(format!("HTTP handshake failed: {err}")),
-        };
-    // Dropped with this future too (a `--max-time` timeout), so the connection closes at once.
-    let driver = AbortOnDrop(tokio::spawn(connection));
     let path = url.path_and_query().map_or("/", |path| path.as_str());
-    let mut request = Request::get(path).header(http::header::HOST, host_header);
+    let mut request = Request::get(path).header(http::header::HOST, host);
     for (name, value) in headers {
         request = request.header(name, value);
     }
@@ -292,6 +275,73 @@ async fn follow(
         Verdict::Completed if !status.is_success() => Verdict::Http(status),
         verdict => verdict,
     }
+}
+
+/// An HTTP/1.1 connection to a URL's host, and the `Host` its requests carry.
+struct Connection {
+    sender: SendRequest<Empty<Bytes>>,
+    /// Dropped with the request's future too (a `--max-time` timeout), so the connection closes.
+    driver: AbortOnDrop,
+    host: String,
+}
+
+async fn connect(url: &Uri) -> Result<Connection, String> {
+    let authority = url
+        .authority()
+        .ok_or_else(|| format!("{url} has no host"))?;
+    if url.scheme_str().is_some_and(|scheme| scheme != "http") {
+        return Err(format!("{url}: only http:// URLs are supported"));
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    // `[::1]` in a URL is `::1` to the resolver; the Host header keeps the brackets, never user info.
+    let host = authority.host();
+    let host_header = match authority.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|err| format!("cannot connect to {authority}: {err}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|err| format!("HTTP handshake failed: {err}"))?;
+    Ok(Connection {
+        sender,
+        driver: AbortOnDrop(tokio::spawn(connection)),
+        host: host_header,
+    })
+}
+
+/// One request with an empty body, its whole answer read: for small answers (a job's JSON, an
+/// origin's metrics), not for streams, which [`observe`] follows.
+pub async fn fetch(method: Method, url: &Uri) -> Result<(StatusCode, Bytes), String> {
+    let Connection {
+        mut sender,
+        driver: _driver,
+        host,
+    } = connect(url).await?;
+    let failed = |err: &dyn std::fmt::Display| format!("{method} {url}: {err}");
+    let path = url.path_and_query().map_or("/", |path| path.as_str());
+    let request = Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header(http::header::HOST, host)
+        .body(Empty::<Bytes>::new())
+        .map_err(|err| failed(&err))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|err| failed(&err))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| failed(&err))?
+        .to_bytes();
+    Ok((status, body))
 }
 
 /// The task driving the connection, aborted when the request is done with it.

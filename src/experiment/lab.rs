@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use http::Method;
 use keepalive_proxy::{Metrics, ProxyConfig, TimerSet};
 use keepalive_server::jobs::Storage;
 use keepalive_server::ServerConfig;
@@ -11,7 +12,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::watch::observe;
+use crate::watch::fetch;
 
 /// A server task that stops when this is dropped or killed.
 pub struct Running {
@@ -104,13 +105,11 @@ pub struct OriginCounts {
 
 pub async fn origin_counts(origin: SocketAddr) -> Option<OriginCounts> {
     let url = format!("http://{origin}/metrics").parse().ok()?;
-    let seen = observe(&url, &[], Some(Duration::from_secs(2)), |_| {}).await;
-    let text: Vec<u8> = seen
-        .chunks
-        .iter()
-        .flat_map(|chunk| chunk.data.iter().copied())
-        .collect();
-    let text = String::from_utf8_lossy(&text);
+    let (_, body) = tokio::time::timeout(Duration::from_secs(2), fetch(Method::GET, &url))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&body);
     Some(OriginCounts {
         active: metric_value(&text, "origin_streams_active")?,
         client_gone: metric_value(&text, "origin_streams_ended_total{reason=\"client_gone\"}")?,

@@ -19,8 +19,8 @@ use super::lab::{
     start_origin, start_proxy, OriginCounts, OriginEnd,
 };
 use super::timeline::{Event, Mark, Timeline};
-use crate::resume::{fetch, follow_job, Progress, Resumed};
-use crate::watch::{observe, Observation, Verdict};
+use crate::resume::{follow_job, Progress, Resumed};
+use crate::watch::{fetch, observe, Observation, Verdict};
 
 /// How long things take: `--quick` runs at 1, a full run at 4.
 #[derive(Debug, Clone, Copy)]
