@@ -159,13 +159,18 @@ fn instructions(args: &DemoArgs, timers: &TimerSet) -> String {
         let sleep = idle + Duration::from_secs(3);
         let heartbeat = idle / 2;
         text += &format!(
-            "\n  1. A line every {sleep}: the proxy's {idle} idle timer cuts it (curl exits 18):\n     \
+            "\n  1. A line every {sleep}: the proxy's {idle} idle timer cuts it ({how}):\n     \
              curl -N '{proxy}/polls/streamed?sleep={sleep}'; echo \"curl exit $?\"\n\
              \n  2. Same stream with a heartbeat (a space) every {heartbeat}: it survives:\n     \
              curl -N '{proxy}/polls/streamed?sleep={sleep}&heartbeat={heartbeat}'\n",
             sleep = display(sleep),
             idle = display(idle),
             heartbeat = display(heartbeat),
+            how = match args.cut_style {
+                CutStyle::Truncate => "curl exits 18",
+                CutStyle::Clean => "PROXY_CUT_STYLE=clean: curl exits 0, as if it had ended",
+                CutStyle::Reset => "PROXY_CUT_STYLE=reset: curl exits 56",
+            },
         );
     }
     // The idle timer also bounds the wait for headers (as nginx's proxy_read_timeout does), so

@@ -31,32 +31,13 @@ pub struct Shortfall {
 impl Expectation {
     /// What the stream at `url`, asked for with `headers`, owes; `None` when that cannot be known.
     pub fn of(url: &Uri, headers: &[(HeaderName, HeaderValue)]) -> Option<Self> {
-        let query: Vec<(String, String)> =
-            form_urlencoded::parse(url.query().unwrap_or_default().as_bytes())
-                .map(|(name, value)| (name.into_owned(), value.into_owned()))
-                .collect();
-        let param = |name: &str| {
-            query
-                .iter()
-                .rev()
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.as_str())
-        };
         let path = url.path();
         if path.ends_with("/polls/streamed") {
-            let sse = param("format") == Some("sse");
-            let Some(lines) = param("lines").and_then(|lines| lines.parse().ok()) else {
-                return Some(Self::Endless);
-            };
-            let marker = match param("end") {
-                Some("marker") => true,
-                Some(_) => false,
-                None => sse,
-            };
-            return Some(Self::Lines { lines, marker, sse });
+            return Some(Self::of_poem(url));
         }
+        let param = |name: &str| last_param(url, name);
         let is_job_stream = path.starts_with("/jobs/") && path.ends_with("/stream");
-        let asks_sse = param("format") == Some("sse")
+        let asks_sse = param("format").as_deref() == Some("sse")
             || (param("format").is_none()
                 && headers.iter().any(|(name, value)| {
                     name == http::header::ACCEPT
@@ -67,7 +48,24 @@ impl Expectation {
         (is_job_stream && asks_sse).then_some(Self::JobEnd)
     }
 
-    /// Checks a body that ended cleanly against what was owed.
+    /// What keepalive-server's `/polls/streamed` owes for the query of `url`, whatever its path (a
+    /// balancer may expose the origin under another one; the probe knows what it asked for).
+    pub fn of_poem(url: &Uri) -> Self {
+        let param = |name: &str| last_param(url, name);
+        let sse = param("format").as_deref() == Some("sse");
+        let Some(lines) = param("lines").and_then(|lines| lines.trim().parse().ok()) else {
+            return Self::Endless;
+        };
+        let marker = match param("end").as_deref() {
+            Some("marker") => true,
+            Some(_) => false,
+            None => sse,
+        };
+        Self::Lines { lines, marker, sse }
+    }
+
+    /// Checks a body that ended cleanly against what was owed. Only what arrived whole counts: a
+    /// line without its newline, an event without its blank line, was cut.
     pub fn shortfall(self, body: &[u8]) -> Option<Shortfall> {
         let text = String::from_utf8_lossy(body);
         match self {
@@ -77,9 +75,12 @@ impl Expectation {
             }),
             Self::Lines { lines, marker, sse } => {
                 let received = if sse {
-                    text.lines().filter(|line| line.starts_with("id:")).count()
+                    sse_ids(&text)
                 } else {
-                    text.lines().filter(|line| is_poem_line(line)).count()
+                    complete_lines(&text)
+                        .lines()
+                        .filter(|line| is_poem_line(line))
+                        .count()
                 } as u64;
                 let marked = !marker || has_end_marker(&text, sse, lines);
                 (received < lines || !marked).then(|| Shortfall {
@@ -97,12 +98,9 @@ impl Expectation {
                     ),
                 })
             }
-            Self::JobEnd => (!text.contains("event: end\n")).then(|| Shortfall {
-                expected: "the job's end event".to_owned(),
-                received: format!(
-                    "{} events, no end event",
-                    text.lines().filter(|line| line.starts_with("id:")).count()
-                ),
+            Self::JobEnd => (!ends_with_end_event(&text)).then(|| Shortfall {
+                expected: "the job's end event last".to_owned(),
+                received: format!("{} whole events, no end event", sse_ids(&text)),
             }),
         }
     }
@@ -116,10 +114,37 @@ fn is_poem_line(line: &str) -> bool {
 
 fn has_end_marker(text: &str, sse: bool, lines: u64) -> bool {
     if sse {
-        text.contains("event: end\n")
+        text.ends_with(&format!("event: end\ndata: {{\"lines\":{lines}}}\n\n"))
     } else {
         text.ends_with(&keepalive_server::end_marker_line(lines))
     }
+}
+
+/// The text up to its last newline: a line after it never finished.
+fn complete_lines(text: &str) -> &str {
+    &text[..text.rfind('\n').map_or(0, |end| end + 1)]
+}
+
+/// Events with an id that arrived whole (up to a blank line).
+fn sse_ids(text: &str) -> usize {
+    let whole = &text[..text.rfind("\n\n").map_or(0, |end| end + 2)];
+    whole.lines().filter(|line| line.starts_with("id:")).count()
+}
+
+/// The last event is a whole `end` event.
+fn ends_with_end_event(text: &str) -> bool {
+    let Some(body) = text.strip_suffix("\n\n") else {
+        return false;
+    };
+    let last = body.rfind("\n\n").map_or(body, |start| &body[start + 2..]);
+    last.starts_with("event: end\n")
+}
+
+fn last_param(url: &Uri, name: &str) -> Option<String> {
+    form_urlencoded::parse(url.query().unwrap_or_default().as_bytes())
+        .filter(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+        .last()
 }
 
 #[cfg(test)]
@@ -158,6 +183,14 @@ mod tests {
         );
         assert_eq!(of("http://h/jobs/0123456789abcdef/stream"), None);
         assert_eq!(of("http://h/other"), None);
+        assert_eq!(
+            Expectation::of_poem(&"http://lb/rewritten?lines=%202".parse().expect("url")),
+            Expectation::Lines {
+                lines: 2,
+                marker: false,
+                sse: false
+            }
+        );
     }
 
     #[test]
@@ -182,8 +215,37 @@ mod tests {
         assert!(marked.shortfall(both).is_some(), "no marker");
         let with_marker = [&both[..], keepalive_server::end_marker_line(2).as_bytes()].concat();
         assert_eq!(marked.shortfall(&with_marker), None);
+        let cut_mid_line =
+            b"[         0 s] Little brown lady\n[         0 s] Jumped into the blue w";
+        assert!(
+            two.shortfall(cut_mid_line).is_some(),
+            "half a line is not a line"
+        );
+        let sse = Expectation::Lines {
+            lines: 1,
+            marker: true,
+            sse: true,
+        };
+        let whole = b"id: 1\ndata: x\n\nevent: end\ndata: {\"lines\":1}\n\n";
+        assert_eq!(sse.shortfall(whole), None);
+        assert!(
+            sse.shortfall(&whole[..whole.len() - 4]).is_some(),
+            "a cut end event"
+        );
+        let no_marker = Expectation::Lines {
+            lines: 2,
+            marker: false,
+            sse: true,
+        };
+        assert!(
+            no_marker.shortfall(b"id: 1\ndata: x\n\nid: 2\n").is_some(),
+            "an id without its event"
+        );
         assert!(Expectation::JobEnd
             .shortfall(b"id: 1\ndata: x\n\n")
+            .is_some());
+        assert!(Expectation::JobEnd
+            .shortfall(b"id: 1\ndata: x\n\nevent: end\ndata: {\"")
             .is_some());
         assert_eq!(
             Expectation::JobEnd.shortfall(b"id: 1\ndata: x\n\nevent: end\ndata: {}\n\n"),

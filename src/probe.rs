@@ -20,7 +20,8 @@ use keepalive_common::duration::{display, parse_duration};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::watch::{observe, Observation, Verdict};
+use crate::expect::Expectation;
+use crate::watch::{observe_owing, Observation, Verdict};
 
 #[derive(Debug, Clone, Args)]
 pub struct ProbeArgs {
@@ -149,8 +150,20 @@ pub async fn measure(
         display(max)
     ));
     let (first_byte, idle) = tokio::join!(
-        observe(&first_byte_url, &[], Some(max), |_| {}),
-        observe(&idle_url, &[], Some(max), |_| {}),
+        observe_owing(
+            &first_byte_url,
+            &[],
+            Some(max),
+            Some(Expectation::of_poem(&first_byte_url)),
+            |_| {}
+        ),
+        observe_owing(
+            &idle_url,
+            &[],
+            Some(max),
+            Some(Expectation::of_poem(&idle_url)),
+            |_| {}
+        ),
     );
     let first_byte = seen(&first_byte, Duration::ZERO)?;
     let first_byte_cut = first_byte.look();
@@ -209,7 +222,14 @@ pub async fn measure(
         "heartbeats: the same silence with a heartbeat every {}",
         display(interval)
     ));
-    let heartbeat = observe(&heartbeat_url, &[], Some(max), |_| {}).await;
+    let heartbeat = observe_owing(
+        &heartbeat_url,
+        &[],
+        Some(max),
+        Some(Expectation::of_poem(&heartbeat_url)),
+        |_| {},
+    )
+    .await;
     let heartbeat = seen(&heartbeat, Duration::ZERO)?;
     let heartbeat_look = heartbeat.look();
     let (mut idle_timeout, mut survives, mut max_duration) = (idle_cut, true, None);
@@ -234,7 +254,14 @@ pub async fn measure(
                 display(interval)
             ));
             let lines_url = url_with(url, &format!("sleep={}", millis(interval)))?;
-            let lines = observe(&lines_url, &[], Some(max), |_| {}).await;
+            let lines = observe_owing(
+                &lines_url,
+                &[],
+                Some(max),
+                Some(Expectation::of_poem(&lines_url)),
+                |_| {},
+            )
+            .await;
             let lines = seen(&lines, Duration::ZERO)?;
             match lines {
                 Seen::Cut { at: lines_at, .. } | Seen::Error { at: lines_at, .. }

@@ -169,6 +169,19 @@ pub async fn observe(
     url: &Uri,
     headers: &[(HeaderName, HeaderValue)],
     max_time: Option<Duration>,
+    on_chunk: impl FnMut(&Chunk),
+) -> Observation {
+    let owed = Expectation::of(url, headers);
+    observe_owing(url, headers, max_time, owed, on_chunk).await
+}
+
+/// [`observe`], judging a clean end against `owed` rather than against what the URL says (the
+/// probe knows what it asked for, whatever path a balancer puts the origin under).
+pub async fn observe_owing(
+    url: &Uri,
+    headers: &[(HeaderName, HeaderValue)],
+    max_time: Option<Duration>,
+    owed: Option<Expectation>,
     mut on_chunk: impl FnMut(&Chunk),
 ) -> Observation {
     let started = Instant::now();
@@ -192,8 +205,14 @@ pub async fn observe(
     };
     observation.ended_at = started.elapsed();
     observation.verdict = match outcome {
-        Verdict::Completed if observation.status != Some(StatusCode::NO_CONTENT) => {
-            let owed = Expectation::of(url, headers);
+        // An encoded body (gzip) is judged by nobody here: its bytes are not the origin's text.
+        Verdict::Completed
+            if observation.status != Some(StatusCode::NO_CONTENT)
+                && observation
+                    .headers
+                    .get(http::header::CONTENT_ENCODING)
+                    .is_none_or(|encoding| encoding == "identity") =>
+        {
             let body: Vec<u8> = observation
                 .chunks
                 .iter()

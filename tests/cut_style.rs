@@ -668,3 +668,94 @@ async fn probe_reports_how_the_idle_cut_looks_in_each_style() {
         assert_eq!(findings.max_duration_s, None, "{look}: {findings:?}");
     }
 }
+
+/// What arrived whole is what counts: a clean end in the middle of a line or of an SSE end event is
+/// still a cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_counts_only_whole_lines_and_whole_end_events() {
+    let (_origin, proxy) = origin_and_proxy(timers(OFF, OFF), CutStyle::Clean).await;
+    let limited = |bytes: &'static str| {
+        vec![(
+            HeaderName::from_static("x-keepalive-fault-limit-bytes"),
+            HeaderValue::from_static(bytes),
+        )]
+    };
+    let observe_limited = |target: &'static str, bytes: &'static str| {
+        let url = url(proxy.addr, target);
+        let headers = limited(bytes);
+        async move { observe(&url, &headers, Some(Duration::from_secs(3)), |_| {}).await }
+    };
+    // 70 bytes: the first line (33) and most of the second (42).
+    let mid_line = observe_limited("/polls/streamed?lines=2&sleep=50ms", "70").await;
+    assert!(
+        matches!(mid_line.verdict, Verdict::SilentlyTruncated(_)),
+        "{:?}",
+        mid_line.verdict
+    );
+    // Both SSE lines and the start of the end event, cut inside it.
+    let whole = observe(
+        &url(proxy.addr, "/polls/streamed?lines=2&sleep=0&format=sse"),
+        &[],
+        Some(Duration::from_secs(3)),
+        |_| {},
+    )
+    .await;
+    assert_eq!(whole.verdict, Verdict::Completed);
+    let cut_inside_end = (whole.body_bytes() - 4).to_string();
+    let url = url(proxy.addr, "/polls/streamed?lines=2&sleep=0&format=sse");
+    let headers = vec![(
+        HeaderName::from_static("x-keepalive-fault-limit-bytes"),
+        HeaderValue::try_from(cut_inside_end).expect("a header value"),
+    )];
+    let mid_event = observe(&url, &headers, Some(Duration::from_secs(3)), |_| {}).await;
+    assert!(
+        matches!(mid_event.verdict, Verdict::SilentlyTruncated(_)),
+        "{:?}",
+        mid_event.verdict
+    );
+}
+
+/// A gzip hop cannot end its stream early and look complete (the trailer would be missing): the
+/// clean style truncates there, and `watch` does not judge a compressed body by its bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_stream_is_never_cut_cleanly_nor_misjudged() {
+    let origin = start_origin(origin_config()).await;
+    let proxy = start_proxy_configured(origin.addr, timers(Some(IDLE), OFF), |config| {
+        config.cut_style = CutStyle::Clean;
+        config.compression = keepalive_proxy::config::Compression::Gzip;
+        config.compression_ignore_no_transform = true;
+    })
+    .await;
+    let seen = fetch(
+        proxy.addr,
+        "/polls/streamed?sleep=3",
+        "Accept-Encoding: gzip\r\n",
+    )
+    .await;
+    assert_eq!(seen.ending, Some(Ending::Eof), "{}", seen.describe());
+    let response = seen.response.as_ref().expect("a response head");
+    assert_eq!(response.header("content-encoding"), Some("gzip"));
+    assert!(
+        !response.body.ends_with(b"0\r\n\r\n"),
+        "a gzip stream cut cleanly would lose its trailer: {}",
+        seen.describe()
+    );
+
+    let gzip = [(
+        HeaderName::from_static("accept-encoding"),
+        HeaderValue::from_static("gzip"),
+    )];
+    let complete = observe(
+        &url(proxy.addr, "/polls/streamed?lines=2&sleep=0"),
+        &gzip,
+        Some(Duration::from_secs(3)),
+        |_| {},
+    )
+    .await;
+    assert_eq!(
+        complete.verdict,
+        Verdict::Completed,
+        "{:?}",
+        complete.headers
+    );
+}

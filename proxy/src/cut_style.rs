@@ -42,7 +42,7 @@ impl CutStyle {
         match self {
             Self::Truncate => "cutting the client off without the last chunk",
             Self::Clean => "ending the body as if complete: the client cannot tell it was cut",
-            Self::Reset => "resetting the client's connection",
+            Self::Reset => "resetting the client (TCP RST; RST_STREAM over HTTP/2)",
         }
     }
 
@@ -55,7 +55,13 @@ impl CutStyle {
             header: "x-keepalive-cut-style",
             reason: format!("{value:?}: expected {FORM}"),
         };
-        match value.to_str().map_err(|_| bad())?.trim() {
+        match value
+            .to_str()
+            .map_err(|_| bad())?
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "truncate" => Ok(Self::Truncate),
             "clean" => Ok(Self::Clean),
             "reset" => Ok(Self::Reset),

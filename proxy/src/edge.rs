@@ -284,11 +284,12 @@ impl Exchange {
         } else {
             State::Streaming
         };
-        // A body of announced length cannot end early and look complete: a clean cut would be
-        // malformed (HTTP/2) or a truncation anyway (HTTP/1), so it is cut the nginx way instead.
-        let length_known = response
-            .headers()
-            .contains_key(http::header::CONTENT_LENGTH);
+        // A body of announced length, or an encoded one, cannot end early and look complete: a
+        // clean cut would be malformed (HTTP/2), a truncation anyway (HTTP/1), or a gzip stream
+        // without its trailer, so it is cut the nginx way instead.
+        let headers = response.headers();
+        let length_known = headers.contains_key(http::header::CONTENT_LENGTH)
+            || headers.contains_key(http::header::CONTENT_ENCODING);
         response.map(|body| EdgeBody {
             body: Some(body),
             length_known,
@@ -375,6 +376,7 @@ enum State {
 pub struct EdgeBody {
     // Taken out when the stream ends or is cut, so the origin's connection closes at that moment.
     body: Option<UnsyncBoxBody<Bytes, BoxError>>,
+    /// Announced length or encoding: the `clean` style falls back to `truncate`.
     length_known: bool,
     bytes: u64,
     state: State,

@@ -354,7 +354,12 @@ where
                 .get("x-request-id")
                 .cloned()
                 .unwrap_or_else(|| HeaderValue::from_static("-")),
-            reset: request.extensions().get::<ResetSwitch>().cloned(),
+            // HTTP/1 only: an HTTP/2 connection carries other streams, which a RST would take along.
+            reset: request
+                .extensions()
+                .get::<ResetSwitch>()
+                .filter(|_| request.version() < http::Version::HTTP_2)
+                .cloned(),
         };
         let response = self.inner.call(request);
         Box::pin(async move {
