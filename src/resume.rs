@@ -29,10 +29,9 @@ pub struct JobLine {
 }
 
 /// What following a job came to.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Resumed {
     /// Line ids in the order they arrived (a repeat shows up twice).
-    #[serde(skip)]
     pub lines: Vec<JobLine>,
     /// Connections that ended before the job's end: each was resumed.
     pub cuts: usize,

@@ -759,3 +759,37 @@ async fn a_compressed_stream_is_never_cut_cleanly_nor_misjudged() {
         complete.headers
     );
 }
+
+/// The reset fault on an HTTP/2 stream resets that stream only: the connection, and whatever else
+/// it carries, goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_reset_fault_resets_the_stream_not_the_connection() {
+    let (_origin, proxy) = origin_and_proxy(timers(OFF, OFF), CutStyle::Truncate).await;
+    let mut sender = h2c(proxy.addr).await;
+    let request = Request::get(format!("http://{}/polls/streamed?sleep=3", proxy.addr))
+        .header("x-keepalive-fault-reset-after", "300ms")
+        .body(Empty::new())
+        .expect("a request");
+    let response = tokio::time::timeout(Duration::from_secs(3), sender.send_request(request))
+        .await
+        .expect("response headers within 3 s")
+        .expect("an h2c response");
+    let mut body = response.into_body();
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(3), body.frame())
+            .await
+            .expect("the reset within 3 s")
+        {
+            Some(Ok(_)) => {}
+            Some(Err(err)) => break err,
+            None => panic!("a reset stream ended cleanly"),
+        }
+    };
+    assert_stream_reset(&err);
+    let (mut next, _) =
+        h2_first_line(&mut sender, proxy.addr, "/polls/streamed?sleep=0&lines=1").await;
+    assert!(
+        h2_ending(&mut next).await.is_ok(),
+        "the connection outlived the stream's reset"
+    );
+}
