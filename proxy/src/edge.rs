@@ -109,7 +109,7 @@ where
         let exchange = Exchange::begin(
             &request,
             self.metrics.clone(),
-            cut_style.clone().unwrap_or_default(),
+            cut_style.as_ref().copied().unwrap_or_default(),
         );
         if let Err(bad) = cut_style {
             let response = exchange.failed_before_headers(&bad);
@@ -288,11 +288,11 @@ impl Exchange {
         // clean cut would be malformed (HTTP/2), a truncation anyway (HTTP/1), or a gzip stream
         // without its trailer, so it is cut the nginx way instead.
         let headers = response.headers();
-        let length_known = headers.contains_key(http::header::CONTENT_LENGTH)
+        let fixed_framing = headers.contains_key(http::header::CONTENT_LENGTH)
             || headers.contains_key(http::header::CONTENT_ENCODING);
         response.map(|body| EdgeBody {
             body: Some(body),
-            length_known,
+            fixed_framing,
             bytes: 0,
             state,
             exchange: self,
@@ -376,8 +376,8 @@ enum State {
 pub struct EdgeBody {
     // Taken out when the stream ends or is cut, so the origin's connection closes at that moment.
     body: Option<UnsyncBoxBody<Bytes, BoxError>>,
-    /// Announced length or encoding: the `clean` style falls back to `truncate`.
-    length_known: bool,
+    /// Announced length or an encoding: the `clean` style falls back to `truncate`.
+    fixed_framing: bool,
     bytes: u64,
     state: State,
     exchange: Exchange,
@@ -392,7 +392,7 @@ impl EdgeBody {
         let exchange = &self.exchange;
         let elapsed = display(exchange.started.elapsed());
         let styled = match exchange.cut_style {
-            CutStyle::Clean if self.length_known => CutStyle::Truncate,
+            CutStyle::Clean if self.fixed_framing => CutStyle::Truncate,
             style => style,
         };
         let style = match Failure::of(err.as_ref()) {
