@@ -475,6 +475,39 @@ fn assert_stream_reset(err: &hyper::Error) {
     panic!("not an HTTP/2 error: {err:?}");
 }
 
+/// GETs `target` with one `header` on `sender`, reads its body until the proxy resets the stream
+/// (asserted: never a clean end), and returns how many body bytes came first.
+async fn h2_bytes_before_reset(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+    target: &str,
+    (name, value): (&str, &str),
+) -> usize {
+    let request = Request::get(format!("http://{addr}{target}"))
+        .header(name, value)
+        .body(Empty::new())
+        .expect("a request");
+    let response = tokio::time::timeout(Duration::from_secs(3), sender.send_request(request))
+        .await
+        .expect("response headers within 3 s")
+        .expect("an h2c response");
+    let mut body = response.into_body();
+    let mut received = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), body.frame())
+            .await
+            .expect("the reset within 3 s")
+        {
+            Some(Ok(frame)) => received += frame.data_ref().map_or(0, Bytes::len),
+            Some(Err(err)) => {
+                assert_stream_reset(&err);
+                return received;
+            }
+            None => panic!("the stream ended cleanly after {received} bytes"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_idle_cut_is_end_stream_for_clean_and_rst_stream_otherwise() {
     let origin = start_origin(origin_config()).await;
@@ -535,28 +568,9 @@ async fn clean_style_truncates_a_body_of_known_length() {
     assert_eq!(response.body.len(), 10, "{}", seen.describe());
 
     let mut sender = h2c(proxy.addr).await;
-    let request = Request::get(format!("http://{}/echo", proxy.addr))
-        .header("x-keepalive-fault-limit-bytes", "10")
-        .body(Empty::new())
-        .expect("a request");
-    let response = tokio::time::timeout(Duration::from_secs(3), sender.send_request(request))
-        .await
-        .expect("response headers within 3 s")
-        .expect("an h2c response");
-    let mut body = response.into_body();
-    let mut received = 0;
-    let err = loop {
-        match tokio::time::timeout(Duration::from_secs(3), body.frame())
-            .await
-            .expect("the end reaches the client within 3 s")
-        {
-            Some(Ok(frame)) => received += frame.data_ref().map_or(0, Bytes::len),
-            Some(Err(err)) => break err,
-            None => panic!("a body of known length ended cleanly after {received} bytes"),
-        }
-    };
+    let limit = ("x-keepalive-fault-limit-bytes", "10");
+    let received = h2_bytes_before_reset(&mut sender, proxy.addr, "/echo", limit).await;
     assert_eq!(received, 10);
-    assert_stream_reset(&err);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -766,26 +780,8 @@ async fn a_compressed_stream_is_never_cut_cleanly_nor_misjudged() {
 async fn h2c_reset_fault_resets_the_stream_not_the_connection() {
     let (_origin, proxy) = origin_and_proxy(timers(OFF, OFF), CutStyle::Truncate).await;
     let mut sender = h2c(proxy.addr).await;
-    let request = Request::get(format!("http://{}/polls/streamed?sleep=3", proxy.addr))
-        .header("x-keepalive-fault-reset-after", "300ms")
-        .body(Empty::new())
-        .expect("a request");
-    let response = tokio::time::timeout(Duration::from_secs(3), sender.send_request(request))
-        .await
-        .expect("response headers within 3 s")
-        .expect("an h2c response");
-    let mut body = response.into_body();
-    let err = loop {
-        match tokio::time::timeout(Duration::from_secs(3), body.frame())
-            .await
-            .expect("the reset within 3 s")
-        {
-            Some(Ok(_)) => {}
-            Some(Err(err)) => break err,
-            None => panic!("a reset stream ended cleanly"),
-        }
-    };
-    assert_stream_reset(&err);
+    let reset = ("x-keepalive-fault-reset-after", "300ms");
+    h2_bytes_before_reset(&mut sender, proxy.addr, "/polls/streamed?sleep=3", reset).await;
     let (mut next, _) =
         h2_first_line(&mut sender, proxy.addr, "/polls/streamed?sleep=0&lines=1").await;
     assert!(

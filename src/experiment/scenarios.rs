@@ -395,10 +395,7 @@ async fn styled_cut(scale: Scale, style: &'static str) -> Result<Outcome, NotRun
         Through {
             timers: timers(Some(idle), None, None),
             target: format!("/polls/streamed?sleep={}&lines=3", ms(scale.ms(2000))),
-            headers: vec![(
-                HeaderName::from_static("x-keepalive-cut-style"),
-                HeaderValue::from_static(style),
-            )],
+            headers: vec![fault("x-keepalive-cut-style", style)?],
             max_time: Some(scale.ms(4000)),
         },
     )
