@@ -1,6 +1,6 @@
 //! The real binaries, as an operator starts them: a bad env var stops them at once with exit code 2 and
 //! one line naming the variable and the value, and `keepalive-proxy --help` documents every preset and
-//! every env var of the contract (DESIGN.md).
+//! every env var.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! The origin over a real socket, without the proxy: the seed's bytes exactly as a client on the wire
+//! The origin over a real socket, without the proxy: the Django tutorial's bytes exactly as a client on the wire
 //! receives them, and the elapsed labels measured against a real clock.
 
 mod support;

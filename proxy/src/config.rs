@@ -73,7 +73,7 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: SocketAddr,
 
-    /// The origin every request goes to; the proxy forwards nowhere else
+    /// The upstream every request goes to; the proxy forwards nowhere else
     #[arg(long, env = "PROXY_UPSTREAM", default_value = DEFAULT_UPSTREAM)]
     pub upstream: Upstream,
 
@@ -85,7 +85,7 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_PRESET", value_enum, default_value = "nginx")]
     pub preset: Preset,
 
-    /// TCP connect to the origin; expiry answers 504 (a refused connect answers 502)
+    /// TCP connect to the upstream; expiry answers 504 (a refused connect answers 502)
     #[arg(long, env = "PROXY_CONNECT_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
     pub connect_timeout: TimerSetting,
 
@@ -93,7 +93,7 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_FIRST_BYTE_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
     pub first_byte_timeout: TimerSetting,
 
-    /// Longest silence from the origin, before headers (504) and between body chunks (cut)
+    /// Longest silence from the upstream, before headers (504) and between body chunks (cut)
     #[arg(long, env = "PROXY_IDLE_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
     pub idle_timeout: TimerSetting,
 

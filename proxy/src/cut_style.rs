@@ -8,8 +8,8 @@
 //! - `reset`: the connection is reset (TCP RST; curl exits 56). HTTP/2: RST_STREAM, the
 //!   connection's other streams untouched.
 //!
-//! A cut the origin makes (it broke off) is passed on as a truncation whatever the style: the style
-//! is about what this proxy does, not a way to hide an origin's failure.
+//! A cut the upstream makes (it broke off) is passed on as a truncation whatever the style: the style
+//! is about what this proxy does, not a way to hide an upstream's failure.
 
 use http::{HeaderMap, HeaderName};
 

@@ -1,5 +1,5 @@
 //! The single edge where errors stop being data: every typed failure from the layers below (a timer
-//! that fired, an origin that refused or broke off) becomes what a client of a real balancer would see,
+//! that fired, an upstream that refused or broke off) becomes what a client of a real balancer would see,
 //! one log line and one metric. Before headers that is a short text response (502/504); after headers
 //! the body fails, and hyper aborts the exchange exactly like nginx does: HTTP/1.1 gets a chunked body
 //! without its last chunk and a closed connection (curl exits 18), HTTP/2 a RST_STREAM. A cut the
@@ -34,7 +34,7 @@ use crate::timeouts::client_conn::InFlight;
 use crate::timeouts::{Timer, TimerExpired};
 use crate::BoxError;
 
-/// Names the proxy timer behind a response the proxy made itself, so tools can tell it from an origin's.
+/// Names the proxy timer behind a response the proxy made itself, so tools can tell it from an upstream's.
 pub const TIMER_HEADER: &str = "x-keepalive-timer";
 
 #[derive(Clone)]
@@ -104,7 +104,7 @@ where
         } else {
             Ok(self.cut_style)
         };
-        // The origin is not part of the experiment's plumbing.
+        // The upstream is not part of the experiment's plumbing.
         request.headers_mut().remove(CUT_STYLE_HEADER);
         let exchange = Exchange::begin(
             &request,
@@ -232,7 +232,7 @@ impl Exchange {
                 None,
                 format!("400 Bad Request: {err}\n"),
             ),
-            // Faults act on bodies only: this is a bug in the layers below, not an origin's failure.
+            // Faults act on bodies only: this is a bug in the layers below, not an upstream's failure.
             Failure::Fault(_) => {
                 tracing::error!(error = %err, request_id = self.request_id(), "fault before response headers");
                 (
@@ -374,7 +374,7 @@ enum State {
 
 /// The response body as the client receives it: counts bytes, and reports how the stream ended.
 pub struct EdgeBody {
-    // Taken out when the stream ends or is cut, so the origin's connection closes at that moment.
+    // Taken out when the stream ends or is cut, so the upstream's connection closes at that moment.
     body: Option<UnsyncBoxBody<Bytes, BoxError>>,
     /// Announced length or an encoding: the `clean` style falls back to `truncate`.
     fixed_framing: bool,
@@ -424,7 +424,7 @@ impl EdgeBody {
                     bytes = self.bytes,
                     request_id = exchange.request_id(),
                     path = %exchange.path,
-                    "origin broke off the stream: cutting the client off without the last chunk",
+                    "upstream broke off the stream: cutting the client off without the last chunk",
                 );
                 CutStyle::Truncate
             }
@@ -496,7 +496,7 @@ impl Drop for EdgeBody {
                 bytes = self.bytes,
                 request_id = exchange.request_id(),
                 path = %exchange.path,
-                "client went away mid-stream: closing the origin's connection",
+                "client went away mid-stream: closing the upstream's connection",
             );
         }
     }

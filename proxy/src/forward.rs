@@ -1,5 +1,5 @@
 //! The innermost service: sends the request to the configured upstream over hyper-util's pooled
-//! client and hands back the origin's response untouched but for hop-by-hop fields.
+//! client and hands back the upstream's response untouched but for hop-by-hop fields.
 //!
 //! The request's own target is ignored except for its path and query: whatever authority a client
 //! writes (absolute-form, `Host`, `:authority`), the request goes to the one upstream, so this is never
@@ -21,7 +21,7 @@ use crate::headers::{append_via, set_forwarded, strip_hop_by_hop};
 use crate::timeouts::connect::ConnectTimeout;
 use crate::BoxError;
 
-/// The origin this proxy forwards to: plain HTTP, one authority.
+/// The upstream this proxy forwards to: plain HTTP, one authority.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     authority: Authority,
@@ -76,14 +76,14 @@ impl Forward {
         Self { client, upstream }
     }
 
-    /// The request as the origin gets it; an error, never the client's own target, when it cannot be
+    /// The request as the upstream gets it; an error, never the client's own target, when it cannot be
     /// pointed at the upstream (that would make this an open proxy).
     fn upstream_request(
         &self,
         request: Request<Incoming>,
     ) -> Result<Request<Incoming>, http::Error> {
         let (mut parts, body) = request.into_parts();
-        // HTTP/2 carries the host in `:authority`; the origin speaks HTTP/1.1 and expects `Host`.
+        // HTTP/2 carries the host in `:authority`; the upstream speaks HTTP/1.1 and expects `Host`.
         let authority_host = parts
             .uri
             .authority()
@@ -146,7 +146,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upstream_must_be_a_plain_http_origin() {
+    fn upstream_must_be_a_plain_http() {
         let upstream: Upstream = "http://127.0.0.1:8000".parse().expect("valid");
         assert_eq!(upstream.to_string(), "http://127.0.0.1:8000");
         assert!("http://server:8000/".parse::<Upstream>().is_ok());

@@ -1,5 +1,5 @@
 //! What a proxy must do to headers on the way through (RFC 9110): drop hop-by-hop fields, including
-//! those the sender named in `Connection` (7.6.1), add itself to `Via` (7.6.3), and tell the origin
+//! those the sender named in `Connection` (7.6.1), add itself to `Via` (7.6.3), and tell the upstream
 //! who really asked (`X-Forwarded-For`/`-Proto`/`-Host`, the de-facto fields every balancer sets).
 
 use std::net::IpAddr;

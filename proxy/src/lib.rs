@@ -45,7 +45,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The request path, outermost first. Each timer and fault fails with a typed error; only the edge
 /// turns errors into responses, cuts, logs and metrics. Faults sit above the timers: the timers
-/// measure the origin, the faults shape what the client receives.
+/// measure the upstream, the faults shape what the client receives.
 pub fn stack(
     config: &ProxyConfig,
     metrics: Metrics,

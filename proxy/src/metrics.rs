@@ -1,5 +1,6 @@
-//! The proxy's Prometheus metrics, served on the admin listener. Names are the contract in DESIGN.md;
-//! labels use the same vocabulary as env vars and logs (`timer="idle"`).
+//! The proxy's Prometheus metrics, served on the admin listener. The names are a public contract
+//! (dashboards, the lab CLI and the README use them); labels use the same vocabulary as env vars and logs
+//! (`timer="idle"`).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -73,7 +74,7 @@ impl Metrics {
         let upstream_errors = Family::<KindLabel, Counter>::default();
         registry.register(
             "proxy_upstream_errors",
-            "Failures talking to the origin, by kind",
+            "Failures talking to the upstream, by kind",
             upstream_errors.clone(),
         );
         let faults_injected = Family::<FaultLabel, Counter>::default();

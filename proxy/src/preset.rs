@@ -111,7 +111,7 @@ impl Preset {
                 header: secs(55),
                 keepalive: None,
             },
-            // 522 after 19 s connecting; 524 when 125 s pass between two reads from the origin
+            // 522 after 19 s connecting; 524 when 125 s pass between two reads from the upstream
             // (Proxy Read Timeout); HTTP/1.1 keep-alive 400 s. Header timeout: not documented.
             Preset::Cloudflare => TimerSet {
                 connect: secs(19),
@@ -134,7 +134,7 @@ impl Preset {
             },
             // `keepalive-lab demo` and `docker compose up`: an idle cut at 5 s, a 504 at 3 s, and a
             // connect timer shorter than the first-byte one (which includes connecting) so that an
-            // unreachable origin is reported as such.
+            // unreachable upstream is reported as such.
             Preset::Demo => TimerSet {
                 connect: secs(2),
                 first_byte: secs(3),

@@ -1,7 +1,7 @@
 //! The client side: the accept loop, one task per connection, HTTP/1.1 or h2c as the client speaks
 //! (hyper-util's auto builder), the `header`/`keepalive` watchdog, and a bounded graceful shutdown.
 //!
-//! The accept loop and the bounded drain are shared with the origin (`keepalive_common::accept`); what
+//! The accept loop and the bounded drain are shared with the upstream (`keepalive_common::accept`); what
 //! is the proxy's own is the per-connection work: the client's address and in-flight guard on every
 //! request, and the watchdog that closes connections idle past the header or keep-alive limit.
 

@@ -14,7 +14,7 @@ use keepalive_common::logging::LogFormat;
 use crate::jobs::Storage;
 
 const DEFAULT_ADDR: &str = "0.0.0.0:8000";
-/// The seed's `int(request.GET.get('sleep', 10))`.
+/// The Django tutorial's `int(request.GET.get('sleep', 10))`.
 const DEFAULT_SLEEP: &str = "10s";
 const DEFAULT_HEARTBEAT: &str = "off";
 const DEFAULT_MAX_SLEEP: &str = "1h";

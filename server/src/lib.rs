@@ -13,9 +13,9 @@ mod error;
 pub mod jobs;
 mod metrics;
 mod params;
-mod poem;
 mod routes;
 mod state;
+mod stream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,9 +31,9 @@ use tower::ServiceExt;
 
 pub use config::ServerConfig;
 pub use metrics::Metrics;
-pub use poem::{end_marker_line, BANNER, POEM};
 pub use routes::{app, POLLS_INDEX};
 pub use state::AppState;
+pub use stream::{end_marker_line, BANNER, POEM};
 
 /// Serves the origin on `listener` until `shutdown` resolves, then lets open responses finish for at
 /// most `config.drain_timeout` and closes the rest; every connection is closed when this returns.

@@ -1,6 +1,6 @@
 //! The origin's Prometheus metrics: how many streams run, how they end, what they sent.
 //!
-//! The names are the contract in DESIGN.md; the lab CLI, the acceptance checks and dashboards read
+//! The names are a public contract: the lab CLI, the acceptance checks and dashboards read
 //! them. prometheus-client appends `_total` to counters itself, so they are registered without it.
 //! Both `reason` label sets are created up front: a counter that appears only after its first
 //! increment cannot be compared before and after (`rate()` and the acceptance checks both need the 0).

@@ -20,7 +20,7 @@ const SHORTEST_HEARTBEAT: Duration = Duration::from_millis(10);
 /// How the poem is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// The seed's exact bytes; heartbeats are single spaces.
+    /// The Django tutorial's exact bytes; heartbeats are single spaces.
     Text,
     /// Server-sent events: an `id:` per line so that a client can resume, comments as heartbeats.
     Sse,
@@ -45,7 +45,7 @@ pub struct StreamParams {
     /// Wait before the response headers, to exercise first-byte timers.
     pub delay: Duration,
     pub format: Format,
-    /// Poem lines after which the stream ends cleanly; `None` streams forever, as the seed does.
+    /// Poem lines after which the stream ends cleanly; `None` streams forever, as the Django tutorial does.
     pub lines: Option<u64>,
     /// Whether a finite stream says it is over in its last bytes, so that a client can tell its
     /// end from a cut that was made to look like one.
@@ -77,7 +77,7 @@ impl StreamParams {
             }
         }
         // SSE clients ignore events they do not listen for, so SSE says it by default; the text
-        // stays the seed's bytes unless asked.
+        // stays the Django tutorial's bytes unless asked.
         params.end_marker = end_marker.unwrap_or(params.format == Format::Sse);
         Ok(params)
     }

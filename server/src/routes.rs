@@ -1,4 +1,4 @@
-//! The origin's routes, all in one table: the seed's two views, plus health and metrics for operators.
+//! The origin's routes, all in one table: the Django tutorial's two views, plus health and metrics for operators.
 //!
 //! Handlers are thin: they read the request into typed values and hand over to [`crate::poem`] or
 //! [`crate::metrics`]; anything refused becomes an [`ApiError`], so every error has the same JSON shape,
@@ -16,10 +16,10 @@ use crate::error::ApiError;
 use crate::jobs::routes as jobs;
 use crate::metrics;
 use crate::params::StreamParams;
-use crate::poem;
 use crate::state::AppState;
+use crate::stream;
 
-/// The seed's `polls.views.index`, byte for byte.
+/// The Django tutorial's `polls.views.index`, byte for byte.
 pub const POLLS_INDEX: &str = "Hello, world. You're at the polls index.";
 
 /// The origin as a router, ready for `axum::serve`, [`crate::serve`] or `tower::ServiceExt::oneshot`.
@@ -71,14 +71,14 @@ async fn streamed(
 ) -> Result<Response, ApiError> {
     let params = StreamParams::from_query(query.as_deref().unwrap_or_default(), state.config())?;
     if method == Method::HEAD {
-        return Ok(poem::head_only(&params));
+        return Ok(stream::head_only(&params));
     }
     if !params.delay.is_zero() {
         // Holding back the response head is what a first-byte timer measures.
         tokio::time::sleep(params.delay).await;
     }
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
-    Ok(poem::response(params, state.metrics().clone(), peer))
+    Ok(stream::response(params, state.metrics().clone(), peer))
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -97,12 +97,12 @@ struct Faulting {
     reset_at: Option<Pin<Box<Sleep>>>,
     blackhole_at: Option<Pin<Box<Sleep>>>,
     blackholed: bool,
-    /// Chunks held back by latency or bandwidth, each with the moment it may go; the origin is
+    /// Chunks held back by latency or bandwidth, each with the moment it may go; the upstream is
     /// read on meanwhile, so that every chunk is delayed by the latency, not by those before it.
     queue: VecDeque<(Frame<Bytes>, Instant)>,
     /// Wakes the body when the chunk at the head of the queue may go.
     release: Option<Pin<Box<Sleep>>>,
-    /// The origin's body ended (`Ok`) or failed (`Err`), to be passed on once the queue is empty.
+    /// The upstream's body ended (`Ok`) or failed (`Err`), to be passed on once the queue is empty.
     upstream_end: Option<Result<(), BoxError>>,
     /// When the bandwidth limit lets the next chunk go.
     bandwidth_free_at: Instant,
@@ -110,7 +110,7 @@ struct Faulting {
     limit_reached: bool,
     limit_flushed: bool,
     buffer: BytesMut,
-    /// What the origin sent after the buffered bytes (trailers, an error), delivered after them.
+    /// What the upstream sent after the buffered bytes (trailers, an error), delivered after them.
     after_buffer: Option<Result<Frame<Bytes>, BoxError>>,
     inner_ended: bool,
     reported: Vec<Fault>,
@@ -135,7 +135,7 @@ impl Faulting {
         );
     }
 
-    /// The next frame from the origin, through the buffering hop when there is one.
+    /// The next frame from the upstream, through the buffering hop when there is one.
     fn next_frame<B>(
         &mut self,
         mut inner: Pin<&mut B>,

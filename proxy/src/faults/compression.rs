@@ -1,7 +1,7 @@
 //! A compressing hop (`PROXY_COMPRESSION=gzip`), like a CDN's or a web framework's gzip that does
 //! not flush: deflate emits output only when a block fills or the body ends, so small chunks
 //! (heartbeats above all) stay inside the encoder while an idle timer behind the hop counts silence.
-//! `Cache-Control: no-transform`, which the origin sends on streams, tells a hop to leave the body
+//! `Cache-Control: no-transform`, which the upstream sends on streams, tells a hop to leave the body
 //! alone (RFC 9111 5.2.2.6); `PROXY_COMPRESSION_IGNORE_NO_TRANSFORM=1` makes a hop that does not listen.
 //!
 //! tower-http's `CompressionLayer` is not this hop: its encoder flushes whenever the body waits,

@@ -3,10 +3,10 @@
 //!
 //! Faults are set per proxy by env (`PROXY_FAULT_*`, `PROXY_BUFFERING*`) and, unless
 //! `PROXY_FAULT_HEADERS=off`, per request by `x-keepalive-fault-*` headers (which win, and never reach
-//! the origin), so that one proxy serves many experiments. `PROXY_FAULT_PROBABILITY` picks the share of
+//! the upstream), so that one proxy serves many experiments. `PROXY_FAULT_PROBABILITY` picks the share of
 //! requests the toxics apply to; buffering is the hop's nature and applies to every response.
 //!
-//! The layer sits between the edge and the timers: the timers measure the origin, the faults act on
+//! The layer sits between the edge and the timers: the timers measure the upstream, the faults act on
 //! what the client receives. A fault that ends a stream fails the body with a [`FaultCut`], which the
 //! edge turns into the same truncation as a timer's cut; every fault is logged and counted once, when it
 //! first acts, by [`body::FaultBody`].
@@ -328,7 +328,7 @@ where
                 Err(bad) => return Box::pin(std::future::ready(Err(bad.into()))),
             }
         }
-        // The origin is not part of the experiment's plumbing. Most requests carry no such header:
+        // The upstream is not part of the experiment's plumbing. Most requests carry no such header:
         // one look at the names spares them eight removals.
         let carries_fault_headers = request
             .headers()

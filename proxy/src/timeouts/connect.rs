@@ -1,4 +1,4 @@
-//! `connect`: how long a TCP connect to the origin may take.
+//! `connect`: how long a TCP connect to the upstream may take.
 //!
 //! hyper-util's `HttpConnector` has a connect timeout of its own, but it reports expiry as an
 //! `io::Error` that cannot be told apart from other connect failures without matching on message text.

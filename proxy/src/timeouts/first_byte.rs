@@ -1,9 +1,9 @@
-//! `first_byte`: from the moment the proxy starts forwarding a request to the moment the origin's
+//! `first_byte`: from the moment the proxy starts forwarding a request to the moment the upstream's
 //! response headers arrive (nginx's `proxy_read_timeout` before headers, Heroku's 30 s H12, Cloudflare's
 //! 524). On expiry the service fails with [`TimerExpired`]; the edge answers 504.
 //!
 //! tower-http's `TimeoutLayer::with_status_code` measures the same span, but it answers by itself with a
-//! bare status: the edge could not tell its 504 from an origin's, nor log and count it as this timer.
+//! bare status: the edge could not tell its 504 from an upstream's, nor log and count it as this timer.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,12 +1,12 @@
-//! `idle`: the longest the origin may stay silent: while the proxy waits for response headers (where
+//! `idle`: the longest the upstream may stay silent: while the proxy waits for response headers (where
 //! it answers 504), and between two body chunks (where it cuts the stream). This is nginx's
 //! `proxy_read_timeout`, AWS ALB's and Cloudflare's idle timeouts: the timer that whitespace heartbeats
 //! exist to beat.
 //!
 //! tower-http's `ResponseBodyTimeoutLayer` measures from when the body is first polled and checks its
-//! timer before the body, so a client that reads slowly can make it fire while the origin's next chunk
+//! timer before the body, so a client that reads slowly can make it fire while the upstream's next chunk
 //! is already waiting. Like nginx, this timer only runs while the proxy is actually waiting to read from
-//! the origin: a chunk that is ready is always delivered, and the timer restarts when the next wait does.
+//! the upstream: a chunk that is ready is always delivered, and the timer restarts when the next wait does.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -106,7 +106,7 @@ where
 }
 
 pin_project! {
-    /// A response body that fails with [`TimerExpired`] when the origin stays silent too long.
+    /// A response body that fails with [`TimerExpired`] when the upstream stays silent too long.
     pub struct IdleBody<B> {
         #[pin]
         body: B,

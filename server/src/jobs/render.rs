@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::poem::{BANNER, POEM};
+use crate::stream::{BANNER, POEM};
 
 use super::Line;
 

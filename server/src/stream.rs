@@ -1,4 +1,4 @@
-//! The stream itself: the seed's poem, byte for byte, as a body that yields one frame per line and per
+//! The stream itself: the Django tutorial's poem, byte for byte, as a body that yields one frame per line and per
 //! heartbeat.
 //!
 //! The body is a stream that owns a [`StreamGuard`]. hyper drops a response body as soon as it sees the
@@ -6,7 +6,7 @@
 //! handler and hyper buffers or detaches the body), so the guard's `Drop` is the one place that learns
 //! a stream ended, whichever way it ended: it logs, counts the ending and brings the active gauge back
 //! down exactly once. Lines are scheduled on an absolute clock (line k at start + k * sleep) so that
-//! heartbeats and slow writes never make the elapsed labels drift from the seed's.
+//! heartbeats and slow writes never make the elapsed labels drift from the Django tutorial's.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::metrics::{EndReason, Metrics};
 use crate::params::{Format, StreamParams};
 
-/// The seed's three lines, sent in this order, forever.
+/// The Django tutorial's three lines, sent in this order, forever.
 pub const POEM: [&str; 3] = [
     "Little brown lady",
     "Jumped into the blue water",
@@ -164,7 +164,7 @@ impl Poem {
 
     fn heartbeat_chunk(&self) -> Bytes {
         Bytes::from_static(match self.format {
-            // The seed's suggestion: whitespace a text client can ignore.
+            // The Django tutorial's suggestion: whitespace a text client can ignore.
             Format::Text => b" ",
             // A comment line, which EventSource clients discard by specification.
             Format::Sse => b":\n\n",
