@@ -37,9 +37,7 @@ use faults::FaultLayer;
 use forward::Forward;
 use timeouts::client_conn::ClientConnLimits;
 use timeouts::connect::ConnectTimeout;
-use timeouts::first_byte::FirstByteTimeoutLayer;
-use timeouts::idle::IdleTimeoutLayer;
-use timeouts::max_duration::MaxDurationLayer;
+use timeouts::stream::{StreamTimeouts, StreamTimeoutsLayer};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -90,9 +88,11 @@ pub fn stack(
             config.fault_headers,
             metrics,
         ))
-        .layer(MaxDurationLayer::new(timers.max_duration))
-        .layer(FirstByteTimeoutLayer::new(timers.first_byte))
-        .layer(IdleTimeoutLayer::new(timers.idle))
+        .layer(StreamTimeoutsLayer::new(StreamTimeouts {
+            first_byte: timers.first_byte,
+            idle: timers.idle,
+            max_duration: timers.max_duration,
+        }))
         .service(Forward::new(
             config.upstream.clone(),
             ConnectTimeout::new(timers.connect),

@@ -1,5 +1,7 @@
-//! The proxy's timers, one file each, named by what they measure (pingora's habit): `connect`,
-//! `first_byte`, `idle`, `max_duration`, and the client connection's `header`/`keepalive` timers.
+//! The proxy's timers, named by what they measure (pingora's habit), one file per place they act:
+//! `connect` (the TCP connect to the upstream), `stream` (`first_byte`, `idle` and `max_duration`, the
+//! three limits of one exchange, enforced together) and `client_conn` (the client connection's
+//! `header`/`keepalive` timers).
 //!
 //! Like linkerd2-proxy's stream timeouts, a timer that fires does not build a response itself: it
 //! returns a [`TimerExpired`] error, and the edge (`edge.rs`) turns it into a 504, a truncated body or a
@@ -7,9 +9,7 @@
 
 pub mod client_conn;
 pub mod connect;
-pub mod first_byte;
-pub mod idle;
-pub mod max_duration;
+pub mod stream;
 
 use std::fmt;
 use std::time::Duration;
