@@ -1075,7 +1075,9 @@ async fn job_through_cuts(
         origin.addr,
         &format!("/jobs?sleep={}&lines={lines}", ms(sleep)),
     )?;
-    let (status, body) = fetch(http::Method::POST, &start).await?;
+    let (status, body) = fetch(http::Method::POST, &start)
+        .await
+        .map_err(|err| err.to_string())?;
     let job: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let stream = match (status, job["stream"].as_str()) {
         (StatusCode::CREATED, Some(stream)) => stream.to_owned(),
@@ -1138,7 +1140,7 @@ fn job_problem(resumed: &Resumed) -> String {
         resumed.repeated(),
         resumed
             .gave_up
-            .as_deref()
+            .as_ref()
             .map_or_else(String::new, |reason| format!(", stopped: {reason}"))
     )
 }
