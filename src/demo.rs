@@ -57,7 +57,23 @@ pub struct DemoArgs {
     data_dir: Storage,
 }
 
-pub async fn run(mut args: DemoArgs) -> Result<(), String> {
+/// Why the demo stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot listen on {addr} for the {what}: {source}; pick another address (see --help)")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// The proxy refuses the origin's address as its upstream (its reason is text).
+    #[error("cannot proxy to {addr}: {reason}")]
+    Upstream { addr: SocketAddr, reason: String },
+    #[error("origin failed: {0}")]
+    Origin(#[source] std::io::Error),
+}
+
+pub async fn run(mut args: DemoArgs) -> Result<(), DemoError> {
     init_narration();
     let (origin, origin_addr) = bind(args.origin_addr, "origin (SERVER_ADDR)").await?;
     let (proxy, proxy_addr) = bind(args.proxy_addr, "proxy (PROXY_ADDR)").await?;
@@ -67,9 +83,13 @@ pub async fn run(mut args: DemoArgs) -> Result<(), String> {
     args.origin_addr = origin_addr;
     args.proxy_addr = proxy_addr;
     args.admin_addr = admin_addr;
-    let upstream = format!("http://{origin_addr}")
-        .parse()
-        .map_err(|err| format!("cannot proxy to {origin_addr}: {err}"))?;
+    let upstream =
+        format!("http://{origin_addr}")
+            .parse()
+            .map_err(|reason| DemoError::Upstream {
+                addr: origin_addr,
+                reason,
+            })?;
 
     let server_config = ServerConfig {
         addr: args.origin_addr,
@@ -112,13 +132,14 @@ pub async fn run(mut args: DemoArgs) -> Result<(), String> {
         admin::serve(admin_listener, metrics, stop.clone().cancelled_owned()),
         signal,
     );
-    origin_result.map_err(|err| format!("origin failed: {err}"))
+    origin_result.map_err(DemoError::Origin)
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<(TcpListener, SocketAddr), String> {
-    let fail = |err: std::io::Error| {
-        format!("cannot listen on {addr} for the {what}: {err}; pick another address (see --help)")
-    };
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<(TcpListener, SocketAddr), DemoError> {
+    let fail = |source| DemoError::Bind { addr, what, source };
     let listener = TcpListener::bind(addr).await.map_err(fail)?;
     let bound = listener.local_addr().map_err(fail)?;
     Ok((listener, bound))

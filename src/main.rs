@@ -58,8 +58,8 @@ async fn main() -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("keepalive-lab: {message}");
+        Err(err) => {
+            eprintln!("keepalive-lab: {err}");
             ExitCode::FAILURE
         }
     }

@@ -15,13 +15,13 @@
 use std::time::Duration;
 
 use clap::Args;
-use http::Uri;
+use http::{StatusCode, Uri};
 use keepalive_common::duration::{display, parse_duration};
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::expect::Expectation;
-use crate::watch::{observe_owing, Observation, Verdict};
+use crate::watch::{observe_owing, ClientError, Observation, Verdict};
 
 #[derive(Debug, Clone, Args)]
 pub struct ProbeArgs {
@@ -79,7 +79,27 @@ pub struct Findings {
     pub took_s: f64,
 }
 
-fn url_with(base: &Uri, query: &str) -> Result<Uri, String> {
+/// Why the probe could not measure.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot add {query:?} to {base}: {source}")]
+    Url {
+        base: Uri,
+        query: String,
+        source: http::Error,
+    },
+    #[error("the balancer answered {0}: is the URL keepalive-server's /polls/streamed?")]
+    NotTheOrigin(StatusCode),
+    #[error(transparent)]
+    NoAnswer(#[from] ClientError),
+}
+
+fn url_with(base: &Uri, query: &str) -> Result<Uri, ProbeError> {
+    let bad = |source: http::Error| ProbeError::Url {
+        base: base.clone(),
+        query: query.to_owned(),
+        source,
+    };
     let path = base.path();
     let joined = match base.query() {
         Some(existing) if !existing.is_empty() => format!("{path}?{existing}&{query}"),
@@ -89,9 +109,9 @@ fn url_with(base: &Uri, query: &str) -> Result<Uri, String> {
     parts.path_and_query = Some(
         joined
             .parse()
-            .map_err(|err| format!("cannot add {query:?} to {base}: {err}"))?,
+            .map_err(|err: http::uri::InvalidUri| bad(err.into()))?,
     );
-    Uri::from_parts(parts).map_err(|err| format!("cannot add {query:?} to {base}: {err}"))
+    Uri::from_parts(parts).map_err(|err| bad(err.into()))
 }
 
 fn millis(duration: Duration) -> String {
@@ -99,9 +119,9 @@ fn millis(duration: Duration) -> String {
 }
 
 /// When the balancer acted on a trial, measured from `from` (the request, or the first line).
-fn seen(observation: &Observation, from: Duration) -> Result<Seen, String> {
+fn seen(observation: Observation, from: Duration) -> Result<Seen, ProbeError> {
     let since = |at: Duration| at.saturating_sub(from);
-    match &observation.verdict {
+    match observation.verdict {
         Verdict::Truncated => Ok(Seen::Cut {
             at: since(observation.ended_at),
             how: "truncated",
@@ -119,10 +139,8 @@ fn seen(observation: &Observation, from: Duration) -> Result<Seen, String> {
             status: status.as_u16(),
         }),
         Verdict::Completed | Verdict::Timeout => Ok(Seen::Lasted),
-        Verdict::Http(status) => Err(format!(
-            "the balancer answered {status}: is the URL keepalive-server's /polls/streamed?"
-        )),
-        Verdict::Failed(reason) => Err(reason.clone()),
+        Verdict::Http(status) => Err(ProbeError::NotTheOrigin(status)),
+        Verdict::Failed(err) => Err(err.into()),
     }
 }
 
@@ -137,7 +155,7 @@ pub async fn measure(
     url: &Uri,
     max: Duration,
     mut progress: impl FnMut(&str),
-) -> Result<Findings, String> {
+) -> Result<Findings, ProbeError> {
     let started = Instant::now();
     // Each trial asks for a little more than `max`, so that "not hit by max" is the client's own
     // timeout and never the origin ending the stream.
@@ -165,7 +183,7 @@ pub async fn measure(
             |_| {}
         ),
     );
-    let first_byte = seen(&first_byte, Duration::ZERO)?;
+    let first_byte = seen(first_byte, Duration::ZERO)?;
     let first_byte_cut = first_byte.look();
     // The origin sends the first line as soon as the request reaches it, and the balancer's idle
     // clock starts when that line passes it: measured from the request, not from when the line
@@ -173,7 +191,7 @@ pub async fn measure(
     // The first line leaves the origin at once: if none arrived, something on the way holds
     // small chunks back, and heartbeats cannot help either.
     let idle_delivered = !idle.chunks.is_empty();
-    let idle = seen(&idle, Duration::ZERO)?;
+    let idle = seen(idle, Duration::ZERO)?;
     let mut idle_look = idle.look();
     let (first_byte_timeout, first_byte_status) = match first_byte {
         Seen::Error { at, status } => {
@@ -230,7 +248,7 @@ pub async fn measure(
         |_| {},
     )
     .await;
-    let heartbeat = seen(&heartbeat, Duration::ZERO)?;
+    let heartbeat = seen(heartbeat, Duration::ZERO)?;
     let heartbeat_look = heartbeat.look();
     let (mut idle_timeout, mut survives, mut max_duration) = (idle_cut, true, None);
     let mut max_duration_look = None;
@@ -262,7 +280,7 @@ pub async fn measure(
                 |_| {},
             )
             .await;
-            let lines = seen(&lines, Duration::ZERO)?;
+            let lines = seen(lines, Duration::ZERO)?;
             match lines {
                 Seen::Cut { at: lines_at, .. } | Seen::Error { at: lines_at, .. }
                     if same(lines_at, at) =>
@@ -373,8 +391,8 @@ pub async fn run(args: ProbeArgs) -> u8 {
             }
             0
         }
-        Err(reason) => {
-            eprintln!("keepalive-lab probe: {reason}");
+        Err(err) => {
+            eprintln!("keepalive-lab probe: {err}");
             1
         }
     }

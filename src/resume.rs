@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::watch::{fetch, observe, Verdict};
+use crate::watch::{fetch, observe, FetchError, Verdict};
 
 /// Connections in a row that may end without a new line (a balancer answering 502 while the origin
 /// restarts) before following stops.
@@ -29,7 +29,7 @@ pub struct JobLine {
 }
 
 /// What following a job came to.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Resumed {
     /// Line ids in the order they arrived (a repeat shows up twice).
     pub lines: Vec<JobLine>,
@@ -43,7 +43,44 @@ pub struct Resumed {
     pub job_lines: Option<u64>,
     pub lines_asked: Option<u64>,
     /// Why following stopped before the end, if it did.
-    pub gave_up: Option<String>,
+    pub gave_up: Option<GaveUp>,
+}
+
+/// Why following a job stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum GaveUp {
+    #[error("--max-time passed before the job's end")]
+    MaxTime,
+    #[error(
+        "409: the origin no longer has this job's history (another epoch, or lines it never wrote)"
+    )]
+    HistoryLost,
+    /// A client error, which asking again will not mend.
+    #[error("the origin answered {0}")]
+    Refused(StatusCode),
+    #[error("{MAX_ATTEMPTS_WITHOUT_PROGRESS} attempts in a row brought no line (last: {last})")]
+    NoProgress { last: String },
+    /// The stream was over, but the job's own account of it could not be had.
+    #[error(transparent)]
+    Job(#[from] ResumeError),
+}
+
+/// A job's URL or its account (`GET /jobs/{id}`) that the resuming client cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("{url}: {source}")]
+    Url { url: String, source: http::Error },
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("GET {path}: {status}")]
+    Status { path: String, status: StatusCode },
+    #[error("GET {path}: not JSON: {source}")]
+    NotJson {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("GET {path}: no {field}")]
+    Missing { path: String, field: &'static str },
 }
 
 impl Resumed {
@@ -176,7 +213,7 @@ pub async fn follow_job(
         }
         let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
         if left == Some(Duration::ZERO) {
-            resumed.gave_up = Some("--max-time passed before the job's end".to_owned());
+            resumed.gave_up = Some(GaveUp::MaxTime);
             return resumed;
         }
         parser.reset();
@@ -210,7 +247,7 @@ pub async fn follow_job(
                     resumed.job_lines = Some(job.lines_written);
                     resumed.lines_asked = Some(job.lines);
                 }
-                Err(reason) => resumed.gave_up = Some(reason),
+                Err(err) => resumed.gave_up = Some(err.into()),
             }
             return resumed;
         }
@@ -222,14 +259,11 @@ pub async fn follow_job(
         };
         match seen.verdict {
             Verdict::Http(StatusCode::CONFLICT) => {
-                resumed.gave_up = Some(
-                    "409: the origin no longer has this job's history (another epoch, or lines it never wrote)"
-                        .to_owned(),
-                );
+                resumed.gave_up = Some(GaveUp::HistoryLost);
                 return resumed;
             }
             Verdict::Timeout => {
-                resumed.gave_up = Some("--max-time passed before the job's end".to_owned());
+                resumed.gave_up = Some(GaveUp::MaxTime);
                 return resumed;
             }
             // As EventSource does: a client error will not go away by asking again (but for a
@@ -239,14 +273,13 @@ pub async fn follow_job(
                     && status != StatusCode::REQUEST_TIMEOUT
                     && status != StatusCode::TOO_MANY_REQUESTS =>
             {
-                resumed.gave_up = Some(format!("the origin answered {status}"));
+                resumed.gave_up = Some(GaveUp::Refused(status));
                 return resumed;
             }
             _ if attempts_without_progress >= MAX_ATTEMPTS_WITHOUT_PROGRESS => {
-                resumed.gave_up = Some(format!(
-                    "{MAX_ATTEMPTS_WITHOUT_PROGRESS} attempts in a row brought no line (last: {})",
-                    seen.verdict.name()
-                ));
+                resumed.gave_up = Some(GaveUp::NoProgress {
+                    last: seen.verdict.name(),
+                });
                 return resumed;
             }
             verdict => {
@@ -286,21 +319,26 @@ struct JobStanding {
 }
 
 /// The job whose stream is `stream_url`, from its JSON.
-async fn job_info(stream_url: &Uri) -> Result<JobStanding, String> {
+async fn job_info(stream_url: &Uri) -> Result<JobStanding, ResumeError> {
     let path = stream_url.path().trim_end_matches("/stream");
-    let mut parts = stream_url.clone().into_parts();
-    parts.path_and_query = Some(path.parse().map_err(|err| format!("{path}: {err}"))?);
-    let job_url = Uri::from_parts(parts).map_err(|err| format!("{path}: {err}"))?;
+    let job_url = with_path(stream_url, path)?;
     let (status, body) = fetch(http::Method::GET, &job_url).await?;
     if !status.is_success() {
-        return Err(format!("GET {path}: {status}"));
+        return Err(ResumeError::Status {
+            path: path.to_owned(),
+            status,
+        });
     }
     let job: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|err| format!("GET {path}: not JSON: {err}"))?;
-    let count = |field: &str| {
-        job[field]
-            .as_u64()
-            .ok_or_else(|| format!("GET {path}: no {field}"))
+        serde_json::from_slice(&body).map_err(|source| ResumeError::NotJson {
+            path: path.to_owned(),
+            source,
+        })?;
+    let count = |field: &'static str| {
+        job[field].as_u64().ok_or_else(|| ResumeError::Missing {
+            path: path.to_owned(),
+            field,
+        })
     };
     Ok(JobStanding {
         state: job["state"].as_str().unwrap_or("unknown").to_owned(),
@@ -310,21 +348,30 @@ async fn job_info(stream_url: &Uri) -> Result<JobStanding, String> {
 }
 
 /// A job's URL as given (`/jobs/{id}` or `/jobs/{id}/stream`), as its stream's.
-pub fn stream_url(url: &Uri) -> Result<Uri, String> {
+pub fn stream_url(url: &Uri) -> Result<Uri, ResumeError> {
     let path = url.path().trim_end_matches('/');
     if path.ends_with("/stream") {
         return Ok(url.clone());
     }
-    let mut parts = url.clone().into_parts();
     let query = url
         .query()
         .map_or_else(String::new, |query| format!("?{query}"));
+    with_path(url, &format!("{path}/stream{query}"))
+}
+
+/// `url` with another path (and query).
+fn with_path(url: &Uri, path_and_query: &str) -> Result<Uri, ResumeError> {
+    let bad = |source: http::Error| ResumeError::Url {
+        url: format!("{url} as {path_and_query}"),
+        source,
+    };
+    let mut parts = url.clone().into_parts();
     parts.path_and_query = Some(
-        format!("{path}/stream{query}")
+        path_and_query
             .parse()
-            .map_err(|err| format!("{url}: {err}"))?,
+            .map_err(|err: http::uri::InvalidUri| bad(err.into()))?,
     );
-    Uri::from_parts(parts).map_err(|err| format!("{url}: {err}"))
+    Uri::from_parts(parts).map_err(|err| bad(err.into()))
 }
 
 #[derive(Serialize)]
@@ -338,7 +385,7 @@ struct Summary<'a> {
     cut_kinds: &'a [String],
     missing: Vec<u64>,
     repeated: Vec<u64>,
-    gave_up: Option<&'a str>,
+    gave_up: Option<String>,
 }
 
 /// Runs `watch --resume`: exit 0 when the job was assembled exactly, 1 otherwise.
@@ -350,8 +397,8 @@ pub async fn run(
 ) -> u8 {
     let url = match stream_url(url) {
         Ok(url) => url,
-        Err(reason) => {
-            eprintln!("keepalive-lab watch: {reason}");
+        Err(err) => {
+            eprintln!("keepalive-lab watch: {err}");
             return 2;
         }
     };
@@ -386,7 +433,7 @@ pub async fn run(
         cut_kinds: &resumed.cut_kinds,
         missing: resumed.missing(),
         repeated: resumed.repeated(),
-        gave_up: resumed.gave_up.as_deref(),
+        gave_up: resumed.gave_up.as_ref().map(ToString::to_string),
     };
     if json {
         println!("{}", serde_json::to_string(&summary).unwrap_or_default());
@@ -408,6 +455,7 @@ pub async fn run(
             summary.repeated,
             summary
                 .gave_up
+                .as_ref()
                 .map_or_else(String::new, |reason| format!("; stopped: {reason}"))
         );
     }
@@ -465,9 +513,11 @@ mod tests {
         };
         assert!(resumed.verified());
         let cancelled = Resumed {
+            lines: vec![line(1), line(2), line(3)],
             job_state: Some("cancelled".to_owned()),
+            job_lines: Some(3),
             lines_asked: Some(10),
-            ..resumed.clone()
+            ..Resumed::default()
         };
         assert!(!cancelled.verified(), "a job cut short is not the job");
         resumed.lines.push(line(3));

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
+use http::uri::Authority;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
@@ -44,19 +45,62 @@ pub struct WatchArgs {
     resume: bool,
 }
 
-fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
+/// A `-H` argument that is not a header.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderArgError {
+    #[error("{0:?} is not a header like 'Name: value'")]
+    NoColon(String),
+    #[error("{0:?} is not a header name")]
+    Name(String),
+    #[error("{0:?} is not a header value")]
+    Value(String),
+}
+
+fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), HeaderArgError> {
     let (name, value) = text
         .split_once(':')
-        .ok_or_else(|| format!("{text:?} is not a header like 'Name: value'"))?;
-    let name = HeaderName::try_from(name.trim())
-        .map_err(|_| format!("{:?} is not a header name", name.trim()))?;
-    let value = HeaderValue::try_from(value.trim())
-        .map_err(|_| format!("{:?} is not a header value", value.trim()))?;
+        .ok_or_else(|| HeaderArgError::NoColon(text.to_owned()))?;
+    let (name, value) = (name.trim(), value.trim());
+    let name = HeaderName::try_from(name).map_err(|_| HeaderArgError::Name(name.to_owned()))?;
+    let value =
+        HeaderValue::try_from(value).map_err(|_| HeaderArgError::Value(value.to_owned()))?;
     Ok((name, value))
 }
 
+/// Why a request got no answer, or its answer could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL, as given.
+    #[error("{0} has no host")]
+    NoHost(String),
+    #[error("{0}: only http:// URLs are supported")]
+    NotHttp(String),
+    #[error("cannot connect to {authority}: {source}")]
+    Connect {
+        authority: Authority,
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error("cannot build the request: {0}")]
+    Request(#[from] http::Error),
+    #[error("no response: {0}")]
+    NoResponse(#[source] hyper::Error),
+    #[error("body failed: {0}")]
+    Body(#[source] hyper::Error),
+}
+
+/// [`fetch`] failed: which request, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {url}: {source}")]
+pub struct FetchError {
+    pub method: Method,
+    pub url: String,
+    pub source: ClientError,
+}
+
 /// How a stream ended, as its client saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Verdict {
     /// The body ended as HTTP says it should (terminating chunk, or full Content-Length).
     Completed,
@@ -72,8 +116,22 @@ pub enum Verdict {
     /// The answer was not a 2xx: the body is the error page.
     Http(StatusCode),
     /// No answer at all: cannot connect, or the connection failed before a response head.
-    Failed(String),
+    Failed(ClientError),
 }
+
+/// The same ending; two failures are the same when they say the same (an I/O error has no `==`).
+impl PartialEq for Verdict {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Verdict::SilentlyTruncated(a), Verdict::SilentlyTruncated(b)) => a == b,
+            (Verdict::Http(a), Verdict::Http(b)) => a == b,
+            (Verdict::Failed(a), Verdict::Failed(b)) => a.to_string() == b.to_string(),
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        }
+    }
+}
+
+impl Eq for Verdict {}
 
 impl Verdict {
     /// Exit codes are curl's for the same endings, which users already know.
@@ -116,7 +174,7 @@ impl Verdict {
             Verdict::Reset => "the connection was reset (TCP RST; curl exits 56)".to_owned(),
             Verdict::Timeout => "still open when --max-time passed".to_owned(),
             Verdict::Http(status) => format!("the answer was {status}, not a stream"),
-            Verdict::Failed(reason) => reason.clone(),
+            Verdict::Failed(err) => err.to_string(),
         }
     }
 }
@@ -134,7 +192,7 @@ pub struct Chunk {
 }
 
 /// Everything one request saw.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Observation {
     pub status: Option<StatusCode>,
     /// The response's headers; empty when there was no response.
@@ -241,7 +299,7 @@ async fn follow(
         host,
     } = match connect(url).await {
         Ok(connection) => connection,
-        Err(reason) => return Verdict::Failed(reason),
+        Err(err) => return Verdict::Failed(err),
     };
     let path = url.path_and_query().map_or("/", |path| path.as_str());
     let mut request = Request::get(path).header(http::header::HOST, host);
@@ -250,7 +308,7 @@ async fn follow(
     }
     let request = match request.body(Empty::<Bytes>::new()) {
         Ok(request) => request,
-        Err(err) => return Verdict::Failed(format!("cannot build the request: {err}")),
+        Err(err) => return Verdict::Failed(ClientError::Request(err)),
     };
     let response = match sender.send_request(request).await {
         Ok(response) => response,
@@ -258,7 +316,7 @@ async fn follow(
             // Closed before any response head: nothing was truncated, there was no answer.
             return match ending_of(&err) {
                 Some(Verdict::Reset) => Verdict::Reset,
-                _ => Verdict::Failed(format!("no response: {err}")),
+                _ => Verdict::Failed(ClientError::NoResponse(err)),
             };
         }
     };
@@ -284,8 +342,7 @@ async fn follow(
                 observation.chunks.push(chunk);
             }
             Some(Err(err)) => {
-                break ending_of(&err)
-                    .unwrap_or_else(|| Verdict::Failed(format!("body failed: {err}")));
+                break ending_of(&err).unwrap_or(Verdict::Failed(ClientError::Body(err)));
             }
         }
     };
@@ -304,12 +361,12 @@ struct Connection {
     host: String,
 }
 
-async fn connect(url: &Uri) -> Result<Connection, String> {
+async fn connect(url: &Uri) -> Result<Connection, ClientError> {
     let authority = url
         .authority()
-        .ok_or_else(|| format!("{url} has no host"))?;
+        .ok_or_else(|| ClientError::NoHost(url.to_string()))?;
     if url.scheme_str().is_some_and(|scheme| scheme != "http") {
-        return Err(format!("{url}: only http:// URLs are supported"));
+        return Err(ClientError::NotHttp(url.to_string()));
     }
     let port = authority.port_u16().unwrap_or(80);
     // `[::1]` in a URL is `::1` to the resolver; the Host header keeps the brackets, never user info.
@@ -321,11 +378,14 @@ async fn connect(url: &Uri) -> Result<Connection, String> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let stream = TcpStream::connect((host, port))
         .await
-        .map_err(|err| format!("cannot connect to {authority}: {err}"))?;
+        .map_err(|source| ClientError::Connect {
+            authority: authority.clone(),
+            source,
+        })?;
     let _ = stream.set_nodelay(true);
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|err| format!("HTTP handshake failed: {err}"))?;
+        .map_err(ClientError::Handshake)?;
     Ok(Connection {
         sender,
         driver: AbortOnDrop(tokio::spawn(connection)),
@@ -335,30 +395,36 @@ async fn connect(url: &Uri) -> Result<Connection, String> {
 
 /// One request with an empty body, its whole answer read: for small answers (a job's JSON, an
 /// origin's metrics), not for streams, which [`observe`] follows.
-pub async fn fetch(method: Method, url: &Uri) -> Result<(StatusCode, Bytes), String> {
+pub async fn fetch(method: Method, url: &Uri) -> Result<(StatusCode, Bytes), FetchError> {
+    exchange(&method, url).await.map_err(|source| FetchError {
+        method,
+        url: url.to_string(),
+        source,
+    })
+}
+
+async fn exchange(method: &Method, url: &Uri) -> Result<(StatusCode, Bytes), ClientError> {
     let Connection {
         mut sender,
         driver: _driver,
         host,
     } = connect(url).await?;
-    let failed = |err: &dyn std::fmt::Display| format!("{method} {url}: {err}");
     let path = url.path_and_query().map_or("/", |path| path.as_str());
     let request = Request::builder()
         .method(method.clone())
         .uri(path)
         .header(http::header::HOST, host)
-        .body(Empty::<Bytes>::new())
-        .map_err(|err| failed(&err))?;
+        .body(Empty::<Bytes>::new())?;
     let response = sender
         .send_request(request)
         .await
-        .map_err(|err| failed(&err))?;
+        .map_err(ClientError::NoResponse)?;
     let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|err| failed(&err))?
+        .map_err(ClientError::Body)?
         .to_bytes();
     Ok((status, body))
 }

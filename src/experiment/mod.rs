@@ -2,8 +2,10 @@
 //! prints a table of what was expected and what the client and the origin saw, writes a timeline
 //! picture per scenario, and fails when any observation differs from its expectation.
 
+pub mod judge;
 pub mod lab;
 pub mod netns;
+pub mod runner;
 pub mod scenarios;
 pub mod timeline;
 
@@ -12,7 +14,8 @@ use std::time::Instant;
 
 use clap::Args;
 
-use scenarios::{NotRun, Outcome, Scale, Scenario};
+use runner::{NotRun, Outcome};
+use scenarios::{Scale, Scenario};
 
 #[derive(Debug, Clone, Args)]
 pub struct ExperimentArgs {
@@ -24,7 +27,7 @@ pub struct ExperimentArgs {
     #[arg(long, default_value = "keepalive-lab-experiments")]
     out: PathBuf,
 
-    /// Print the scenarios, each with what it expects, and run nothing
+    /// Print the scenarios, each with its family and what it expects, and run nothing
     #[arg(long)]
     list: bool,
 
@@ -53,7 +56,7 @@ impl Row {
 /// Runs one scenario.
 pub async fn run_scenario(scenario: &'static Scenario, scale: Scale) -> Row {
     let started = Instant::now();
-    let outcome = (scenario.run)(scale).await;
+    let outcome = runner::run(scenario, scale).await;
     Row {
         scenario,
         outcome,
@@ -65,7 +68,12 @@ pub async fn run_scenario(scenario: &'static Scenario, scale: Scale) -> Row {
 pub async fn run(args: ExperimentArgs) -> u8 {
     if args.list {
         for scenario in scenarios::ALL {
-            println!("{:<24} {}", scenario.name, scenario.expectation);
+            println!(
+                "{:<24} {:<12} {}",
+                scenario.name,
+                scenario.family.name(),
+                scenario.expectation
+            );
         }
         return 0;
     }
@@ -156,9 +164,7 @@ pub fn table(rows: &[Row]) -> String {
                 String::new(),
                 format!("SKIPPED, cannot run here: {reason}"),
             ),
-            Err(NotRun::Failed(reason)) => {
-                (String::new(), String::new(), format!("FAILED: {reason}"))
-            }
+            Err(NotRun::Failed(err)) => (String::new(), String::new(), format!("FAILED: {err}")),
         };
         text += &format!(
             "| {} | {} | {client} | {origin} | {result} |\n",

@@ -13,25 +13,51 @@ pub struct Netns {
     name: String,
 }
 
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
+/// What stopped a namespace from being made, entered or configured.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("cannot run {program}: {source} (it needs iproute2 and iptables)")]
+    Spawn {
+        program: &'static str,
+        source: std::io::Error,
+    },
+    /// The command ran and refused; `stderr` is what it said.
+    #[error("{command} failed (it needs root): {stderr}")]
+    Refused { command: String, stderr: String },
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot enter {path}: {source}")]
+    Enter { path: String, source: nix::Error },
+    #[error("cannot make sockets in {path}: {source}")]
+    Sockets {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the namespace thread panicked")]
+    Panicked,
+}
+
+fn run(program: &'static str, args: &[&str]) -> Result<(), NetnsError> {
     let output = Command::new(program)
         .args(args)
         .output()
-        .map_err(|err| format!("cannot run {program}: {err} (it needs iproute2 and iptables)"))?;
+        .map_err(|source| NetnsError::Spawn { program, source })?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{program} {} failed (it needs root): {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
+        Err(NetnsError::Refused {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
     }
 }
 
 impl Netns {
     /// A fresh namespace with its loopback up; removed on drop.
-    pub fn create() -> Result<Self, String> {
+    pub fn create() -> Result<Self, NetnsError> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "keepalive-lab-{}-{}",
@@ -48,21 +74,25 @@ impl Netns {
     pub fn sockets<T: Send + 'static>(
         &self,
         make: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> Result<T, NetnsError> {
         let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || {
-            let namespace =
-                std::fs::File::open(&path).map_err(|err| format!("cannot open {path}: {err}"))?;
-            nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|err| format!("cannot enter {path}: {err}"))?;
-            make().map_err(|err| format!("cannot make sockets in {path}: {err}"))
+            let namespace = match std::fs::File::open(&path) {
+                Ok(namespace) => namespace,
+                Err(source) => return Err(NetnsError::Open { path, source }),
+            };
+            if let Err(source) = nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+            {
+                return Err(NetnsError::Enter { path, source });
+            }
+            make().map_err(|source| NetnsError::Sockets { path, source })
         })
         .join()
-        .map_err(|_| "the namespace thread panicked".to_owned())?
+        .map_err(|_| NetnsError::Panicked)?
     }
 
     /// `iptables ARGS` inside the namespace.
-    pub fn iptables(&self, args: &[&str]) -> Result<(), String> {
+    pub fn iptables(&self, args: &[&str]) -> Result<(), NetnsError> {
         let mut full = vec!["netns", "exec", &self.name, "iptables"];
         full.extend_from_slice(args);
         run("ip", &full)

@@ -36,7 +36,7 @@ pub struct Lane {
     pub events: Vec<Event>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Timeline {
     pub title: String,
     pub lanes: Vec<Lane>,
