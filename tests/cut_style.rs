@@ -476,7 +476,8 @@ fn assert_stream_reset(err: &hyper::Error) {
 }
 
 /// GETs `target` with one `header` on `sender`, reads its body until the proxy resets the stream
-/// (asserted: never a clean end), and returns how many body bytes came first.
+/// (asserted: never a clean end), and returns how many body bytes came first. The reset may come in
+/// place of the response: h2's `send_reset` drops the frames still queued for the stream, HEADERS too.
 async fn h2_bytes_before_reset(
     sender: &mut SendRequest<Empty<Bytes>>,
     addr: SocketAddr,
@@ -487,10 +488,16 @@ async fn h2_bytes_before_reset(
         .header(name, value)
         .body(Empty::new())
         .expect("a request");
-    let response = tokio::time::timeout(Duration::from_secs(3), sender.send_request(request))
+    let response = match tokio::time::timeout(Duration::from_secs(3), sender.send_request(request))
         .await
         .expect("response headers within 3 s")
-        .expect("an h2c response");
+    {
+        Ok(response) => response,
+        Err(err) => {
+            assert_stream_reset(&err);
+            return 0;
+        }
+    };
     let mut body = response.into_body();
     let mut received = 0;
     loop {
@@ -570,7 +577,10 @@ async fn clean_style_truncates_a_body_of_known_length() {
     let mut sender = h2c(proxy.addr).await;
     let limit = ("x-keepalive-fault-limit-bytes", "10");
     let received = h2_bytes_before_reset(&mut sender, proxy.addr, "/echo", limit).await;
-    assert_eq!(received, 10);
+    // Over HTTP/2 the limit promises "never more", not "all of them": hyper answers the cut with
+    // send_reset, which drops whatever h2 still had queued for the stream, and nothing tells the
+    // proxy when h2 has written it (waiting would be a guess). What must hold is the reset itself.
+    assert!(received <= 10, "{received} bytes got past a 10-byte limit");
 }
 
 // ---------------------------------------------------------------------------------------------------

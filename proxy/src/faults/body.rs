@@ -307,7 +307,10 @@ where
         }
         if faults.limit_reached {
             // hyper writes a frame into its buffer and flushes only once the body is pending: an
-            // error right away would lose the last bytes the limit lets through.
+            // error right away would lose the last bytes the limit lets through. That holds for
+            // HTTP/1 only: over HTTP/2 the RST_STREAM that follows drops what h2 still has queued
+            // for the stream (its send_reset clears the queue), and no signal says when it was
+            // written, so there the limit guarantees at most, not exactly, its bytes.
             if !faults.limit_flushed {
                 faults.limit_flushed = true;
                 cx.waker().wake_by_ref();
