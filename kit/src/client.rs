@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::response::RawResponse;
+use crate::servers::FIRST_LINE;
 
 /// How a connection ended, as the client saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,4 +200,21 @@ pub async fn raw_request(addr: SocketAddr, request: &str, within: Duration) -> T
 /// `GET target HTTP/1.1` with a Host and whatever extra header lines are given (each ending CRLF).
 pub fn get(target: &str, extra_headers: &str) -> String {
     format!("GET {target} HTTP/1.1\r\nHost: keepalive.test\r\n{extra_headers}\r\n")
+}
+
+/// Sends `GET target` (a `/polls/streamed` stream) on a new connection to `addr`, and returns the
+/// connection once the stream's first line has arrived (3 s at most, asserted).
+pub async fn open_stream(addr: SocketAddr, target: &str) -> RawConn {
+    let mut conn = RawConn::connect(addr).await;
+    conn.send(get(target, "").as_bytes()).await;
+    let first_line = FIRST_LINE.as_bytes();
+    assert!(
+        conn.read_until(Duration::from_secs(3), |bytes| {
+            bytes.windows(first_line.len()).any(|w| w == first_line)
+        })
+        .await,
+        "the first line arrives: {:?}",
+        String::from_utf8_lossy(conn.received())
+    );
+    conn
 }

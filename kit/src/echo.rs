@@ -5,8 +5,8 @@ use std::convert::Infallible;
 use std::io;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use http::header::{HeaderValue, CONNECTION};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;

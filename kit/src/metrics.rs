@@ -94,19 +94,26 @@ mod tests {
             sample(TEXT, "origin_streams_ended_total{reason=\"client_gone\"}"),
             Some(3.0)
         );
-        assert_eq!(sample(TEXT, "proxy_requests_total{status=\"200\"}"), Some(5.0));
+        assert_eq!(
+            sample(TEXT, "proxy_requests_total{status=\"200\"}"),
+            Some(5.0)
+        );
     }
 
     #[test]
     fn samples_of_one_name_add_up_and_a_missing_one_is_none() {
         assert_eq!(sample(TEXT, "origin_streams_ended_total"), Some(7.0));
         assert_eq!(sample(TEXT, "origin_streams_started_total"), None);
-        assert_eq!(sample(TEXT, "origin_streams_ended_total{reason=\"x\"}"), None);
+        assert_eq!(
+            sample(TEXT, "origin_streams_ended_total{reason=\"x\"}"),
+            None
+        );
     }
 
     #[test]
     fn malformed_lines_are_skipped_never_a_panic() {
-        let text = "broken{reason 1\nnovalue\norigin_streams_active{a=\"b\"} x\norigin_streams_active 1\n";
+        let text =
+            "broken{reason 1\nnovalue\norigin_streams_active{a=\"b\"} x\norigin_streams_active 1\n";
         assert_eq!(sample(text, "origin_streams_active"), Some(1.0));
         assert_eq!(sample(text, "broken{"), None);
     }
