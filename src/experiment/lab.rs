@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::Method;
-use keepalive_kit::servers::{self, Proxy, Running};
+use keepalive_kit::servers;
 use keepalive_proxy::{ProxyConfig, TimerSet};
 use keepalive_server::jobs::Storage;
 use keepalive_server::ServerConfig;
@@ -17,6 +17,7 @@ use crate::watch::fetch;
 pub use keepalive_kit::metrics::sample as metric_value;
 pub use keepalive_kit::ports::reserved as reserved_port;
 pub use keepalive_kit::servers::origin_on as serve_origin;
+pub use keepalive_kit::servers::{Proxy, Running};
 
 /// The origin, with no drain: stopping it cuts its streams at once, as a crash does.
 pub fn origin_config() -> ServerConfig {
