@@ -2,19 +2,20 @@
 //! the proxy listens and what to try, the first suggestion is cut by the idle timer exactly as
 //! printed, and the narration says so. Ports are 0, so the demo reports the ones it bound.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::{assert_around, get, raw_request, Ending};
+use keepalive_kit::client::{get, raw_request, Ending};
+use keepalive_kit::program::{clear_settings, Program};
+use keepalive_kit::timing::assert_around;
 
-/// Lines the demo printed on stdout, read on a thread so the pipe never fills up.
+/// The demo, stopped gracefully when dropped, and the lines it printed on stdout, read on a thread so
+/// the pipe never fills up.
 struct Demo {
-    child: Child,
+    _program: Program,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
@@ -22,22 +23,16 @@ struct Demo {
 impl Demo {
     fn start(args: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_keepalive-lab"));
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("PROXY_") || key.starts_with("SERVER_") || key == "RUST_LOG" {
-                command.env_remove(key.as_ref());
-            }
-        }
+        clear_settings(&mut command);
         // Jobs in memory: a test run leaves no data directory behind.
-        command.env("SERVER_DATA_DIR", ":memory:");
-        let mut child = command
+        command
+            .env("SERVER_DATA_DIR", ":memory:")
             .args(args)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start keepalive-lab");
-        let stdout = child.stdout.take().expect("piped stdout");
+            .stderr(Stdio::inherit());
+        let mut program =
+            Program::start("keepalive-lab", command).unwrap_or_else(|err| panic!("{err}"));
+        let stdout = program.stdout().expect("piped stdout");
         let (sender, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -47,7 +42,7 @@ impl Demo {
             }
         });
         Self {
-            child,
+            _program: program,
             lines,
             seen: Vec::new(),
         }
@@ -74,13 +69,6 @@ impl Demo {
                 ),
             }
         }
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -2,14 +2,13 @@
 //! the two cases it must tell apart when a heartbeated stream is cut where silence was: a total
 //! limit with no idle timer (GCP's backend service timeout), and heartbeats held back by a hop.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use keepalive_kit::servers::{origin_config, start_origin, start_proxy, start_proxy_configured};
+use keepalive_kit::timing::{ms, OFF};
 use keepalive_lab::probe::{measure, Findings};
 use keepalive_proxy::TimerSet;
-use support::{ms, origin_config, start_origin, start_proxy, start_proxy_configured, OFF};
 
 fn timers(idle: Option<Duration>, max: Option<Duration>) -> TimerSet {
     TimerSet {

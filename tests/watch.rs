@@ -1,15 +1,15 @@
 //! `keepalive-lab watch`: each way a stream ends gets its own verdict and curl's exit code, with the
 //! chunks and heartbeats the client really received.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
+use keepalive_kit::program::run_to_exit;
+use keepalive_kit::servers::start_origin_and_proxy;
+use keepalive_kit::timing::{assert_around, ms, OFF};
 use keepalive_lab::watch::{observe, Verdict};
 use keepalive_proxy::TimerSet;
-use support::{assert_around, ms, start_origin_and_proxy, OFF};
 
 fn timers() -> TimerSet {
     TimerSet {
@@ -119,10 +119,9 @@ async fn the_cli_prints_the_verdict_and_exits_with_its_code() {
     let (_origin, proxy) = start_origin_and_proxy(timers()).await;
     let target = url(proxy.addr, "/polls/streamed?sleep=2s").to_string();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_keepalive-lab"))
-            .args(["watch", &target, "--json"])
-            .output()
-            .expect("run keepalive-lab watch")
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keepalive-lab"));
+        command.args(["watch", &target, "--json"]);
+        run_to_exit(command, Duration::from_secs(20))
     })
     .await
     .expect("the command ran");

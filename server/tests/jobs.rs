@@ -4,7 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +16,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use keepalive_kit::ports;
+use keepalive_kit::program::{clear_settings, Program};
+use keepalive_kit::servers::{origin_config, start_origin as start_server, Running};
 use keepalive_server::jobs::Storage;
 use keepalive_server::{serve, ServerConfig};
 use serde_json::Value;
@@ -31,6 +35,8 @@ const SSE: (&str, &str) = ("accept", "text/event-stream");
 struct Http {
     addr: SocketAddr,
     client: Client<HttpConnector, Empty<Bytes>>,
+    /// The in-process origin it talks to, if it started one: running while any clone lives.
+    _origin: Option<Arc<Running>>,
 }
 
 /// A response read to its end.
@@ -58,7 +64,11 @@ impl Reply {
 impl Http {
     fn new(addr: SocketAddr) -> Self {
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Self { addr, client }
+        Self {
+            addr,
+            client,
+            _origin: None,
+        }
     }
 
     async fn try_send(
@@ -152,16 +162,15 @@ impl Http {
     }
 }
 
-/// The origin in-process on port 0 with jobs in memory; it runs until the test's runtime ends.
+/// The origin in-process on port 0 with jobs in memory, and a client for it; it runs as long as
+/// the client does.
 async fn start_origin() -> Http {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let config = ServerConfig {
-        data_dir: Storage::Memory,
-        ..ServerConfig::default()
-    };
-    tokio::spawn(serve(listener, config, std::future::pending()));
-    Http::new(addr)
+    let origin = start_server(origin_config()).await;
+    let client = Http::new(origin.addr);
+    Http {
+        _origin: Some(Arc::new(origin)),
+        ..client
+    }
 }
 
 async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
@@ -673,32 +682,33 @@ async fn deleting_a_running_job_cancels_it_and_ends_its_streams() {
     assert_eq!(again.json()["state"], "cancelled");
 }
 
-/// The real binary, killed with SIGKILL when dropped so that a failed assertion leaves no process.
+/// The real binary, stopped gracefully when dropped (with its log shown if the test failed).
 struct Origin {
-    child: Child,
+    program: Program,
     log: PathBuf,
 }
 
 impl Origin {
     fn spawn(addr: SocketAddr, data_dir: &Path, log: PathBuf) -> Self {
         let stderr = std::fs::File::create(&log).expect("create the server log");
-        let child = Command::new(env!("CARGO_BIN_EXE_keepalive-server"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keepalive-server"));
+        clear_settings(&mut command);
+        command
             .env("SERVER_ADDR", addr.to_string())
             .env("SERVER_DATA_DIR", data_dir)
             .env("LOG_FORMAT", "json")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start keepalive-server");
-        Self { child, log }
+            .stderr(stderr);
+        let program =
+            Program::start("keepalive-server", command).unwrap_or_else(|err| panic!("{err}"));
+        Self { program, log }
     }
 
     /// Waits until `/healthz` answers, failing early if the process died.
     async fn wait_healthy(&mut self, http: &Http) {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if let Some(status) = self.child.try_wait().expect("child status") {
+            if let Some(status) = self.program.exited().expect("child status") {
                 panic!("keepalive-server exited with {status} before answering");
             }
             if let Ok(response) = http.try_send(&Method::GET, "/healthz", &[]).await {
@@ -712,16 +722,13 @@ impl Origin {
     }
 
     fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        let status = self.child.wait().expect("reap");
+        let status = self.program.kill().expect("SIGKILL");
         assert!(!status.success(), "{status}");
     }
 }
 
 impl Drop for Origin {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             eprintln!("--- {} ---\n{log}", self.log.display());
@@ -755,9 +762,7 @@ impl Drop for TempDir {
 async fn kill_9_mid_job_keeps_every_line_already_served() {
     let temp = TempDir::new();
     let data_dir = temp.0.join("data");
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port");
+    let addr = ports::free().expect("a free port");
     let mut first = Origin::spawn(addr, &data_dir, temp.0.join("first.log"));
     let http = Http::new(addr);
     first.wait_healthy(&http).await;
@@ -830,32 +835,20 @@ async fn kill_9_mid_job_keeps_every_line_already_served() {
     drop(second);
 }
 
-/// The origin in-process on port 0 with jobs under `dir`, and what it takes to stop it and wait.
-async fn start_origin_on(
-    dir: &Path,
-) -> (
-    Http,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let config = ServerConfig {
+/// The origin in-process on port 0 with jobs under `dir`, and a client for it.
+async fn start_origin_on(dir: &Path) -> (Http, Running) {
+    let origin = start_server(ServerConfig {
         data_dir: Storage::Dir(dir.to_owned()),
-        drain_timeout: Duration::from_millis(100),
-        ..ServerConfig::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, config, async {
-        let _ = stopped.await;
-    }));
-    (Http::new(addr), stop, server)
+        ..origin_config()
+    })
+    .await;
+    (Http::new(origin.addr), origin)
 }
 
 #[tokio::test]
 async fn a_stopped_origin_suspends_its_jobs_and_the_next_one_resumes_them() {
     let dir = TempDir::new();
-    let (origin, stop, server) = start_origin_on(dir.0.as_path()).await;
+    let (origin, server) = start_origin_on(dir.0.as_path()).await;
     let job = origin.start_job("lines=30&sleep=30ms").await;
     let id = job["id"].as_str().expect("id").to_owned();
     sleep(Duration::from_millis(200)).await;
@@ -871,14 +864,12 @@ async fn a_stopped_origin_suspends_its_jobs_and_the_next_one_resumes_them() {
         .expect_err("a second origin on a data directory in use");
     assert!(refused.to_string().contains("locked"), "{refused}");
 
-    stop.send(()).expect("origin running");
-    timeout(PATIENCE, server)
+    timeout(PATIENCE, server.stopped())
         .await
         .expect("serve returns once its jobs are suspended")
-        .expect("no panic")
         .expect("served");
 
-    let (origin, _stop, _server) = start_origin_on(dir.0.as_path()).await;
+    let (origin, _server) = start_origin_on(dir.0.as_path()).await;
     let suspended = origin.get(&format!("/jobs/{id}"), &[]).await.json();
     assert_eq!(suspended["runs"], 2, "{suspended}");
     assert!(

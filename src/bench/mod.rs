@@ -6,8 +6,6 @@
 mod load;
 mod procs;
 
-pub use procs::find_program;
-
 use std::time::Duration;
 
 use clap::Args;

@@ -1,40 +1,34 @@
 //! The processes a benchmark measures: the origin, keepalive-proxy and nginx, each a real program of
 //! its own (so that the load generator never shares their CPU time accounting), on loopback ports,
-//! killed when dropped; and their resident memory, read from /proc.
+//! stopped gracefully when dropped (the kit's programs: nginx's workers never outlive its master);
+//! and their resident memory and CPU time, read from /proc.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// A child process, killed (and its scratch directory removed) on drop.
+use keepalive_kit::ports;
+use keepalive_kit::program::Program;
+
+/// How long a program may take to start listening.
+const START_WITHIN: Duration = Duration::from_secs(5);
+
+/// A program under measurement and where it listens.
 pub struct Process {
     pub name: &'static str,
     pub addr: SocketAddr,
-    child: Child,
-    scratch: Option<PathBuf>,
+    program: Program,
 }
 
 impl Process {
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(dir) = &self.scratch {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        self.program.pid()
     }
 }
 
 pub fn free_addr() -> Result<SocketAddr, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map_err(|err| format!("no free port: {err}"))
+    ports::free().map_err(|err| format!("no free port: {err}"))
 }
 
 /// A program built next to this one (`cargo build --release` builds all three).
@@ -52,61 +46,37 @@ pub fn sibling(name: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// An installed program, on PATH or in /usr/sbin (where Debian puts nginx and HAProxy, and which a
-/// non-root PATH often lacks).
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-fn wait_listening(addr: SocketAddr, name: &str) -> Result<(), String> {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    Err(format!("{name} did not start listening on {addr}"))
-}
-
-fn spawn(
+/// `program`, once it listens on `addr`.
+fn listening(
     name: &'static str,
-    mut command: Command,
+    mut program: Program,
     addr: SocketAddr,
-    stderr: Stdio,
-    scratch: Option<PathBuf>,
 ) -> Result<Process, String> {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .map_err(|err| format!("cannot start {name}: {err}"))?;
-    let process = Process {
+    program
+        .listening(addr, START_WITHIN)
+        .map_err(|err| err.to_string())?;
+    Ok(Process {
         name,
         addr,
-        child,
-        scratch,
-    };
-    wait_listening(addr, name)?;
-    Ok(process)
+        program,
+    })
 }
 
 /// The origin, logging JSON to `log` (the disconnect benchmark reads its clock there).
 pub fn origin(log: &Path) -> Result<Process, String> {
     let addr = free_addr()?;
+    let log = std::fs::File::create(log)
+        .map_err(|err| format!("cannot create {}: {err}", log.display()))?;
     let mut command = Command::new(sibling("keepalive-server")?);
     command
         .env("SERVER_ADDR", addr.to_string())
         .env("LOG_FORMAT", "json")
         .env("SERVER_DRAIN_TIMEOUT", "0")
-        .env_remove("RUST_LOG");
-    let log = std::fs::File::create(log)
-        .map_err(|err| format!("cannot create {}: {err}", log.display()))?;
-    spawn("origin", command, addr, Stdio::from(log), None)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(log);
+    let program = Program::start("origin", command).map_err(|err| err.to_string())?;
+    listening("origin", program, addr)
 }
 
 /// keepalive-proxy in front of `upstream`, nginx's timers, idle as given.
@@ -125,15 +95,16 @@ pub fn proxy(upstream: SocketAddr, idle: Duration) -> Result<Process, String> {
             format!("{}ms", idle.as_millis()),
         )
         .env("RUST_LOG", "warn")
-        .env("PROXY_DRAIN_TIMEOUT", "0");
-    spawn("keepalive-proxy", command, addr, Stdio::null(), None)
+        .env("PROXY_DRAIN_TIMEOUT", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let program = Program::start("keepalive-proxy", command).map_err(|err| err.to_string())?;
+    listening("keepalive-proxy", program, addr)
 }
 
 /// nginx in front of `upstream` with `workers` worker processes, upstream keep-alive on, and
 /// `proxy_read_timeout` of `idle`.
 pub fn nginx(upstream: SocketAddr, workers: usize, idle: Duration) -> Result<Process, String> {
-    let binary = find_program("nginx")
-        .ok_or_else(|| "nginx is not installed (apt-get install nginx wrk)".to_owned())?;
     let addr = free_addr()?;
     let dir = std::env::temp_dir().join(format!(
         "keepalive-bench-nginx-{}-{}",
@@ -142,8 +113,9 @@ pub fn nginx(upstream: SocketAddr, workers: usize, idle: Duration) -> Result<Pro
     ));
     std::fs::create_dir_all(&dir)
         .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+    // The kit runs nginx with `daemon off; master_process on;` itself.
     let config = format!(
-        "worker_processes {workers};\nworker_rlimit_nofile 65536;\ndaemon off;\npid {dir}/nginx.pid;\n\
+        "worker_processes {workers};\nworker_rlimit_nofile 65536;\npid {dir}/nginx.pid;\n\
          error_log {dir}/error.log;\nevents {{ worker_connections 30000; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
          upstream origin {{ server {upstream}; keepalive 64; }}\n\
@@ -156,9 +128,13 @@ pub fn nginx(upstream: SocketAddr, workers: usize, idle: Duration) -> Result<Pro
     let path = dir.join("nginx.conf");
     std::fs::write(&path, config)
         .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
-    let mut command = Command::new(binary);
-    command.arg("-c").arg(&path).arg("-p").arg(&dir);
-    spawn("nginx", command, addr, Stdio::null(), Some(dir))
+    match Program::nginx(&path, &dir, Stdio::null()) {
+        Ok(program) => listening("nginx", program.scratch(dir), addr),
+        Err(err) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(err.to_string())
+        }
+    }
 }
 
 /// Resident memory of `pid` and its children (nginx's workers), in KiB.

@@ -1,67 +1,27 @@
-//! Interruptions reach the origin: a client that goes away, directly or through the proxy, and a proxy
-//! that cuts a stream, all end the origin's stream at once, and each side counts it.
+//! Interruptions through the proxy reach the origin: a client that goes away, a proxy that cuts a
+//! stream or shuts down, all end the origin's stream at once, and each side counts it; and an origin
+//! going away reaches the client as a truncated body.
 
-mod support;
-
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use keepalive_kit::client::{get, open_stream, raw_request};
+use keepalive_kit::metrics::{metric, wait_for_metric};
+use keepalive_kit::servers::{origin_config, start_origin, start_origin_and_proxy, start_proxy};
+use keepalive_kit::timing::{assert_around, ms, quiet_timers, OFF};
 use keepalive_proxy::TimerSet;
-use support::{
-    assert_around, get, metric, ms, origin_config, raw_request, start_origin,
-    start_origin_and_proxy, wait_for_metric, wait_until, RawConn, OFF,
-};
 
 const ACTIVE: &str = "origin_streams_active";
 const CLIENT_GONE: &str = "origin_streams_ended_total{reason=\"client_gone\"}";
 
-fn timers() -> TimerSet {
-    TimerSet {
-        connect: ms(2_000),
-        first_byte: ms(5_000),
-        idle: ms(5_000),
-        max_duration: OFF,
-        header: ms(5_000),
-        keepalive: ms(5_000),
-    }
-}
-
-/// Opens a stream at `addr` and returns once its first line has arrived.
-async fn open_stream(addr: SocketAddr, target: &str) -> RawConn {
-    let mut conn = RawConn::connect(addr).await;
-    conn.send(get(target, "").as_bytes()).await;
-    let first_line = b"Little brown lady\n";
-    assert!(
-        conn.read_until(Duration::from_secs(3), |bytes| {
-            bytes.windows(first_line.len()).any(|w| w == first_line)
-        })
-        .await,
-        "the first line arrives: {:?}",
-        String::from_utf8_lossy(conn.received())
-    );
-    conn
-}
-
-/// Waits for the origin to have exactly `streams` open.
-async fn wait_for_active(origin: SocketAddr, streams: f64, within: Duration) -> Duration {
-    match wait_until(within, || async { metric(origin, ACTIVE).await == streams }).await {
-        Some(took) => took,
-        None => panic!(
-            "{ACTIVE} is {}, not {streams}, after {within:?}",
-            metric(origin, ACTIVE).await
-        ),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_through_the_proxy_ends_the_origins_stream() {
-    let (origin, proxy) = start_origin_and_proxy(timers()).await;
+    let (origin, proxy) = start_origin_and_proxy(quiet_timers()).await;
     let conn = open_stream(proxy.addr, "/polls/streamed?sleep=1&heartbeat=100ms").await;
-    wait_for_active(origin.addr, 1.0, Duration::from_secs(1)).await;
+    wait_for_metric(origin.addr, ACTIVE, 1.0, Duration::from_secs(1)).await;
     assert_eq!(metric(origin.addr, CLIENT_GONE).await, 0.0);
 
     drop(conn);
-    wait_for_active(origin.addr, 0.0, Duration::from_secs(1)).await;
+    wait_for_metric(origin.addr, ACTIVE, 0.0, Duration::from_secs(1)).await;
     assert_eq!(metric(origin.addr, CLIENT_GONE).await, 1.0);
     wait_for_metric(
         proxy.admin,
@@ -74,30 +34,10 @@ async fn client_disconnect_through_the_proxy_ends_the_origins_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn origin_notices_a_client_fin_while_the_body_waits() {
-    let origin = start_origin(origin_config()).await;
-    // No heartbeat: nothing is written for 10 s, so only reading the FIN can reveal the client left.
-    let conn = open_stream(origin.addr, "/polls/streamed?sleep=10").await;
-    assert_eq!(metric(origin.addr, ACTIVE).await, 1.0);
-
-    drop(conn);
-    wait_for_active(origin.addr, 0.0, Duration::from_secs(1)).await;
-    assert_eq!(metric(origin.addr, CLIENT_GONE).await, 1.0);
-    assert_eq!(
-        metric(
-            origin.addr,
-            "origin_streams_ended_total{reason=\"completed\"}"
-        )
-        .await,
-        0.0
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_idle_cut_ends_the_origins_stream_too() {
     let (origin, proxy) = start_origin_and_proxy(TimerSet {
         idle: ms(400),
-        ..timers()
+        ..quiet_timers()
     })
     .await;
     let transcript = raw_request(
@@ -113,7 +53,7 @@ async fn proxy_idle_cut_ends_the_origins_stream_too() {
     );
     assert_around(transcript.ended_at, Duration::from_millis(400), "idle cut");
     // The origin's next line is 3 s away: only the proxy closing its side can end the stream now.
-    wait_for_active(origin.addr, 0.0, Duration::from_secs(1)).await;
+    wait_for_metric(origin.addr, ACTIVE, 0.0, Duration::from_secs(1)).await;
     assert_eq!(metric(origin.addr, CLIENT_GONE).await, 1.0);
     assert_eq!(
         metric(proxy.admin, "proxy_timeouts_total{timer=\"idle\"}").await,
@@ -128,13 +68,13 @@ async fn proxy_idle_cut_ends_the_origins_stream_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_fin_through_the_proxy_without_heartbeats_ends_the_origins_stream() {
-    let (origin, proxy) = start_origin_and_proxy(timers()).await;
+    let (origin, proxy) = start_origin_and_proxy(quiet_timers()).await;
     // Nothing flows for 10 s: the proxy must notice the client's FIN by reading, not by writing.
     let conn = open_stream(proxy.addr, "/polls/streamed?sleep=10").await;
-    wait_for_active(origin.addr, 1.0, Duration::from_secs(1)).await;
+    wait_for_metric(origin.addr, ACTIVE, 1.0, Duration::from_secs(1)).await;
 
     drop(conn);
-    wait_for_active(origin.addr, 0.0, Duration::from_secs(1)).await;
+    wait_for_metric(origin.addr, ACTIVE, 0.0, Duration::from_secs(1)).await;
     assert_eq!(metric(origin.addr, CLIENT_GONE).await, 1.0);
     wait_for_metric(
         proxy.admin,
@@ -147,9 +87,9 @@ async fn client_fin_through_the_proxy_without_heartbeats_ends_the_origins_stream
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_shutdown_cuts_open_streams_after_its_drain_timeout() {
-    let (origin, proxy) = start_origin_and_proxy(timers()).await;
+    let (origin, proxy) = start_origin_and_proxy(quiet_timers()).await;
     let conn = open_stream(proxy.addr, "/polls/streamed?sleep=10").await;
-    wait_for_active(origin.addr, 1.0, Duration::from_secs(1)).await;
+    wait_for_metric(origin.addr, ACTIVE, 1.0, Duration::from_secs(1)).await;
 
     let clock = conn.clock();
     let stopped = tokio::time::Instant::now();
@@ -172,14 +112,14 @@ async fn proxy_shutdown_cuts_open_streams_after_its_drain_timeout() {
         "an infinite stream cut by shutdown must not look complete: {:?}",
         String::from_utf8_lossy(&response.body)
     );
-    wait_for_active(origin.addr, 0.0, Duration::from_secs(1)).await;
+    wait_for_metric(origin.addr, ACTIVE, 0.0, Duration::from_secs(1)).await;
     assert_eq!(metric(origin.addr, CLIENT_GONE).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_going_away_mid_stream_reaches_the_client_as_a_truncated_body() {
     let origin = start_origin(origin_config()).await;
-    let proxy = support::start_proxy(origin.addr, timers()).await;
+    let proxy = start_proxy(origin.addr, quiet_timers()).await;
     let conn = open_stream(proxy.addr, "/polls/streamed?sleep=10").await;
     let clock = conn.clock();
     let stopped = tokio::time::Instant::now();
@@ -220,7 +160,7 @@ async fn first_byte_504_abandons_the_origins_request_too() {
     let (origin, proxy) = start_origin_and_proxy(TimerSet {
         first_byte: ms(300),
         idle: OFF,
-        ..timers()
+        ..quiet_timers()
     })
     .await;
     let transcript = raw_request(
@@ -238,7 +178,7 @@ async fn first_byte_504_abandons_the_origins_request_too() {
     // and never started, or started and ended at its first write.
     tokio::time::sleep(Duration::from_millis(1_500).saturating_sub(transcript.ended_at)).await;
     let started = metric(origin.addr, "origin_streams_started_total").await;
-    wait_for_active(origin.addr, 0.0, Duration::from_secs(1)).await;
+    wait_for_metric(origin.addr, ACTIVE, 0.0, Duration::from_secs(1)).await;
     assert_eq!(
         metric(origin.addr, CLIENT_GONE).await,
         started,

@@ -33,7 +33,7 @@ fn cell_value(cell: &str) -> Option<Duration> {
 
 #[test]
 fn presets_resolve_to_the_readme_table_values() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("read README.md");
     for preset in Preset::ALL {
         let cells = readme_row(&readme, preset);

@@ -2,16 +2,17 @@
 //! hop fields stripped (RFC 9110 7.6.1), forwarding fields and `Via` added, a request id propagated,
 //! every request sent to the one configured upstream, and the origin's own errors passed through.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use keepalive_kit::client::{get, raw_request, RawConn};
+use keepalive_kit::echo::{echoed_headers, start_echo, values};
+use keepalive_kit::metrics::metric;
+use keepalive_kit::ports;
+use keepalive_kit::response::is_complete_response;
+use keepalive_kit::servers::{start_origin_and_proxy, start_proxy, Running};
+use keepalive_kit::timing::{assert_around, ms, OFF};
 use keepalive_proxy::TimerSet;
-use support::{
-    echoed_headers, get, is_complete_response, metric, ms, raw_request, refusing_port, start_echo,
-    start_origin_and_proxy, start_proxy, values, RawConn, OFF,
-};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 fn timers() -> TimerSet {
@@ -200,7 +201,7 @@ async fn request_body_reaches_the_upstream() {
 
 #[tokio::test]
 async fn refused_connect_answers_502_saying_refused() {
-    let (_reserved, refusing) = refusing_port();
+    let (_reserved, refusing) = ports::reserved().expect("reserve a port");
     let proxy = start_proxy(refusing, timers()).await;
     let transcript = raw_request(
         proxy.addr,
@@ -275,7 +276,7 @@ async fn connect_timer_answers_504_when_the_upstream_never_accepts() {
         "the body says connecting timed out: {:?}",
         response.text()
     );
-    support::assert_around(
+    assert_around(
         transcript.first_byte_at.expect("a response arrived"),
         Duration::from_millis(400),
         "504 from connect",
@@ -331,7 +332,7 @@ async fn origin_400s_for_bad_parameters_pass_through_as_json_naming_the_paramete
 
 /// An upstream that answers every request with the raw bytes `response`, then breaks the connection
 /// off: an origin that crashes mid-response (or, with no bytes, before it).
-async fn start_broken_upstream(response: &'static [u8]) -> support::Running {
+async fn start_broken_upstream(response: &'static [u8]) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the broken upstream");
@@ -359,7 +360,7 @@ async fn start_broken_upstream(response: &'static [u8]) -> support::Running {
             });
         }
     });
-    support::Running::new(addr, stop)
+    Running::new(addr, stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,16 +3,15 @@
 //! hop holds heartbeats unless the origin says `X-Accel-Buffering: no`, latency and bandwidth pace the
 //! stream, and a request can set its own faults by header without the origin ever seeing them.
 
-mod support;
-
 use std::time::Duration;
 
+use keepalive_kit::client::{get, raw_request, Ending, RawConn};
+use keepalive_kit::echo::{echoed_headers, start_echo};
+use keepalive_kit::metrics::{metric, wait_for_metric};
+use keepalive_kit::servers::{origin_config, start_origin, start_proxy_configured, Proxy, Running};
+use keepalive_kit::timing::{assert_around, ms, OFF};
 use keepalive_proxy::faults::FaultSettings;
 use keepalive_proxy::{ProxyConfig, TimerSet};
-use support::{
-    assert_around, echoed_headers, get, metric, ms, origin_config, raw_request, start_echo,
-    start_origin, start_proxy_configured, wait_for_metric, Ending, Proxy, RawConn, Running, OFF,
-};
 
 /// No timer in the way: what happens is the fault's doing.
 fn no_timers() -> TimerSet {

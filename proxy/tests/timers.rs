@@ -2,35 +2,20 @@
 //! when it fires (a 504 before headers, a chunked body without its last chunk after them, a closed
 //! connection between requests), when it fires, and that it is counted under its own name.
 
-mod support;
-
 use std::time::Duration;
 
+use keepalive_kit::client::{get, raw_request, read_to_end_or_deadline, Ending, RawConn};
+use keepalive_kit::metrics::{metric, wait_for_metric};
+use keepalive_kit::response::is_complete_response;
+use keepalive_kit::servers::{start_origin_and_proxy, FIRST_LINE};
+use keepalive_kit::timing::{assert_around, ms, quiet_timers, OFF};
 use keepalive_proxy::TimerSet;
-use support::{
-    assert_around, get, is_complete_response, metric, ms, raw_request, start_origin_and_proxy,
-    wait_for_metric, Ending, RawConn, OFF,
-};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-const FIRST_LINE: &str = "[         0 s] Little brown lady\n";
-
 fn timeouts(timer: &str) -> String {
     format!("proxy_timeouts_total{{timer=\"{timer}\"}}")
-}
-
-/// Generous limits for the timers a test does not exercise.
-fn quiet_timers() -> TimerSet {
-    TimerSet {
-        connect: ms(2_000),
-        first_byte: ms(5_000),
-        idle: ms(5_000),
-        max_duration: OFF,
-        header: ms(5_000),
-        keepalive: ms(5_000),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,7 +281,7 @@ async fn header_timer_closes_a_dribbling_client_despite_its_bytes() {
         }
     });
     let mut received = Vec::new();
-    let (ending, ended_at) = support::read_to_end_or_deadline(
+    let (ending, ended_at) = read_to_end_or_deadline(
         &mut reader,
         &mut received,
         started,

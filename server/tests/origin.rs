@@ -1,14 +1,13 @@
 //! The origin over a real socket, without the proxy: the Django tutorial's bytes exactly as a client on the wire
 //! receives them, and the elapsed labels measured against a real clock.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{get, origin_config, raw_request, start_origin};
+use keepalive_kit::client::{get, raw_request};
+use keepalive_kit::servers::{origin_config, start_origin};
 
 #[tokio::test]
-async fn polls_index_is_the_seeds_text() {
+async fn polls_index_is_the_tutorials_text() {
     let origin = start_origin(origin_config()).await;
     let transcript = raw_request(
         origin.addr,
@@ -22,7 +21,7 @@ async fn polls_index_is_the_seeds_text() {
 }
 
 #[tokio::test]
-async fn finite_stream_is_the_seeds_bytes_in_chunks_with_a_clean_end() {
+async fn finite_stream_is_the_tutorials_bytes_in_chunks_with_a_clean_end() {
     let origin = start_origin(origin_config()).await;
     let transcript = raw_request(
         origin.addr,
