@@ -5,17 +5,19 @@
 //! [`serve`] runs it on a listener the caller bound, until a shutdown future resolves; [`stack`] is the
 //! whole request path as one tower stack, readable top to bottom.
 
+// Public: what the binary, the lab and the tests configure and start. The request path itself (edge,
+// forwarding, headers, timers) is this crate's business and reached only through `serve`.
 pub mod admin;
 pub mod config;
 pub mod cut_style;
-pub mod edge;
+mod edge;
 pub mod faults;
-pub mod forward;
-pub mod headers;
-pub mod metrics;
-pub mod preset;
+mod forward;
+mod headers;
+mod metrics;
+mod preset;
 mod server;
-pub mod timeouts;
+mod timeouts;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,7 +46,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The request path, outermost first. Each timer and fault fails with a typed error; only the edge
 /// turns errors into responses, cuts, logs and metrics. Faults sit above the timers: the timers
 /// measure the upstream, the faults shape what the client receives.
-pub fn stack(
+fn stack(
     config: &ProxyConfig,
     metrics: Metrics,
 ) -> impl Service<

@@ -150,6 +150,18 @@ impl FaultSettings {
     }
 }
 
+/// The per-request fault headers (honoured when `PROXY_FAULT_HEADERS` is on), one per setting.
+pub const LATENCY_HEADER: HeaderName = HeaderName::from_static("x-keepalive-fault-latency");
+pub const BANDWIDTH_HEADER: HeaderName = HeaderName::from_static("x-keepalive-fault-bandwidth");
+pub const LIMIT_BYTES_HEADER: HeaderName = HeaderName::from_static("x-keepalive-fault-limit-bytes");
+pub const RESET_AFTER_HEADER: HeaderName = HeaderName::from_static("x-keepalive-fault-reset-after");
+pub const BLACKHOLE_AFTER_HEADER: HeaderName =
+    HeaderName::from_static("x-keepalive-fault-blackhole-after");
+pub const PROBABILITY_HEADER: HeaderName = HeaderName::from_static("x-keepalive-fault-probability");
+pub const BUFFERING_HEADER: HeaderName = HeaderName::from_static("x-keepalive-buffering");
+pub const IGNORE_ACCEL_BUFFERING_HEADER: HeaderName =
+    HeaderName::from_static("x-keepalive-buffering-ignore-header");
+
 /// A per-request override: its header, and how it changes the settings (or why its value is refused).
 struct FaultHeader {
     name: HeaderName,
@@ -174,56 +186,56 @@ fn toxic<T>(value: Option<T>) -> Applied {
 
 static FAULT_HEADERS: [FaultHeader; 8] = [
     FaultHeader {
-        name: HeaderName::from_static("x-keepalive-fault-latency"),
+        name: LATENCY_HEADER,
         apply: |settings, value| {
             settings.latency = timer(value)?;
             Ok(toxic(settings.latency))
         },
     },
     FaultHeader {
-        name: HeaderName::from_static("x-keepalive-fault-bandwidth"),
+        name: BANDWIDTH_HEADER,
         apply: |settings, value| {
             settings.bandwidth = parse_size(value)?;
             Ok(toxic(settings.bandwidth))
         },
     },
     FaultHeader {
-        name: HeaderName::from_static("x-keepalive-fault-limit-bytes"),
+        name: LIMIT_BYTES_HEADER,
         apply: |settings, value| {
             settings.limit_bytes = parse_size(value)?;
             Ok(toxic(settings.limit_bytes))
         },
     },
     FaultHeader {
-        name: HeaderName::from_static("x-keepalive-fault-reset-after"),
+        name: RESET_AFTER_HEADER,
         apply: |settings, value| {
             settings.reset_after = timer(value)?;
             Ok(toxic(settings.reset_after))
         },
     },
     FaultHeader {
-        name: HeaderName::from_static("x-keepalive-fault-blackhole-after"),
+        name: BLACKHOLE_AFTER_HEADER,
         apply: |settings, value| {
             settings.blackhole_after = timer(value)?;
             Ok(toxic(settings.blackhole_after))
         },
     },
     FaultHeader {
-        name: HeaderName::from_static("x-keepalive-fault-probability"),
+        name: PROBABILITY_HEADER,
         apply: |settings, value| {
             settings.probability = parse_probability(value)?;
             Ok(Applied::Probability)
         },
     },
     FaultHeader {
-        name: HeaderName::from_static("x-keepalive-buffering"),
+        name: BUFFERING_HEADER,
         apply: |settings, value| {
             settings.buffering = parse_size(value)?;
             Ok(Applied::Other)
         },
     },
     FaultHeader {
-        name: HeaderName::from_static("x-keepalive-buffering-ignore-header"),
+        name: IGNORE_ACCEL_BUFFERING_HEADER,
         apply: |settings, value| {
             settings.buffering_ignore_header = switch(value)?;
             Ok(Applied::Other)

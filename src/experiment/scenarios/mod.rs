@@ -22,6 +22,7 @@ use http::header::{InvalidHeaderValue, ACCEPT_ENCODING};
 use http::{HeaderName, HeaderValue, StatusCode};
 use keepalive_proxy::config::Compression;
 use keepalive_proxy::cut_style::{CutStyle, CUT_STYLE_HEADER};
+use keepalive_proxy::faults::{LIMIT_BYTES_HEADER, RESET_AFTER_HEADER};
 use keepalive_proxy::{ProxyConfig, TimerSet};
 
 use crate::watch::Verdict;
@@ -239,10 +240,6 @@ pub enum Header {
     /// `Accept-Encoding: gzip`: what a compressing hop waits for.
     AcceptGzip,
 }
-
-/// keepalive-proxy reads its fault headers by these names, but exports only [`CUT_STYLE_HEADER`].
-const RESET_AFTER_HEADER: HeaderName = HeaderName::from_static("x-keepalive-fault-reset-after");
-const LIMIT_BYTES_HEADER: HeaderName = HeaderName::from_static("x-keepalive-fault-limit-bytes");
 
 /// A header value built from a scenario that `http` refused.
 #[derive(Debug, thiserror::Error)]
