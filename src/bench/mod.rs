@@ -8,6 +8,7 @@ mod load;
 mod procs;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
@@ -140,27 +141,39 @@ pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report
         ));
     }
     let plan = Plan { streams, ..plan };
-    let workers = std::thread::available_parallelism().map_or(1, usize::from);
     let scratch = std::env::temp_dir().join(format!("keepalive-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(|source| BenchError::Io {
         action: "create",
         path: scratch.clone(),
         source,
     })?;
+    // Removed whether the run succeeded or stopped on an error.
+    let report = measure_in(&plan, &scratch, &progress).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    report
+}
+
+/// The run itself, the origin logging into `scratch`; every process it starts is stopped by the
+/// time it returns, on success and on error alike.
+async fn measure_in(
+    plan: &Plan,
+    scratch: &Path,
+    progress: &impl Fn(&str),
+) -> Result<Report, BenchError> {
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
     let origin_log = scratch.join("origin.log");
     let origin = procs::origin(&origin_log)?;
     let long = Duration::from_secs(60);
     let proxy = procs::proxy(origin.addr, long)?;
     let nginx = procs::nginx(origin.addr, workers, long)?;
 
-    let (direct, _) = small_responses(&plan, "direct", origin.addr, origin.pid(), &progress)?;
+    let (direct, _) = small_responses(plan, "direct", origin.addr, origin.pid(), progress)?;
     let (via_proxy, proxy_cpu) =
-        small_responses(&plan, "keepalive-proxy", proxy.addr, proxy.pid(), &progress)?;
-    let (via_nginx, nginx_cpu) =
-        small_responses(&plan, "nginx", nginx.addr, nginx.pid(), &progress)?;
+        small_responses(plan, "keepalive-proxy", proxy.addr, proxy.pid(), progress)?;
+    let (via_nginx, nginx_cpu) = small_responses(plan, "nginx", nginx.addr, nginx.pid(), progress)?;
 
-    let proxy_held = hold(&plan, &proxy, &progress).await?;
-    let nginx_held = hold(&plan, &nginx, &progress).await?;
+    let proxy_held = hold(plan, &proxy, progress).await?;
+    let nginx_held = hold(plan, &nginx, progress).await?;
 
     progress(&format!(
         "idle cut precision: {} streams, limit {} ms",
@@ -181,7 +194,6 @@ pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report
     let mut nginx_delays =
         disconnect_propagation(nginx.addr, &origin_log, plan.disconnects).await?;
     drop((origin, proxy, nginx, proxy_cut, nginx_cut));
-    let _ = std::fs::remove_dir_all(&scratch);
 
     let mib = |kib: u64| kib as f64 / 1024.0;
     Ok(Report {
