@@ -6,9 +6,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use keepalive_kit::program;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use super::BenchError;
 
 /// Requests served, requests a second and latency percentiles from one wrk run.
 #[derive(Debug, Clone, Copy, Default)]
@@ -20,8 +23,9 @@ pub struct Throughput {
 }
 
 /// `wrk --latency` against `url`: the same threads, connections and duration for every target.
-pub fn wrk(url: &str, duration: Duration, connections: usize) -> Result<Throughput, String> {
-    let output = Command::new("wrk")
+pub fn wrk(url: &str, duration: Duration, connections: usize) -> Result<Throughput, BenchError> {
+    let path = program::installed("wrk")?;
+    let output = Command::new(&path)
         .args([
             "-t2",
             &format!("-c{connections}"),
@@ -30,15 +34,16 @@ pub fn wrk(url: &str, duration: Duration, connections: usize) -> Result<Throughp
             url,
         ])
         .output()
-        .map_err(|err| format!("cannot run wrk (apt-get install wrk): {err}"))?;
+        .map_err(|source| BenchError::WrkStart { path, source })?;
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
-        return Err(format!(
-            "wrk failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
+        return Err(BenchError::WrkFailed {
+            url: url.to_owned(),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
     }
-    parse_wrk(&text).ok_or_else(|| format!("cannot read wrk's output:\n{text}"))
+    parse_wrk(&text).ok_or_else(|| BenchError::WrkOutput(text.into_owned()))
 }
 
 fn parse_wrk(text: &str) -> Option<Throughput> {
@@ -128,7 +133,7 @@ pub async fn hold_streams(
     count: usize,
     hold: Duration,
     rss: impl Fn() -> u64,
-) -> Result<Held, String> {
+) -> Result<Held, BenchError> {
     let before = rss();
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::with_capacity(count);
@@ -140,9 +145,8 @@ pub async fn hold_streams(
         }
         for opened in opening {
             let stream = opened
-                .await
-                .map_err(|err| format!("a stream task failed: {err}"))?
-                .map_err(|err| format!("cannot open a stream through {addr}: {err}"))?;
+                .await?
+                .map_err(|source| BenchError::Open { addr, source })?;
             let mut done = done_rx.clone();
             tasks.push(tokio::spawn(async move {
                 let mut stream = stream;
@@ -178,9 +182,7 @@ pub async fn hold_streams(
     let mut lags = Vec::new();
     let mut cut = 0;
     for task in tasks {
-        let (stream_lags, was_cut) = task
-            .await
-            .map_err(|err| format!("a stream task failed: {err}"))?;
+        let (stream_lags, was_cut) = task.await?;
         // The first gap is from the first line to the first heartbeat: not a heartbeat's lag.
         lags.extend(
             stream_lags
@@ -204,13 +206,15 @@ pub async fn idle_cut_errors(
     addr: SocketAddr,
     count: usize,
     limit: Duration,
-) -> Result<Vec<f64>, String> {
+) -> Result<Vec<f64>, BenchError> {
     let mut tasks = Vec::new();
     for _ in 0..count {
         tasks.push(tokio::spawn(async move {
-            let mut stream = open_stream(addr, "sleep=1h").await.ok()?;
+            let mut stream = open_stream(addr, "sleep=1h")
+                .await
+                .map_err(|source| BenchError::Open { addr, source })?;
             if !read_until(&mut stream, b"lady\n").await {
-                return None;
+                return Err(BenchError::NoFirstLine { addr });
             }
             let first = Instant::now();
             let mut buf = [0u8; 1024];
@@ -220,15 +224,12 @@ pub async fn idle_cut_errors(
                     Ok(_) => {}
                 }
             }
-            Some((first.elapsed().as_secs_f64() - limit.as_secs_f64()) * 1000.0)
+            Ok((first.elapsed().as_secs_f64() - limit.as_secs_f64()) * 1000.0)
         }));
     }
     let mut errors = Vec::new();
     for task in tasks {
-        match task.await {
-            Ok(Some(error)) => errors.push(error),
-            _ => return Err(format!("a stream through {addr} never got its first line")),
-        }
+        errors.push(task.await??);
     }
     Ok(errors)
 }
@@ -239,29 +240,28 @@ pub async fn disconnect_propagation(
     addr: SocketAddr,
     origin_log: &Path,
     samples: usize,
-) -> Result<Vec<f64>, String> {
+) -> Result<Vec<f64>, BenchError> {
     let mut delays = Vec::new();
     for _ in 0..samples {
         let before = client_gone_times(origin_log).len();
         let mut stream = open_stream(addr, "sleep=1h")
             .await
-            .map_err(|err| format!("cannot open a stream through {addr}: {err}"))?;
+            .map_err(|source| BenchError::Open { addr, source })?;
         if !read_until(&mut stream, b"lady\n").await {
-            return Err(format!("no first line through {addr}"));
+            return Err(BenchError::NoFirstLine { addr });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
         let closed = SystemTime::now();
         drop(stream);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let within = Duration::from_secs(5);
+        let deadline = Instant::now() + within;
         let ended = loop {
             let times = client_gone_times(origin_log);
             if times.len() > before {
                 break times[times.len() - 1];
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "the origin never logged the client through {addr} as gone"
-                ));
+                return Err(BenchError::NeverGone { addr, within });
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         };

@@ -3,14 +3,18 @@
 //! streams held open, idle-cut precision, and disconnect propagation. A benchmark that prints
 //! figures and ratios, not a test: the goals are in the README's "Performance" section.
 
+mod error;
 mod load;
 mod procs;
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
 
+pub use error::BenchError;
 use load::{
     disconnect_propagation, hold_streams, idle_cut_errors, percentile, wrk, Held, Throughput,
 };
@@ -102,14 +106,14 @@ pub async fn run(args: BenchArgs) -> u8 {
             }
             0
         }
-        Err(reason) => {
-            eprintln!("keepalive-lab bench: {reason}");
+        Err(err) => {
+            eprintln!("keepalive-lab bench: {err}");
             1
         }
     }
 }
 
-pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report, String> {
+pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report, BenchError> {
     let plan = if args.quick {
         Plan {
             wrk_for: Duration::from_secs(3),
@@ -137,58 +141,39 @@ pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report
         ));
     }
     let plan = Plan { streams, ..plan };
-    let workers = std::thread::available_parallelism().map_or(1, usize::from);
     let scratch = std::env::temp_dir().join(format!("keepalive-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)
-        .map_err(|err| format!("cannot create {}: {err}", scratch.display()))?;
+    std::fs::create_dir_all(&scratch).map_err(|source| BenchError::Io {
+        action: "create",
+        path: scratch.clone(),
+        source,
+    })?;
+    // Removed whether the run succeeded or stopped on an error.
+    let report = measure_in(&plan, &scratch, &progress).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    report
+}
+
+/// The run itself, the origin logging into `scratch`; every process it starts is stopped by the
+/// time it returns, on success and on error alike.
+async fn measure_in(
+    plan: &Plan,
+    scratch: &Path,
+    progress: &impl Fn(&str),
+) -> Result<Report, BenchError> {
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
     let origin_log = scratch.join("origin.log");
     let origin = procs::origin(&origin_log)?;
     let long = Duration::from_secs(60);
     let proxy = procs::proxy(origin.addr, long)?;
     let nginx = procs::nginx(origin.addr, workers, long)?;
 
-    let mut rps = Vec::new();
-    let mut cpu = Vec::new();
-    for (name, addr, pid) in [
-        ("direct", origin.addr, origin.pid()),
-        ("keepalive-proxy", proxy.addr, proxy.pid()),
-        ("nginx", nginx.addr, nginx.pid()),
-    ] {
-        progress(&format!(
-            "small responses: wrk, {} connections, {} s, {name}",
-            plan.connections,
-            plan.wrk_for.as_secs()
-        ));
-        let url = format!("http://{addr}/polls/");
-        let before = procs::cpu_time(pid);
-        let throughput = wrk(&url, plan.wrk_for, plan.connections)?;
-        cpu.push(CpuPerRequest::of(procs::cpu_time(pid) - before, throughput));
-        rps.push(throughput);
-    }
-    let [direct, via_proxy, via_nginx]: [Throughput; 3] =
-        rps.try_into().map_err(|_| "three wrk runs".to_owned())?;
-    let [_, proxy_cpu, nginx_cpu]: [CpuPerRequest; 3] =
-        cpu.try_into().map_err(|_| "three wrk runs".to_owned())?;
+    let (direct, _) = small_responses(plan, "direct", origin.addr, origin.pid(), progress)?;
+    let (via_proxy, proxy_cpu) =
+        small_responses(plan, "keepalive-proxy", proxy.addr, proxy.pid(), progress)?;
+    let (via_nginx, nginx_cpu) = small_responses(plan, "nginx", nginx.addr, nginx.pid(), progress)?;
 
-    let mut held = Vec::new();
-    for process in [&proxy, &nginx] {
-        progress(&format!(
-            "{} heartbeated streams held {} s through {}",
-            plan.streams,
-            plan.hold.as_secs(),
-            process.name
-        ));
-        let pid = process.pid();
-        held.push(
-            hold_streams(process.addr, plan.streams, plan.hold, || {
-                procs::rss_kib(pid)
-            })
-            .await?,
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    let [proxy_held, nginx_held]: [Held; 2] =
-        held.try_into().map_err(|_| "two stream runs".to_owned())?;
+    let proxy_held = hold(plan, &proxy, progress).await?;
+    let nginx_held = hold(plan, &nginx, progress).await?;
 
     progress(&format!(
         "idle cut precision: {} streams, limit {} ms",
@@ -209,7 +194,6 @@ pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report
     let mut nginx_delays =
         disconnect_propagation(nginx.addr, &origin_log, plan.disconnects).await?;
     drop((origin, proxy, nginx, proxy_cut, nginx_cut));
-    let _ = std::fs::remove_dir_all(&scratch);
 
     let mib = |kib: u64| kib as f64 / 1024.0;
     Ok(Report {
@@ -244,6 +228,48 @@ pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report
         nginx_disconnect_propagation_p50_ms: percentile(&mut nginx_delays, 0.5),
         nginx_disconnect_propagation_p99_ms: percentile(&mut nginx_delays, 0.99),
     })
+}
+
+/// One wrk run against `addr`, and the CPU time the process `pid` (and its children) spent on it.
+fn small_responses(
+    plan: &Plan,
+    name: &str,
+    addr: SocketAddr,
+    pid: u32,
+    progress: &impl Fn(&str),
+) -> Result<(Throughput, CpuPerRequest), BenchError> {
+    progress(&format!(
+        "small responses: wrk, {} connections, {} s, {name}",
+        plan.connections,
+        plan.wrk_for.as_secs()
+    ));
+    let url = format!("http://{addr}/polls/");
+    let before = procs::cpu_time(pid);
+    let throughput = wrk(&url, plan.wrk_for, plan.connections)?;
+    let cpu = CpuPerRequest::of(procs::cpu_time(pid) - before, throughput);
+    Ok((throughput, cpu))
+}
+
+/// Many heartbeated streams held open through `process`, then a second for it to let them go
+/// before the next measurement.
+async fn hold(
+    plan: &Plan,
+    process: &procs::Process,
+    progress: &impl Fn(&str),
+) -> Result<Held, BenchError> {
+    progress(&format!(
+        "{} heartbeated streams held {} s through {}",
+        plan.streams,
+        plan.hold.as_secs(),
+        process.name
+    ));
+    let pid = process.pid();
+    let held = hold_streams(process.addr, plan.streams, plan.hold, || {
+        procs::rss_kib(pid)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(held)
 }
 
 /// The human report: one row per figure, keepalive-proxy next to nginx, and their ratio.

@@ -11,6 +11,8 @@ use std::time::Duration;
 use keepalive_kit::ports;
 use keepalive_kit::program::Program;
 
+use super::BenchError;
+
 /// How long a program may take to start listening.
 const START_WITHIN: Duration = Duration::from_secs(5);
 
@@ -27,22 +29,18 @@ impl Process {
     }
 }
 
-pub fn free_addr() -> Result<SocketAddr, String> {
-    ports::free().map_err(|err| format!("no free port: {err}"))
+pub fn free_addr() -> Result<SocketAddr, BenchError> {
+    ports::free().map_err(BenchError::Port)
 }
 
 /// A program built next to this one (`cargo build --release` builds all three).
-pub fn sibling(name: &str) -> Result<PathBuf, String> {
-    let me = std::env::current_exe().map_err(|err| format!("where am I: {err}"))?;
+pub fn sibling(name: &'static str) -> Result<PathBuf, BenchError> {
+    let me = std::env::current_exe().map_err(BenchError::Exe)?;
     let path = me.with_file_name(name);
     if path.is_file() {
         Ok(path)
     } else {
-        Err(format!(
-            "{} not found next to {}: run cargo build --release first",
-            name,
-            me.display()
-        ))
+        Err(BenchError::Sibling { name, beside: me })
     }
 }
 
@@ -51,10 +49,8 @@ fn listening(
     name: &'static str,
     mut program: Program,
     addr: SocketAddr,
-) -> Result<Process, String> {
-    program
-        .listening(addr, START_WITHIN)
-        .map_err(|err| err.to_string())?;
+) -> Result<Process, BenchError> {
+    program.listening(addr, START_WITHIN)?;
     Ok(Process {
         name,
         addr,
@@ -63,10 +59,13 @@ fn listening(
 }
 
 /// The origin, logging JSON to `log` (the disconnect benchmark reads its clock there).
-pub fn origin(log: &Path) -> Result<Process, String> {
+pub fn origin(log: &Path) -> Result<Process, BenchError> {
     let addr = free_addr()?;
-    let log = std::fs::File::create(log)
-        .map_err(|err| format!("cannot create {}: {err}", log.display()))?;
+    let log = std::fs::File::create(log).map_err(|source| BenchError::Io {
+        action: "create",
+        path: log.to_owned(),
+        source,
+    })?;
     let mut command = Command::new(sibling("keepalive-server")?);
     command
         .env("SERVER_ADDR", addr.to_string())
@@ -75,12 +74,12 @@ pub fn origin(log: &Path) -> Result<Process, String> {
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(log);
-    let program = Program::start("origin", command).map_err(|err| err.to_string())?;
+    let program = Program::start("origin", command)?;
     listening("origin", program, addr)
 }
 
 /// keepalive-proxy in front of `upstream`, nginx's timers, idle as given.
-pub fn proxy(upstream: SocketAddr, idle: Duration) -> Result<Process, String> {
+pub fn proxy(upstream: SocketAddr, idle: Duration) -> Result<Process, BenchError> {
     let addr = free_addr()?;
     let admin = free_addr()?;
     let mut command = Command::new(sibling("keepalive-proxy")?);
@@ -98,21 +97,24 @@ pub fn proxy(upstream: SocketAddr, idle: Duration) -> Result<Process, String> {
         .env("PROXY_DRAIN_TIMEOUT", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let program = Program::start("keepalive-proxy", command).map_err(|err| err.to_string())?;
+    let program = Program::start("keepalive-proxy", command)?;
     listening("keepalive-proxy", program, addr)
 }
 
 /// nginx in front of `upstream` with `workers` worker processes, upstream keep-alive on, and
 /// `proxy_read_timeout` of `idle`.
-pub fn nginx(upstream: SocketAddr, workers: usize, idle: Duration) -> Result<Process, String> {
+pub fn nginx(upstream: SocketAddr, workers: usize, idle: Duration) -> Result<Process, BenchError> {
     let addr = free_addr()?;
     let dir = std::env::temp_dir().join(format!(
         "keepalive-bench-nginx-{}-{}",
         std::process::id(),
         addr.port()
     ));
-    std::fs::create_dir_all(&dir)
-        .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| BenchError::Io {
+        action: "create",
+        path: dir.clone(),
+        source,
+    })?;
     // The kit runs nginx with `daemon off; master_process on;` itself.
     let config = format!(
         "worker_processes {workers};\nworker_rlimit_nofile 65536;\npid {dir}/nginx.pid;\n\
@@ -126,13 +128,16 @@ pub fn nginx(upstream: SocketAddr, workers: usize, idle: Duration) -> Result<Pro
         idle = idle.as_millis(),
     );
     let path = dir.join("nginx.conf");
-    std::fs::write(&path, config)
-        .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+    std::fs::write(&path, config).map_err(|source| BenchError::Io {
+        action: "write",
+        path: path.clone(),
+        source,
+    })?;
     match Program::nginx(&path, &dir, Stdio::null()) {
         Ok(program) => listening("nginx", program.scratch(dir), addr),
         Err(err) => {
             let _ = std::fs::remove_dir_all(&dir);
-            Err(err.to_string())
+            Err(err.into())
         }
     }
 }
@@ -219,20 +224,21 @@ fn status_rss(pid: u32) -> u64 {
 /// Raises this process's open-file limit (which the children inherit) for `streams` connections,
 /// and returns how many streams fit: a proxy holds two descriptors per stream (client and origin),
 /// so where the hard limit cannot be raised (no CAP_SYS_RESOURCE), fewer streams than asked.
-pub fn raise_fd_limit(streams: usize) -> Result<usize, String> {
+pub fn raise_fd_limit(streams: usize) -> Result<usize, BenchError> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     const SPARE: u64 = 200;
     let want = streams as u64 * 2 + SPARE;
-    let (soft, hard) =
-        getrlimit(Resource::RLIMIT_NOFILE).map_err(|err| format!("getrlimit: {err}"))?;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(BenchError::FdLimit)?;
     if soft >= want {
         return Ok(streams);
     }
     if setrlimit(Resource::RLIMIT_NOFILE, want, hard.max(want)).is_ok() {
         return Ok(streams);
     }
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-        .map_err(|err| format!("cannot raise the open-file limit to {hard}: {err}"))?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|source| BenchError::FdRaise {
+        limit: hard,
+        source,
+    })?;
     let fit = usize::try_from(hard.saturating_sub(SPARE) / 2).unwrap_or(streams);
     Ok(fit.min(streams))
 }
@@ -248,5 +254,23 @@ mod tests {
         let used = parse_stat(stat, 100.0);
         assert!((used.user - 2.5).abs() < 1e-9, "{used:?}");
         assert!((used.kernel - 0.75).abs() < 1e-9, "{used:?}");
+    }
+
+    #[test]
+    fn a_missing_sibling_is_named_with_how_to_build_it() {
+        let err = sibling("keepalive-no-such-program").expect_err("no such program");
+        assert!(matches!(
+            err,
+            BenchError::Sibling {
+                name: "keepalive-no-such-program",
+                ..
+            }
+        ));
+        let message = err.to_string();
+        assert!(
+            message.starts_with("keepalive-no-such-program not found next to /")
+                && message.ends_with(": run cargo build --release first"),
+            "{message}"
+        );
     }
 }
