@@ -6,39 +6,21 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Uri};
+use http::{HeaderValue, Uri};
 use keepalive_kit::servers::{
-    origin_config, start_origin, start_proxy_configured, Proxy, Running, FIRST_LINE,
+    origin_config, start_cutting_proxy, start_origin, start_origin_and_cutting_proxy,
+    start_proxy_configured, Running, FIRST_LINE,
 };
-use keepalive_kit::timing::{assert_around, ms, quiet_timers, OFF};
+use keepalive_kit::timing::{assert_around, cutting_timers, ms, OFF};
 use keepalive_lab::expect::Shortfall;
 use keepalive_lab::probe::{measure, Findings};
 use keepalive_lab::watch::{observe, Observation, Verdict};
 use keepalive_proxy::config::Compression;
-use keepalive_proxy::cut_style::CutStyle;
+use keepalive_proxy::cut_style::{CutStyle, CUT_STYLE_HEADER};
+use keepalive_proxy::faults::LIMIT_BYTES_HEADER;
 use keepalive_proxy::TimerSet;
 
 const IDLE: Duration = Duration::from_millis(400);
-
-/// Quiet timers but for `idle` and `max_duration`, the ones that cut mid-stream.
-fn timers(idle: Option<Duration>, max_duration: Option<Duration>) -> TimerSet {
-    TimerSet {
-        idle,
-        max_duration,
-        ..quiet_timers()
-    }
-}
-
-/// A proxy in front of `origin` cutting in `style`.
-async fn proxy(origin: &Running, timers: TimerSet, style: CutStyle) -> Proxy {
-    start_proxy_configured(origin.addr, timers, |config| config.cut_style = style).await
-}
-
-async fn origin_and_proxy(timers: TimerSet, style: CutStyle) -> (Running, Proxy) {
-    let origin = start_origin(origin_config()).await;
-    let proxy = proxy(&origin, timers, style).await;
-    (origin, proxy)
-}
 
 fn url(addr: SocketAddr, target: &str) -> Uri {
     format!("http://{addr}{target}").parse().expect("a URL")
@@ -47,12 +29,7 @@ fn url(addr: SocketAddr, target: &str) -> Uri {
 /// `keepalive-lab watch` on `target` at `addr`, for 3 s at most.
 async fn watch(addr: SocketAddr, target: &str, style: Option<&'static str>) -> Observation {
     let headers: Vec<_> = style
-        .map(|style| {
-            (
-                HeaderName::from_static("x-keepalive-cut-style"),
-                HeaderValue::from_static(style),
-            )
-        })
+        .map(|style| (CUT_STYLE_HEADER, HeaderValue::from_static(style)))
         .into_iter()
         .collect();
     observe(
@@ -66,7 +43,8 @@ async fn watch(addr: SocketAddr, target: &str, style: Option<&'static str>) -> O
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_calls_a_clean_cut_silent_truncation_and_a_real_end_complete() {
-    let (_origin, proxy) = origin_and_proxy(timers(Some(IDLE), OFF), CutStyle::Clean).await;
+    let (_origin, proxy) =
+        start_origin_and_cutting_proxy(cutting_timers(Some(IDLE), OFF), CutStyle::Clean).await;
     let (endless, short, whole, truncated) = tokio::join!(
         watch(proxy.addr, "/polls/streamed?sleep=3", None),
         watch(proxy.addr, "/polls/streamed?lines=2&sleep=3", None),
@@ -106,9 +84,9 @@ async fn probe(origin: &Running, style: CutStyle) -> Findings {
         first_byte: ms(1_000),
         header: OFF,
         keepalive: OFF,
-        ..timers(ms(1_000), OFF)
+        ..cutting_timers(ms(1_000), OFF)
     };
-    let proxy = proxy(origin, timers, style).await;
+    let proxy = start_cutting_proxy(origin.addr, timers, style).await;
     measure(
         &url(proxy.addr, "/polls/streamed"),
         Duration::from_secs(4),
@@ -150,13 +128,9 @@ async fn probe_reports_how_the_idle_cut_looks_in_each_style() {
 /// still a cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_counts_only_whole_lines_and_whole_end_events() {
-    let (_origin, proxy) = origin_and_proxy(timers(OFF, OFF), CutStyle::Clean).await;
-    let limited = |bytes: &'static str| {
-        vec![(
-            HeaderName::from_static("x-keepalive-fault-limit-bytes"),
-            HeaderValue::from_static(bytes),
-        )]
-    };
+    let (_origin, proxy) =
+        start_origin_and_cutting_proxy(cutting_timers(OFF, OFF), CutStyle::Clean).await;
+    let limited = |bytes: &'static str| vec![(LIMIT_BYTES_HEADER, HeaderValue::from_static(bytes))];
     let observe_limited = |target: &'static str, bytes: &'static str| {
         let url = url(proxy.addr, target);
         let headers = limited(bytes);
@@ -181,7 +155,7 @@ async fn watch_counts_only_whole_lines_and_whole_end_events() {
     let cut_inside_end = (whole.body_bytes() - 4).to_string();
     let url = url(proxy.addr, "/polls/streamed?lines=2&sleep=0&format=sse");
     let headers = vec![(
-        HeaderName::from_static("x-keepalive-fault-limit-bytes"),
+        LIMIT_BYTES_HEADER,
         HeaderValue::try_from(cut_inside_end).expect("a header value"),
     )];
     let mid_event = observe(&url, &headers, Some(Duration::from_secs(3)), |_| {}).await;
@@ -196,14 +170,14 @@ async fn watch_counts_only_whole_lines_and_whole_end_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_calls_a_whole_compressed_stream_complete() {
     let origin = start_origin(origin_config()).await;
-    let proxy = start_proxy_configured(origin.addr, timers(Some(IDLE), OFF), |config| {
+    let proxy = start_proxy_configured(origin.addr, cutting_timers(Some(IDLE), OFF), |config| {
         config.cut_style = CutStyle::Clean;
         config.compression = Compression::Gzip;
         config.compression_ignore_no_transform = true;
     })
     .await;
     let gzip = [(
-        HeaderName::from_static("accept-encoding"),
+        http::header::ACCEPT_ENCODING,
         HeaderValue::from_static("gzip"),
     )];
     let complete = observe(

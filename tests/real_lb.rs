@@ -18,7 +18,9 @@ use std::time::Duration;
 use keepalive_kit::client::{get, raw_request, Ending, RawConn, Transcript};
 use keepalive_kit::ports;
 use keepalive_kit::program::{self, Program};
-use keepalive_kit::servers::{origin_config, start_origin, start_proxy, Proxy, Running};
+use keepalive_kit::servers::{
+    origin_config, start_origin, start_proxy, Proxy, Running, FIRST_LINE,
+};
 use keepalive_kit::timing::{assert_around, ms, OFF};
 use keepalive_lab::probe::measure;
 use keepalive_proxy::TimerSet;
@@ -178,7 +180,7 @@ async fn idle_cut_truncates_the_chunked_body(kind: Kind) {
     assert!(response.is_chunked(), "{kind:?}: {:?}", response.headers);
     let body = response.data();
     assert!(
-        String::from_utf8_lossy(&body.data).starts_with("[         0 s] Little brown lady\n"),
+        String::from_utf8_lossy(&body.data).starts_with(FIRST_LINE),
         "{kind:?}: {}",
         transcript.text()
     );
@@ -344,7 +346,7 @@ async fn nginx_buffering_alone_forwards_each_chunk_as_it_comes() {
     let transcript = conn.finish(Duration::from_millis(2000)).await;
     let text = String::from_utf8_lossy(&transcript.response().data().data).into_owned();
     let heartbeats = text
-        .strip_prefix("[         0 s] Little brown lady\n")
+        .strip_prefix(FIRST_LINE)
         .map(|rest| rest.matches(' ').count());
     assert!(heartbeats >= Some(5), "{text:?}");
 }

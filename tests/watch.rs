@@ -4,11 +4,12 @@
 use std::process::Command;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, StatusCode, Uri};
+use http::{HeaderValue, StatusCode, Uri};
 use keepalive_kit::program::run_to_exit;
 use keepalive_kit::servers::start_origin_and_proxy;
 use keepalive_kit::timing::{assert_around, ms, OFF};
 use keepalive_lab::watch::{observe, Verdict};
+use keepalive_proxy::faults::RESET_AFTER_HEADER;
 use keepalive_proxy::TimerSet;
 
 fn timers() -> TimerSet {
@@ -85,10 +86,7 @@ async fn an_idle_cut_is_truncated_and_heartbeats_are_told_apart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_injected_reset_is_a_reset() {
     let (_origin, proxy) = start_origin_and_proxy(timers()).await;
-    let header = (
-        HeaderName::from_static("x-keepalive-fault-reset-after"),
-        HeaderValue::from_static("300ms"),
-    );
+    let header = (RESET_AFTER_HEADER, HeaderValue::from_static("300ms"));
     let seen = observe(
         &url(proxy.addr, "/polls/streamed?sleep=100ms"),
         &[header],

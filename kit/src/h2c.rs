@@ -131,9 +131,21 @@ pub fn assert_reset(err: &hyper::Error) {
 }
 
 /// GETs `target` with one `header` on `sender`, reads its body until the proxy resets the stream
-/// (asserted: never a clean end), and returns how many body bytes came first. The reset may come in
-/// place of the response: h2's `send_reset` drops the frames still queued for the stream, HEADERS too.
+/// (asserted: never a clean end), and returns how many body bytes came first.
 pub async fn bytes_before_reset(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+    target: &str,
+    header: (&str, &str),
+) -> usize {
+    let mut body = send(sender, addr, target, &[header]).await.into_body();
+    read_to_reset(&mut body).await
+}
+
+/// [`bytes_before_reset`] for a reset that can come before the response head was written: hyper
+/// answers a body error with `send_reset`, and h2 drops the frames still queued for the stream,
+/// HEADERS too. Then no byte arrived: 0.
+pub async fn bytes_before_early_reset(
     sender: &mut SendRequest<Empty<Bytes>>,
     addr: SocketAddr,
     target: &str,
@@ -143,17 +155,20 @@ pub async fn bytes_before_reset(
         .header(name, value)
         .body(Empty::new())
         .expect("a request");
-    let response = match timeout(WITHIN, sender.send_request(request))
+    let response = timeout(WITHIN, sender.send_request(request))
         .await
-        .expect("response headers within 3 s")
-    {
-        Ok(response) => response,
+        .expect("response headers or a reset within 3 s");
+    match response {
+        Ok(response) => read_to_reset(&mut response.into_body()).await,
         Err(err) => {
             assert_reset(&err);
-            return 0;
+            0
         }
-    };
-    let mut body = response.into_body();
+    }
+}
+
+/// Reads `body` until the proxy resets the stream (asserted: never a clean end); the bytes before.
+async fn read_to_reset(body: &mut Incoming) -> usize {
     let mut received = 0;
     loop {
         match timeout(WITHIN, body.frame())

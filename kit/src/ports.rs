@@ -22,3 +22,8 @@ pub fn reserved() -> io::Result<(TcpSocket, SocketAddr)> {
 pub fn free() -> io::Result<SocketAddr> {
     TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
+
+/// [`free`] as `127.0.0.1:port`, for a test: a binary that wrongly started would collide with nothing.
+pub fn free_for_test() -> String {
+    free().expect("a free port on 127.0.0.1").to_string()
+}

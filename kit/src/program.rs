@@ -59,11 +59,6 @@ pub fn installed(name: &str) -> Result<PathBuf, Error> {
         .ok_or_else(|| Error::Missing(name.to_owned()))
 }
 
-/// [`installed`], for a test: panics with "needs nginx: apt-get install nginx" when missing.
-pub fn require(name: &str) -> PathBuf {
-    installed(name).unwrap_or_else(|err| panic!("{err}"))
-}
-
 /// A child program, stopped gracefully (and its scratch directory removed) when dropped.
 pub struct Program {
     name: String,
@@ -185,7 +180,8 @@ impl Drop for Program {
 }
 
 /// Sends `signal` to `child` unless it has exited, waits up to [`STOP_WITHIN`], then kills it and
-/// its own children (nginx's workers, which would otherwise be orphaned).
+/// its own children (nginx's workers, which would otherwise be orphaned). The children stay in the
+/// test's process group on purpose: a Ctrl-C at the terminal reaches them too.
 fn terminate(child: &mut Child, signal: Signal) -> io::Result<ExitStatus> {
     if let Some(status) = child.try_wait()? {
         return Ok(status);
@@ -199,20 +195,26 @@ fn terminate(child: &mut Child, signal: Signal) -> io::Result<ExitStatus> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    for orphan in children(child.id()) {
-        let _ = kill(orphan, Signal::SIGKILL);
-    }
+    // The master first, and its children from a list taken before: nginx's master replaces a worker
+    // that dies, and a worker whose master is gone is no longer anybody's child to be found.
+    let orphans = children(child.id());
     child.kill()?;
-    child.wait()
+    let status = child.wait()?;
+    for orphan in orphans
+        .into_iter()
+        .filter_map(|pid| i32::try_from(pid).ok())
+    {
+        let _ = kill(Pid::from_raw(orphan), Signal::SIGKILL);
+    }
+    Ok(status)
 }
 
-/// The children of `pid`, from /proc.
-fn children(pid: u32) -> Vec<Pid> {
+/// The children of `pid` (nginx's workers), from /proc; none once it has exited.
+pub fn children(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
         .split_whitespace()
         .filter_map(|child| child.parse().ok())
-        .map(Pid::from_raw)
         .collect()
 }
 
@@ -231,28 +233,49 @@ pub fn clear_settings(command: &mut Command) {
     }
 }
 
+/// How long one of this workspace's binaries may take to refuse its settings or print its help.
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+
+/// Runs `binary` (one of this workspace's, from `CARGO_BIN_EXE_*`) with `args` and only `env` of its
+/// settings, to its exit, for a test.
+pub fn run_with_settings(binary: &str, args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut command = Command::new(binary);
+    clear_settings(&mut command);
+    command
+        .args(args)
+        .envs(env.iter().map(|(key, value)| (key, value)));
+    run_to_exit(command, EXIT_WITHIN)
+}
+
 /// Runs `command` to its exit with stdout and stderr captured, for a test; a program still running
 /// after `within` is stopped and fails the test.
 pub fn run_to_exit(mut command: Command, within: Duration) -> Output {
-    let mut child = command
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|err| panic!("start {command:?}: {err}"));
-    let started = Instant::now();
-    while child.try_wait().expect("poll the child").is_none() {
-        if started.elapsed() > within {
-            terminate(&mut child, Signal::SIGTERM).expect("stop the child");
-            let output = child.wait_with_output().expect("the child's output");
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("a pid fits an i32"));
+    // `wait_with_output` drains both pipes while it waits, so a child that writes more than a pipe
+    // holds never blocks; the thread lets this side give up after `within`.
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(child.wait_with_output()));
+    match receiver.recv_timeout(within) {
+        Ok(output) => output.expect("the child's output"),
+        Err(_) => {
+            let _ = kill(pid, Signal::SIGTERM);
+            let output = receiver.recv_timeout(STOP_WITHIN).unwrap_or_else(|_| {
+                let _ = kill(pid, Signal::SIGKILL);
+                receiver.recv().expect("the waiting thread answers")
+            });
+            let output = output.expect("the child's output");
             panic!(
                 "{command:?} still running after {within:?}; stderr: {}",
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output().expect("the child's output")
 }
 
 /// Asserts how this workspace's programs refuse a setting: exit code 2 and a single stderr line

@@ -9,6 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use keepalive_proxy::cut_style::CutStyle;
 use keepalive_proxy::{admin, Metrics, ProxyConfig, TimerSet};
 use keepalive_server::jobs::Storage;
 use keepalive_server::ServerConfig;
@@ -161,6 +162,18 @@ pub async fn start_origin(config: ServerConfig) -> Running {
 /// [`proxy`] with exactly `timers` and the other settings at their defaults, for a test.
 pub async fn start_proxy(upstream: SocketAddr, timers: TimerSet) -> Proxy {
     start_proxy_configured(upstream, timers, |_| {}).await
+}
+
+/// A proxy in front of `upstream` that makes its cuts in `style`, for a test.
+pub async fn start_cutting_proxy(upstream: SocketAddr, timers: TimerSet, style: CutStyle) -> Proxy {
+    start_proxy_configured(upstream, timers, |config| config.cut_style = style).await
+}
+
+/// The origin, and a proxy in front of it that makes its cuts in `style`, for a test.
+pub async fn start_origin_and_cutting_proxy(timers: TimerSet, style: CutStyle) -> (Running, Proxy) {
+    let origin = start_origin(origin_config()).await;
+    let proxy = start_cutting_proxy(origin.addr, timers, style).await;
+    (origin, proxy)
 }
 
 /// [`proxy`], for a test.

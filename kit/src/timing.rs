@@ -34,6 +34,15 @@ pub fn quiet_timers() -> TimerSet {
     }
 }
 
+/// [`quiet_timers`] but for `idle` and `max_duration`, the timers that cut a stream mid-body.
+pub fn cutting_timers(idle: Option<Duration>, max_duration: Option<Duration>) -> TimerSet {
+    TimerSet {
+        idle,
+        max_duration,
+        ..quiet_timers()
+    }
+}
+
 /// Asserts that `observed` is within [`expected` - EARLY, `expected` + LATE].
 #[track_caller]
 pub fn assert_around(observed: Duration, expected: Duration, what: &str) {

@@ -2,38 +2,20 @@
 //! exit code 2 and one line naming the variable and the value, and `keepalive-proxy --help` documents
 //! every preset and every env var. Cargo builds the binary for these tests (`CARGO_BIN_EXE_*`).
 
-use std::process::{Command, Output};
-use std::time::Duration;
-
 use keepalive_kit::ports;
-use keepalive_kit::program::{assert_refused, clear_settings, run_to_exit};
+use keepalive_kit::program::{assert_refused, run_with_settings};
 
-/// Longest the binary may take to refuse its settings or print its help.
-const EXIT_WITHIN: Duration = Duration::from_secs(20);
-
-/// The proxy with only `env` set of its settings, run to its exit.
-fn run(args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_keepalive-proxy"));
-    clear_settings(&mut command);
-    command
-        .args(args)
-        .envs(env.iter().map(|(key, value)| (key, value)));
-    run_to_exit(command, EXIT_WITHIN)
-}
-
-/// A port free right now, so that a binary that wrongly started would not collide with anything.
-fn free_addr() -> String {
-    ports::free().expect("a free port").to_string()
-}
+const PROXY: &str = env!("CARGO_BIN_EXE_keepalive-proxy");
 
 #[test]
 fn proxy_refuses_a_bad_idle_timeout_with_exit_code_2_and_one_line() {
-    let output = run(
+    let output = run_with_settings(
+        PROXY,
         &[],
         &[
             ("PROXY_IDLE_TIMEOUT", "soon".to_owned()),
-            ("PROXY_ADDR", free_addr()),
-            ("PROXY_ADMIN_ADDR", free_addr()),
+            ("PROXY_ADDR", ports::free_for_test()),
+            ("PROXY_ADMIN_ADDR", ports::free_for_test()),
         ],
     );
     assert_refused(&output, "PROXY_IDLE_TIMEOUT", "soon");
@@ -41,12 +23,13 @@ fn proxy_refuses_a_bad_idle_timeout_with_exit_code_2_and_one_line() {
 
 #[test]
 fn proxy_refuses_an_unknown_preset_listing_the_known_ones() {
-    let output = run(
+    let output = run_with_settings(
+        PROXY,
         &[],
         &[
             ("PROXY_PRESET", "apache".to_owned()),
-            ("PROXY_ADDR", free_addr()),
-            ("PROXY_ADMIN_ADDR", free_addr()),
+            ("PROXY_ADDR", ports::free_for_test()),
+            ("PROXY_ADMIN_ADDR", ports::free_for_test()),
         ],
     );
     assert_refused(&output, "PROXY_PRESET", "apache");
@@ -59,12 +42,13 @@ fn proxy_refuses_an_unknown_preset_listing_the_known_ones() {
 
 #[test]
 fn proxy_refuses_an_unknown_cut_style_listing_the_known_ones() {
-    let output = run(
+    let output = run_with_settings(
+        PROXY,
         &[],
         &[
             ("PROXY_CUT_STYLE", "polite".to_owned()),
-            ("PROXY_ADDR", free_addr()),
-            ("PROXY_ADMIN_ADDR", free_addr()),
+            ("PROXY_ADDR", ports::free_for_test()),
+            ("PROXY_ADMIN_ADDR", ports::free_for_test()),
         ],
     );
     assert_refused(&output, "PROXY_CUT_STYLE", "polite");
@@ -77,19 +61,20 @@ fn proxy_refuses_an_unknown_cut_style_listing_the_known_ones() {
 
 #[test]
 fn proxy_refuses_a_bad_rust_log_instead_of_hiding_logs() {
-    let output = run(
+    let output = run_with_settings(
+        PROXY,
         &[],
         &[
             ("RUST_LOG", "keepalive_proxy=loud".to_owned()),
-            ("PROXY_ADDR", free_addr()),
-            ("PROXY_ADMIN_ADDR", free_addr()),
+            ("PROXY_ADDR", ports::free_for_test()),
+            ("PROXY_ADMIN_ADDR", ports::free_for_test()),
         ],
     );
     assert_refused(&output, "RUST_LOG", "keepalive_proxy=loud");
 }
 
 fn proxy_help() -> String {
-    let output = run(&["--help"], &[]);
+    let output = run_with_settings(PROXY, &["--help"], &[]);
     assert!(output.status.success(), "--help exits 0: {output:?}");
     String::from_utf8(output.stdout).expect("UTF-8 help")
 }

@@ -14,35 +14,15 @@ use keepalive_kit::h2c;
 use keepalive_kit::metrics::{metric, wait_for_metric};
 use keepalive_kit::response::{is_complete_response, RawResponse};
 use keepalive_kit::servers::{
-    origin_config, start_origin, start_proxy_configured, Proxy, Running, FIRST_LINE,
+    origin_config, start_cutting_proxy, start_origin, start_origin_and_cutting_proxy,
+    start_proxy_configured, Proxy, Running, FIRST_LINE,
 };
-use keepalive_kit::timing::{assert_around, ms, quiet_timers, OFF};
+use keepalive_kit::timing::{assert_around, cutting_timers, ms, OFF};
 use keepalive_proxy::cut_style::CutStyle;
-use keepalive_proxy::TimerSet;
 
 const CLIENT_GONE: &str = "origin_streams_ended_total{reason=\"client_gone\"}";
 const IDLE: Duration = Duration::from_millis(400);
 const STYLES: [CutStyle; 3] = [CutStyle::Truncate, CutStyle::Clean, CutStyle::Reset];
-
-/// Quiet timers but for `idle` and `max_duration`, the ones that cut mid-stream.
-fn timers(idle: Option<Duration>, max_duration: Option<Duration>) -> TimerSet {
-    TimerSet {
-        idle,
-        max_duration,
-        ..quiet_timers()
-    }
-}
-
-/// A proxy in front of `origin` cutting in `style`.
-async fn proxy(origin: &Running, timers: TimerSet, style: CutStyle) -> Proxy {
-    start_proxy_configured(origin.addr, timers, |config| config.cut_style = style).await
-}
-
-async fn origin_and_proxy(timers: TimerSet, style: CutStyle) -> (Running, Proxy) {
-    let origin = start_origin(origin_config()).await;
-    let proxy = proxy(&origin, timers, style).await;
-    (origin, proxy)
-}
 
 /// What one keep-alive HTTP/1.1 exchange saw: the response as far as it came, how the connection
 /// ended (`None`: still open after a whole response), and when (since the request).
@@ -149,7 +129,8 @@ async fn wait_for_client_gone(origin: &Running, streams: f64) {
 
 /// An idle cut over HTTP/1.1 in `style`, checked; the servers are returned to outlive the connection.
 async fn idle_cut_over_http1(style: CutStyle) -> (Seen, Running, Proxy) {
-    let (origin, proxy) = origin_and_proxy(timers(Some(IDLE), OFF), style).await;
+    let (origin, proxy) =
+        start_origin_and_cutting_proxy(cutting_timers(Some(IDLE), OFF), style).await;
     let seen = fetch(proxy.addr, "/polls/streamed?sleep=3", "").await;
     seen.assert_as(style, FIRST_LINE.as_bytes());
     assert_around(seen.at, IDLE, &format!("{} idle cut", style.as_str()));
@@ -209,7 +190,8 @@ async fn the_request_header_overrides_the_configured_style() {
         (CutStyle::Clean, CutStyle::Truncate),
     ];
     for (n, (configured, asked)) in cases.into_iter().enumerate() {
-        let proxy = proxy(&origin, timers(Some(IDLE), OFF), configured).await;
+        let proxy =
+            start_cutting_proxy(origin.addr, cutting_timers(Some(IDLE), OFF), configured).await;
         let seen = fetch(proxy.addr, "/polls/streamed?sleep=3", &style_header(asked)).await;
         seen.assert_as(asked, FIRST_LINE.as_bytes());
         assert_around(seen.at, IDLE, &format!("{configured:?} asked {asked:?}"));
@@ -219,7 +201,8 @@ async fn the_request_header_overrides_the_configured_style() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_cut_style_header_answers_400_naming_it_without_reaching_the_origin() {
-    let (origin, proxy) = origin_and_proxy(timers(Some(IDLE), OFF), CutStyle::Clean).await;
+    let (origin, proxy) =
+        start_origin_and_cutting_proxy(cutting_timers(Some(IDLE), OFF), CutStyle::Clean).await;
     let transcript = raw_request(
         proxy.addr,
         &get(
@@ -251,7 +234,7 @@ async fn a_bad_cut_style_header_answers_400_naming_it_without_reaching_the_origi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cut_style_header_never_reaches_the_origin_and_is_ignored_without_fault_headers() {
     let echo = start_echo().await;
-    let proxy = start_proxy_configured(echo.addr, timers(OFF, OFF), |_| {}).await;
+    let proxy = start_proxy_configured(echo.addr, cutting_timers(OFF, OFF), |_| {}).await;
     let transcript = raw_request(
         proxy.addr,
         &get(
@@ -271,7 +254,7 @@ async fn the_cut_style_header_never_reaches_the_origin_and_is_ignored_without_fa
 
     // PROXY_FAULT_HEADERS=off: the configured style alone decides, whatever the request says.
     let origin = start_origin(origin_config()).await;
-    let proxy = start_proxy_configured(origin.addr, timers(Some(IDLE), OFF), |config| {
+    let proxy = start_proxy_configured(origin.addr, cutting_timers(Some(IDLE), OFF), |config| {
         config.cut_style = CutStyle::Clean;
         config.fault_headers = false;
     })
@@ -288,7 +271,8 @@ async fn the_cut_style_header_never_reaches_the_origin_and_is_ignored_without_fa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_byte_limit_fault_follows_the_style() {
     let origin = start_origin(origin_config()).await;
-    let proxy = proxy(&origin, timers(OFF, OFF), CutStyle::Truncate).await;
+    let proxy =
+        start_cutting_proxy(origin.addr, cutting_timers(OFF, OFF), CutStyle::Truncate).await;
     let mut client_gone = 0.0;
     for style in STYLES {
         let seen = fetch(
@@ -318,7 +302,8 @@ async fn the_byte_limit_fault_follows_the_style() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_style_max_duration_cut_ends_a_heartbeated_stream_as_if_complete() {
-    let (origin, proxy) = origin_and_proxy(timers(ms(300), ms(1_000)), CutStyle::Clean).await;
+    let (origin, proxy) =
+        start_origin_and_cutting_proxy(cutting_timers(ms(300), ms(1_000)), CutStyle::Clean).await;
     let seen = fetch(
         proxy.addr,
         "/polls/streamed?sleep=400ms&heartbeat=100ms",
@@ -352,7 +337,8 @@ async fn clean_style_max_duration_cut_ends_a_heartbeated_stream_as_if_complete()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_breaking_off_is_truncated_even_in_clean_style() {
-    let (origin, proxy) = origin_and_proxy(timers(ms(5_000), OFF), CutStyle::Clean).await;
+    let (origin, proxy) =
+        start_origin_and_cutting_proxy(cutting_timers(ms(5_000), OFF), CutStyle::Clean).await;
     let mut conn = RawConn::connect(proxy.addr).await;
     conn.send(get("/polls/streamed?sleep=10", "").as_bytes())
         .await;
@@ -396,7 +382,7 @@ async fn an_origin_breaking_off_is_truncated_even_in_clean_style() {
 async fn h2c_idle_cut_is_end_stream_for_clean_and_rst_stream_otherwise() {
     let origin = start_origin(origin_config()).await;
     for (n, style) in STYLES.into_iter().enumerate() {
-        let proxy = proxy(&origin, timers(Some(IDLE), OFF), style).await;
+        let proxy = start_cutting_proxy(origin.addr, cutting_timers(Some(IDLE), OFF), style).await;
         let mut sender = h2c::handshake(proxy.addr).await;
         let (mut body, sent) =
             h2c::first_line(&mut sender, proxy.addr, "/polls/streamed?sleep=3").await;
@@ -421,7 +407,8 @@ async fn h2c_idle_cut_is_end_stream_for_clean_and_rst_stream_otherwise() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_origin_breaking_off_resets_the_stream_even_in_clean_style() {
-    let (origin, proxy) = origin_and_proxy(timers(ms(5_000), OFF), CutStyle::Clean).await;
+    let (origin, proxy) =
+        start_origin_and_cutting_proxy(cutting_timers(ms(5_000), OFF), CutStyle::Clean).await;
     let mut sender = h2c::handshake(proxy.addr).await;
     let (mut body, _) = h2c::first_line(&mut sender, proxy.addr, "/polls/streamed?sleep=10").await;
     drop(origin);
@@ -436,7 +423,7 @@ async fn h2c_origin_breaking_off_resets_the_stream_even_in_clean_style() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_style_truncates_a_body_of_known_length() {
     let echo = start_echo().await;
-    let proxy = start_proxy_configured(echo.addr, timers(OFF, OFF), |config| {
+    let proxy = start_proxy_configured(echo.addr, cutting_timers(OFF, OFF), |config| {
         config.cut_style = CutStyle::Clean;
     })
     .await;
@@ -453,7 +440,7 @@ async fn clean_style_truncates_a_body_of_known_length() {
 
     let mut sender = h2c::handshake(proxy.addr).await;
     let limit = ("x-keepalive-fault-limit-bytes", "10");
-    let received = h2c::bytes_before_reset(&mut sender, proxy.addr, "/echo", limit).await;
+    let received = h2c::bytes_before_early_reset(&mut sender, proxy.addr, "/echo", limit).await;
     // Over HTTP/2 the limit promises "never more", not "all of them": hyper answers the cut with
     // send_reset, which drops whatever h2 still had queued for the stream, and nothing tells the
     // proxy when h2 has written it (waiting would be a guess). What must hold is the reset itself.
@@ -464,7 +451,8 @@ async fn clean_style_truncates_a_body_of_known_length() {
 /// it carries, goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_reset_fault_resets_the_stream_not_the_connection() {
-    let (_origin, proxy) = origin_and_proxy(timers(OFF, OFF), CutStyle::Truncate).await;
+    let (_origin, proxy) =
+        start_origin_and_cutting_proxy(cutting_timers(OFF, OFF), CutStyle::Truncate).await;
     let mut sender = h2c::handshake(proxy.addr).await;
     let reset = ("x-keepalive-fault-reset-after", "300ms");
     h2c::bytes_before_reset(&mut sender, proxy.addr, "/polls/streamed?sleep=3", reset).await;
@@ -481,7 +469,7 @@ async fn h2c_reset_fault_resets_the_stream_not_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_style_never_cuts_a_compressed_stream_cleanly() {
     let origin = start_origin(origin_config()).await;
-    let proxy = start_proxy_configured(origin.addr, timers(Some(IDLE), OFF), |config| {
+    let proxy = start_proxy_configured(origin.addr, cutting_timers(Some(IDLE), OFF), |config| {
         config.cut_style = CutStyle::Clean;
         config.compression = keepalive_proxy::config::Compression::Gzip;
         config.compression_ignore_no_transform = true;

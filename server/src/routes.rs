@@ -1,6 +1,6 @@
 //! The origin's routes, all in one table: the Django tutorial's two views, plus health and metrics for operators.
 //!
-//! Handlers are thin: they read the request into typed values and hand over to [`crate::poem`] or
+//! Handlers are thin: they read the request into typed values and hand over to [`crate::stream`] or
 //! [`crate::metrics`]; anything refused becomes an [`ApiError`], so every error has the same JSON shape,
 //! including unknown paths and methods.
 
@@ -154,7 +154,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn polls_index_is_the_seeds_text() {
+    async fn polls_index_is_the_tutorials_text() {
         for uri in ["/polls/", "/polls"] {
             let response = get(app(state()), uri).await;
             assert_eq!(response.status(), StatusCode::OK);
@@ -287,7 +287,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn finite_text_stream_is_the_seeds_bytes() {
+    async fn finite_text_stream_is_the_tutorials_bytes() {
         let response = get(app(state()), "/polls/streamed?lines=5&sleep=0&unknown=1").await;
         assert_eq!(
             text(response).await,

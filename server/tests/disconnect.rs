@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use keepalive_kit::client::{open_stream, Ending};
-use keepalive_kit::metrics::{metric, wait_for_metric};
+use keepalive_kit::metrics::{metric, metrics_text, sample, wait_for_metric};
 use keepalive_kit::servers::{origin_config, start_origin};
 use keepalive_server::ServerConfig;
 use tokio::time::{sleep, timeout, Instant};
@@ -19,7 +19,9 @@ async fn client_gone_ends_the_stream_within_a_second() {
 
     let stream = open_stream(origin.addr, "/polls/streamed?sleep=5").await;
     assert_eq!(metric(origin.addr, ACTIVE).await, 1.0);
-    assert_eq!(metric(origin.addr, CLIENT_GONE).await, 0.0);
+    // Present at 0 before any client went, not merely absent: rate() and dashboards need the 0.
+    let exposition = metrics_text(origin.addr).await;
+    assert_eq!(sample(&exposition, CLIENT_GONE), Some(0.0), "{exposition}");
     drop(stream);
 
     let closed = Instant::now();

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use keepalive_kit::program;
+use keepalive_kit::servers::FIRST_LINE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -213,7 +214,7 @@ pub async fn idle_cut_errors(
             let mut stream = open_stream(addr, "sleep=1h")
                 .await
                 .map_err(|source| BenchError::Open { addr, source })?;
-            if !read_until(&mut stream, b"lady\n").await {
+            if !read_until(&mut stream, FIRST_LINE.as_bytes()).await {
                 return Err(BenchError::NoFirstLine { addr });
             }
             let first = Instant::now();
@@ -247,7 +248,7 @@ pub async fn disconnect_propagation(
         let mut stream = open_stream(addr, "sleep=1h")
             .await
             .map_err(|source| BenchError::Open { addr, source })?;
-        if !read_until(&mut stream, b"lady\n").await {
+        if !read_until(&mut stream, FIRST_LINE.as_bytes()).await {
             return Err(BenchError::NoFirstLine { addr });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use keepalive_kit::ports;
-use keepalive_kit::program::Program;
+use keepalive_kit::program::{children, Program};
 
 use super::BenchError;
 
@@ -144,16 +144,7 @@ pub fn nginx(upstream: SocketAddr, workers: usize, idle: Duration) -> Result<Pro
 
 /// Resident memory of `pid` and its children (nginx's workers), in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    status_rss(pid) + children(pid).map(status_rss).sum::<u64>()
-}
-
-fn children(pid: u32) -> impl Iterator<Item = u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|child| child.parse::<u32>().ok())
-        .collect::<Vec<_>>()
-        .into_iter()
+    status_rss(pid) + children(pid).into_iter().map(status_rss).sum::<u64>()
 }
 
 /// CPU time a process has used so far, in user space and in the kernel, in seconds.

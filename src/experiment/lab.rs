@@ -14,13 +14,11 @@ use tokio::time::Instant;
 
 use crate::watch::fetch;
 
-pub use keepalive_kit::metrics::sample as metric_value;
-pub use keepalive_kit::ports::reserved as reserved_port;
-pub use keepalive_kit::servers::origin_on as serve_origin;
+use keepalive_kit::metrics::sample;
 pub use keepalive_kit::servers::{Proxy, Running};
 
 /// The origin, with no drain: stopping it cuts its streams at once, as a crash does.
-pub fn origin_config() -> ServerConfig {
+pub fn undrained_origin_config() -> ServerConfig {
     ServerConfig {
         drain_timeout: Duration::ZERO,
         data_dir: Storage::Memory,
@@ -28,9 +26,9 @@ pub fn origin_config() -> ServerConfig {
     }
 }
 
-/// The origin with [`origin_config`] on a fresh loopback port.
+/// The origin with [`undrained_origin_config`] on a fresh loopback port.
 pub async fn start_origin() -> std::io::Result<Running> {
-    servers::origin(origin_config()).await
+    servers::origin(undrained_origin_config()).await
 }
 
 /// The proxy in front of `upstream` with exactly `timers`, whatever `configure` changes, and no
@@ -63,9 +61,9 @@ pub async fn origin_counts(origin: SocketAddr) -> Option<OriginCounts> {
         .ok()?;
     let text = String::from_utf8_lossy(&body);
     Some(OriginCounts {
-        active: metric_value(&text, "origin_streams_active")?,
-        client_gone: metric_value(&text, "origin_streams_ended_total{reason=\"client_gone\"}")?,
-        completed: metric_value(&text, "origin_streams_ended_total{reason=\"completed\"}")?,
+        active: sample(&text, "origin_streams_active")?,
+        client_gone: sample(&text, "origin_streams_ended_total{reason=\"client_gone\"}")?,
+        completed: sample(&text, "origin_streams_ended_total{reason=\"completed\"}")?,
     })
 }
 

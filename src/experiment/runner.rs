@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use keepalive_common::duration::display;
+use keepalive_kit::servers::FIRST_LINE;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -219,7 +220,10 @@ pub(crate) fn raw_get(path: &str) -> String {
 pub(crate) async fn first_line(stream: &mut TcpStream) -> Result<(), SetupError> {
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
-    while !received.windows(5).any(|w| w == b"lady\n") {
+    while !received
+        .windows(FIRST_LINE.len())
+        .any(|w| w == FIRST_LINE.as_bytes())
+    {
         match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
             _ => return Err(SetupError::NoFirstLine),

@@ -352,3 +352,57 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The byte limit on its own, without sockets: what leaves the body is exactly what the limit
+    //! lets through, then the cut. Over HTTP/1 the wire shows the same; over HTTP/2 hyper's
+    //! `send_reset` may drop the last queued DATA, so this is where "exactly" is proven.
+
+    use http_body_util::combinators::BoxBody;
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+
+    fn limited(body: &'static str, limit: u64) -> Pin<Box<FaultBody<BoxBody<Bytes, BoxError>>>> {
+        Box::pin(FaultBody::new(
+            Full::new(Bytes::from_static(body.as_bytes()))
+                .map_err(|never| match never {})
+                .boxed(),
+            FaultPlan {
+                limit_bytes: Some(limit),
+                ..FaultPlan::default()
+            },
+            FaultContext {
+                metrics: Metrics::new(),
+                request_id: HeaderValue::from_static("test"),
+                reset: None,
+            },
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limit_bytes_forwards_exactly_the_limit_then_cuts() {
+        let mut body = limited("0123456789abcdefghij", 10);
+        let mut forwarded = Vec::new();
+        let error = loop {
+            match body.frame().await {
+                Some(Ok(frame)) => forwarded.extend_from_slice(frame.data_ref().expect("data")),
+                Some(Err(error)) => break error,
+                None => panic!("the body ended cleanly after {forwarded:?}"),
+            }
+        };
+        assert_eq!(forwarded, b"0123456789");
+        assert!(
+            error.downcast_ref::<FaultCut>().is_some(),
+            "the cut is the fault's own: {error}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limit_bytes_above_the_body_passes_it_whole() {
+        let body = limited("short", 10);
+        let collected = body.collect().await.expect("no cut").to_bytes();
+        assert_eq!(collected, "short");
+    }
+}

@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use http::StatusCode;
+use keepalive_kit::ports;
+use keepalive_kit::servers::origin_on;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -12,9 +14,7 @@ use tokio::time::Instant;
 use super::{
     Ending, Expect, Family, Millis, Scale, Scenario, Setup, Step, Stream, Target, Timers, When,
 };
-use crate::experiment::lab::{
-    origin_config, origin_end, reserved_port, serve_origin, start_origin,
-};
+use crate::experiment::lab::{origin_end, start_origin, undrained_origin_config};
 use crate::experiment::runner::{
     client_lane, counts, describe, first_line, front, headers, origin_lane, origin_said, raw_get,
     url, Seen, SetupError,
@@ -70,7 +70,8 @@ pub const ORIGIN_KILLED: Scenario = Scenario {
         }),
         step: Step::OriginKilled {
             after: Millis(700),
-            max: Millis(10_000),
+            // Unscaled: how long the client may wait to hear of the kill is not a timer of the run.
+            max: Duration::from_secs(10),
         },
         ..PATIENT
     },
@@ -166,14 +167,13 @@ pub(crate) async fn origin_killed(
     scenario: &Scenario,
     scale: Scale,
     after: Millis,
-    max: Millis,
+    max: Duration,
 ) -> Result<Seen, SetupError> {
     let setup = &scenario.setup;
     let mut origin = start_origin().await?;
     let (_front, front) = front(origin.addr, setup, scale).await?;
     let target = url(front, &setup.target.path(scale))?;
     let headers = headers(setup, scale)?;
-    let max = max.at(scale);
     let started = Instant::now();
     let watching = tokio::spawn(async move { observe(&target, &headers, Some(max), |_| {}).await });
     tokio::time::sleep(after.at(scale)).await;
@@ -207,14 +207,14 @@ pub(crate) async fn origin_down(
     max: Millis,
 ) -> Result<Seen, SetupError> {
     let setup = &scenario.setup;
-    let (socket, origin) = reserved_port()?;
+    let (socket, origin) = ports::reserved()?;
     let (_front, front) = front(origin, setup, scale).await?;
     let target = url(front, &setup.target.path(scale))?;
     let headers = headers(setup, scale)?;
     let started = Instant::now();
     let down = observe(&target, &headers, Some(max.at(scale)), |_| {}).await;
     tokio::time::sleep(after.at(scale)).await;
-    let _origin = serve_origin(socket.listen(64)?, origin_config())?;
+    let _origin = origin_on(socket.listen(64)?, undrained_origin_config())?;
     let back_at = started.elapsed();
     let up = observe(&target, &headers, Some(max.at(scale)), |_| {}).await;
     let mut timeline = Timeline::new(scenario.title(scale));

@@ -12,8 +12,8 @@ mod faults;
 mod hops;
 mod jobs;
 mod silent_loss;
-mod story;
 mod timers;
+mod title;
 
 use std::ops::RangeInclusive;
 use std::time::Duration;
@@ -276,7 +276,7 @@ pub enum Step {
     /// The client resets its connection (a RST) `after` the stream's first line.
     ClientResets { after: Millis },
     /// The origin dies `after` the request; the client watches for `max` at most.
-    OriginKilled { after: Millis, max: Millis },
+    OriginKilled { after: Millis, max: Duration },
     /// A first request finds the origin down; it comes back `after` that one's answer, and a
     /// second request follows. Each is watched for `max` at most.
     OriginDown { after: Millis, max: Millis },

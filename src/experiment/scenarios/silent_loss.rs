@@ -15,7 +15,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::{Expect, Family, Millis, Scale, Scenario, Setup, Step, Stream, Target};
-use crate::experiment::lab::{metric_value, origin_config, serve_origin, OriginEnd};
+use keepalive_kit::metrics::sample;
+use keepalive_kit::servers::origin_on;
+
+use crate::experiment::lab::{undrained_origin_config, OriginEnd};
 use crate::experiment::netns::Netns;
 use crate::experiment::runner::{first_line, raw_get, NotRun, Seen, SetupError};
 use crate::experiment::timeline::{Event, Mark, Timeline};
@@ -106,9 +109,8 @@ impl MetricsProbe {
             .map_err(MetricsProbeError::Exchange)?
             .to_bytes();
         let text = String::from_utf8_lossy(&body);
-        let value = |series: &'static str| {
-            metric_value(&text, series).ok_or(MetricsProbeError::Missing(series))
-        };
+        let value =
+            |series: &'static str| sample(&text, series).ok_or(MetricsProbeError::Missing(series));
         Ok((
             value("origin_streams_active")?,
             value("origin_streams_ended_total{reason=\"client_gone\"}")?,
@@ -141,11 +143,11 @@ pub(crate) async fn network_silent(
             Ok((listener, client, probe))
         })
         .map_err(NotRun::CannotRun)?;
-    let _origin = serve_origin(
+    let _origin = origin_on(
         tokio::net::TcpListener::from_std(listener)?,
         keepalive_server::ServerConfig {
             tcp_user_timeout: user_timeout,
-            ..origin_config()
+            ..undrained_origin_config()
         },
     )?;
     let mut probe = MetricsProbe::connect(TcpStream::from_std(probe)?)
