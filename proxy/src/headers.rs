@@ -5,18 +5,22 @@
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-    VIA,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
 };
 use http::Version;
 
 /// Fields that describe one connection, never the message: RFC 9110 7.6.1, plus `Proxy-Connection`,
-/// which old clients still send.
+/// which old clients still send, and the proxy credentials and challenges, which belong to the proxy
+/// that asked for them (RFC 9110 11.7.1, 11.7.2): forwarded, they would hand a client's proxy
+/// password to the upstream.
 /// Names, not strings: removing by a string parses and hashes it again on every request.
-static HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
     TE,
     TRAILER,
     TRANSFER_ENCODING,
@@ -110,6 +114,8 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("upgrade", "h2c"),
             ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic cHJveHk6c2VjcmV0"),
+            ("proxy-authenticate", "Basic realm=\"edge\""),
             ("trailer", "x-checksum"),
             ("x-secret-hop", "1"),
             ("x-other-hop", "2"),
