@@ -16,6 +16,7 @@ mod forward;
 mod headers;
 mod metrics;
 mod preset;
+mod request_body;
 mod server;
 mod timeouts;
 

@@ -181,6 +181,10 @@ async fn connect_method_is_refused_never_tunnelled() {
     let transcript = conn.finish(Duration::ZERO).await;
     let response = transcript.response();
     assert_eq!(response.status, 405, "{}", transcript.text());
+    assert_eq!(
+        metric(proxy.admin, "proxy_client_errors_total{kind=\"connect\"}").await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -417,6 +421,11 @@ async fn origin_closing_before_headers_answers_502() {
     let response = transcript.response();
     assert_eq!(response.status, 502, "{}", transcript.text());
     assert_eq!(response.header("x-keepalive-timer"), None);
+    assert_eq!(
+        response.text(),
+        "502 Bad Gateway: the upstream failed before sending a response\n",
+        "the proxy's own words only: hyper's error chain belongs in the log"
+    );
     assert_eq!(
         metric(
             proxy.admin,
