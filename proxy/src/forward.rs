@@ -3,7 +3,7 @@
 //!
 //! The request's own target is ignored except for its path and query: whatever authority a client
 //! writes (absolute-form, `Host`, `:authority`), the request goes to the one upstream, so this is never
-//! an open proxy. What the client got wrong (its body, a tunnel) fails
+//! an open proxy. What the client got wrong (its `Host`, its body, a tunnel) fails
 //! as a [`ClientError`], which the edge answers 4xx and never counts as the upstream's failure.
 
 use std::future::Future;
@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header::HOST, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::Service;
 
-use crate::headers::{append_via, set_forwarded, strip_hop_by_hop};
+use crate::headers::{append_via, set_forwarded, settle_host, strip_hop_by_hop, HostError};
 use crate::request_body::{RequestBody, ResponseTie, UpstreamBody};
 use crate::timeouts::connect::ConnectTimeout;
 use crate::BoxError;
@@ -69,6 +69,8 @@ pub enum ClientError {
     /// A client tried to use the proxy as a tunnel.
     #[error("CONNECT is not supported: this proxy only forwards requests to its upstream")]
     Connect,
+    #[error(transparent)]
+    Host(#[from] HostError),
     /// The request body broke off or was malformed (bad chunked framing, shorter than announced).
     #[error("the request body is malformed or incomplete")]
     Body(#[source] Arc<hyper::Error>),
@@ -79,7 +81,7 @@ impl ClientError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Connect => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Body(_) => StatusCode::BAD_REQUEST,
+            Self::Host(_) | Self::Body(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -87,6 +89,7 @@ impl ClientError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Connect => "connect",
+            Self::Host(_) => "host",
             Self::Body(_) => "body",
         }
     }
@@ -115,11 +118,9 @@ impl Forward {
             return Err(ClientError::Connect.into());
         }
         let (mut parts, body) = request.into_parts();
-        // HTTP/2 carries the host in `:authority`; the upstream speaks HTTP/1.1 and expects `Host`.
-        let authority_host = parts
-            .uri
-            .authority()
-            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+        // Before the target is replaced: its authority (absolute-form, HTTP/2's `:authority`) wins.
+        settle_host(&mut parts.headers, parts.uri.authority(), parts.version)
+            .map_err(ClientError::from)?;
         let path = parts
             .uri
             .path_and_query()
@@ -131,13 +132,8 @@ impl Forward {
         target.path_and_query = Some(path);
         parts.uri = Uri::from_parts(target)?;
         strip_hop_by_hop(&mut parts.headers);
-        if !parts.headers.contains_key(HOST) {
-            if let Some(host) = authority_host.clone() {
-                parts.headers.insert(HOST, host);
-            }
-        }
         if let Some(ClientAddr(client)) = parts.extensions.get::<ClientAddr>() {
-            set_forwarded(&mut parts.headers, client.ip(), authority_host);
+            set_forwarded(&mut parts.headers, client.ip());
         }
         append_via(&mut parts.headers, parts.version);
         parts.version = Version::HTTP_11;
