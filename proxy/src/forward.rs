@@ -3,7 +3,7 @@
 //!
 //! The request's own target is ignored except for its path and query: whatever authority a client
 //! writes (absolute-form, `Host`, `:authority`), the request goes to the one upstream, so this is never
-//! an open proxy. What the client got wrong (its `Host`, its body, a tunnel) fails
+//! an open proxy. What the client got wrong (its `Host`, its body, a tunnel, a denied path) fails
 //! as a [`ClientError`], which the edge answers 4xx and never counts as the upstream's failure.
 
 use std::future::Future;
@@ -19,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::Service;
 
+use crate::deny::DenyPaths;
 use crate::headers::{append_via, set_forwarded, settle_host, strip_hop_by_hop, HostError};
 use crate::request_body::{RequestBody, ResponseTie, UpstreamBody};
 use crate::timeouts::connect::ConnectTimeout;
@@ -74,6 +75,9 @@ pub enum ClientError {
     /// The request body broke off or was malformed (bad chunked framing, shorter than announced).
     #[error("the request body is malformed or incomplete")]
     Body(#[source] Arc<hyper::Error>),
+    /// One of `PROXY_DENY_PATHS`: an upstream's operator route.
+    #[error("the proxy does not forward this path (PROXY_DENY_PATHS)")]
+    Denied,
 }
 
 impl ClientError {
@@ -82,6 +86,7 @@ impl ClientError {
         match self {
             Self::Connect => StatusCode::METHOD_NOT_ALLOWED,
             Self::Host(_) | Self::Body(_) => StatusCode::BAD_REQUEST,
+            Self::Denied => StatusCode::NOT_FOUND,
         }
     }
 
@@ -91,6 +96,7 @@ impl ClientError {
             Self::Connect => "connect",
             Self::Host(_) => "host",
             Self::Body(_) => "body",
+            Self::Denied => "denied_path",
         }
     }
 }
@@ -99,12 +105,17 @@ impl ClientError {
 pub struct Forward {
     client: Client<ConnectTimeout, RequestBody>,
     upstream: Upstream,
+    deny: DenyPaths,
 }
 
 impl Forward {
-    pub fn new(upstream: Upstream, connector: ConnectTimeout) -> Self {
+    pub fn new(upstream: Upstream, connector: ConnectTimeout, deny: DenyPaths) -> Self {
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Self { client, upstream }
+        Self {
+            client,
+            upstream,
+            deny,
+        }
     }
 
     /// The request as the upstream gets it; an error, never the client's own target, when it cannot be
@@ -116,6 +127,9 @@ impl Forward {
     ) -> Result<(Request<RequestBody>, ResponseTie), BoxError> {
         if request.method() == Method::CONNECT {
             return Err(ClientError::Connect.into());
+        }
+        if self.deny.denies(request.uri().path()) {
+            return Err(ClientError::Denied.into());
         }
         let (mut parts, body) = request.into_parts();
         // Before the target is replaced: its authority (absolute-form, HTTP/2's `:authority`) wins.

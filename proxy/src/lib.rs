@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod config;
 pub mod cut_style;
+mod deny;
 mod edge;
 pub mod faults;
 mod forward;
@@ -99,6 +100,7 @@ fn stack(
         .service(Forward::new(
             config.upstream.clone(),
             ConnectTimeout::new(timers.connect),
+            config.deny_paths.clone(),
         ))
 }
 
@@ -123,6 +125,7 @@ pub async fn serve(
         header = %show(timers.header),
         keepalive = %show(timers.keepalive),
         cut_style = config.cut_style.as_str(),
+        deny_paths = %config.deny_paths,
         "proxy listening",
     );
     let limits = ClientConnLimits {
