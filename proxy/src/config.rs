@@ -11,6 +11,7 @@ use keepalive_common::duration::{parse_duration, parse_timer, DurationError};
 use keepalive_common::logging::LogFormat;
 
 use crate::cut_style::CutStyle;
+use crate::deny::DenyPaths;
 use crate::faults::compression::CompressionHop;
 use crate::faults::{parse_probability, parse_size, FaultSettings};
 use crate::forward::Upstream;
@@ -20,6 +21,7 @@ const DEFAULT_ADDR: &str = "0.0.0.0:8080";
 const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
 const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_DENY_PATHS: &str = "/metrics";
 
 /// Whether the proxy is also a compressing hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -80,6 +82,12 @@ pub struct ProxyConfig {
     /// Address of the admin listener serving /metrics and /healthz
     #[arg(long, env = "PROXY_ADMIN_ADDR", default_value = DEFAULT_ADMIN_ADDR)]
     pub admin_addr: SocketAddr,
+
+    /// Paths answered 404 by the proxy, never forwarded: the upstream's operator routes, which its
+    /// operator reads on the upstream's own address. Comma-separated; each denies everything under it;
+    /// off forwards every path
+    #[arg(long, env = "PROXY_DENY_PATHS", default_value = DEFAULT_DENY_PATHS)]
+    pub deny_paths: DenyPaths,
 
     /// Real load balancer whose timers to start from
     #[arg(long, env = "PROXY_PRESET", value_enum, default_value = "nginx")]
@@ -255,6 +263,9 @@ impl Default for ProxyConfig {
             admin_addr: DEFAULT_ADMIN_ADDR
                 .parse()
                 .expect("default admin address is valid"),
+            deny_paths: DEFAULT_DENY_PATHS
+                .parse()
+                .expect("default deny paths are valid"),
             preset: Preset::Nginx,
             connect_timeout: TimerSetting::Preset,
             first_byte_timeout: TimerSetting::Preset,
@@ -358,6 +369,25 @@ mod tests {
         assert!(line.contains("PROXY_IDLE_TIMEOUT"), "{line}");
         assert!(line.contains("soon"), "{line}");
         assert!(line.contains("250ms"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn deny_paths_default_to_metrics_and_can_be_turned_off() {
+        assert!(parse(&[]).expect("valid").deny_paths.denies("/metrics"));
+        assert!(ProxyConfig::default().deny_paths.denies("/metrics"));
+        let off = parse(&["--deny-paths", "off"]).expect("valid");
+        assert!(!off.deny_paths.denies("/metrics"));
+    }
+
+    #[test]
+    fn bad_deny_path_names_the_variable_value_and_form() {
+        let Err(ConfigError::Invalid(line)) = parse(&["--deny-paths", "metrics"]) else {
+            panic!("accepted a path without /");
+        };
+        assert!(line.contains("PROXY_DENY_PATHS"), "{line}");
+        assert!(line.contains("metrics"), "{line}");
+        assert!(line.contains("/metrics,/admin"), "{line}");
         assert!(!line.contains('\n'), "{line}");
     }
 

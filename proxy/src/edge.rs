@@ -1,6 +1,8 @@
 //! The single edge where errors stop being data: every typed failure from the layers below (a timer
-//! that fired, an upstream that refused or broke off) becomes what a client of a real balancer would see,
-//! one log line and one metric. Before headers that is a short text response (502/504); after headers
+//! that fired, an upstream that refused or broke off, a client's own mistake) becomes what a client of
+//! a real balancer would see, one log line and one metric. Before headers that is a short text response
+//! (4xx for the client's mistakes, 502/504 for the upstream's), in the proxy's own words: the error
+//! chain, with hyper's internals, goes to the log line, never to the client. After headers
 //! the body fails, and hyper aborts the exchange exactly like nginx does: HTTP/1.1 gets a chunked body
 //! without its last chunk and a closed connection (curl exits 18), HTTP/2 a RST_STREAM. A cut the
 //! proxy makes itself may instead end cleanly or with a reset ([`CutStyle`]).
@@ -28,7 +30,7 @@ use tower::{Layer, Service};
 use crate::cut_style::{CutStyle, CUT_STYLE_HEADER};
 use crate::faults::reset::ResetSwitch;
 use crate::faults::{BadFaultHeader, Fault, FaultCut};
-use crate::forward::ConnectRefused;
+use crate::forward::ClientError;
 use crate::metrics::Metrics;
 use crate::timeouts::client_conn::InFlight;
 use crate::timeouts::{Timer, TimerExpired};
@@ -216,29 +218,37 @@ impl Exchange {
                 (
                     StatusCode::BAD_GATEWAY,
                     None,
-                    format!(
-                        "502 Bad Gateway: cannot connect to the upstream: {}\n",
-                        chain(err)
-                    ),
+                    "502 Bad Gateway: cannot connect to the upstream\n".to_owned(),
                 )
             }
-            Failure::Method => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                None,
-                format!("405 Method Not Allowed: {err}\n"),
-            ),
-            Failure::BadFaultHeader => (
-                StatusCode::BAD_REQUEST,
-                None,
-                format!("400 Bad Request: {err}\n"),
-            ),
+            Failure::Client(client) => {
+                let status = client.status();
+                self.metrics.client_error(client.kind());
+                tracing::info!(
+                    %status,
+                    kind = client.kind(),
+                    error = %chain(err),
+                    request_id = self.request_id(),
+                    path = %self.path,
+                    "refused the client's request",
+                );
+                (status, None, format!("{status}: {client}\n"))
+            }
+            Failure::BadFaultHeader => {
+                self.metrics.client_error("fault_header");
+                (
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    format!("400 Bad Request: {err}\n"),
+                )
+            }
             // Faults act on bodies only: this is a bug in the layers below, not an upstream's failure.
             Failure::Fault(_) => {
                 tracing::error!(error = %err, request_id = self.request_id(), "fault before response headers");
                 (
                     StatusCode::BAD_GATEWAY,
                     None,
-                    format!("502 Bad Gateway: {err}\n"),
+                    "502 Bad Gateway\n".to_owned(),
                 )
             }
             Failure::Upstream => {
@@ -247,10 +257,7 @@ impl Exchange {
                 (
                     StatusCode::BAD_GATEWAY,
                     None,
-                    format!(
-                        "502 Bad Gateway: the upstream failed before sending a response: {}\n",
-                        chain(err)
-                    ),
+                    "502 Bad Gateway: the upstream failed before sending a response\n".to_owned(),
                 )
             }
         };
@@ -307,19 +314,21 @@ impl Drop for Exchange {
 }
 
 /// What went wrong, read from the error chain the layers below produced.
-enum Failure {
+enum Failure<'e> {
     Timer(TimerExpired),
     /// An injected fault ended the stream; the fault logged and counted itself when it acted.
     Fault(Fault),
     BadFaultHeader,
+    /// The client's own mistake, wherever in the chain it surfaced (a broken request body comes
+    /// wrapped in the upstream client's error).
+    Client(&'e ClientError),
     Refused,
     Connect,
-    Method,
     Upstream,
 }
 
-impl Failure {
-    fn of(err: &(dyn StdError + 'static)) -> Self {
+impl<'e> Failure<'e> {
+    fn of(err: &'e (dyn StdError + 'static)) -> Self {
         let mut connect = false;
         let mut current = Some(err);
         while let Some(err) = current {
@@ -332,8 +341,8 @@ impl Failure {
             if err.is::<BadFaultHeader>() {
                 return Failure::BadFaultHeader;
             }
-            if err.is::<ConnectRefused>() {
-                return Failure::Method;
+            if let Some(client) = err.downcast_ref::<ClientError>() {
+                return Failure::Client(client);
             }
             if let Some(io) = err.downcast_ref::<io::Error>() {
                 if io.kind() == io::ErrorKind::ConnectionRefused {
@@ -416,6 +425,19 @@ impl EdgeBody {
             // A reset is that fault's whole point; it flipped the switch itself.
             Failure::Fault(Fault::ResetAfter) => CutStyle::Reset,
             Failure::Fault(_) => styled,
+            Failure::Client(client) => {
+                exchange.metrics.client_error(client.kind());
+                tracing::info!(
+                    kind = client.kind(),
+                    error = %chain(err.as_ref()),
+                    %elapsed,
+                    bytes = self.bytes,
+                    request_id = exchange.request_id(),
+                    path = %exchange.path,
+                    "the client's request broke off mid-stream: cutting the client off without the last chunk",
+                );
+                CutStyle::Truncate
+            }
             _ => {
                 exchange.metrics.upstream_error("body_failed");
                 tracing::warn!(

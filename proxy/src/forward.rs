@@ -3,21 +3,25 @@
 //!
 //! The request's own target is ignored except for its path and query: whatever authority a client
 //! writes (absolute-form, `Host`, `:authority`), the request goes to the one upstream, so this is never
-//! an open proxy.
+//! an open proxy. What the client got wrong (its `Host`, its body, a tunnel, a denied path) fails
+//! as a [`ClientError`], which the edge answers 4xx and never counts as the upstream's failure.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header::HOST, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::Service;
 
-use crate::headers::{append_via, set_forwarded, strip_hop_by_hop};
+use crate::deny::DenyPaths;
+use crate::headers::{append_via, set_forwarded, settle_host, strip_hop_by_hop, HostError};
+use crate::request_body::{RequestBody, ResponseTie, UpstreamBody};
 use crate::timeouts::connect::ConnectTimeout;
 use crate::BoxError;
 
@@ -59,35 +63,78 @@ impl std::str::FromStr for Upstream {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
-/// A client tried to use the proxy as a tunnel; answered 405 at the edge.
+/// A request the proxy refuses because of what the client sent. Its own words are what the client
+/// reads; the cause (hyper's account of a broken body) goes to the log only.
 #[derive(Debug, thiserror::Error)]
-#[error("CONNECT is not supported: this proxy only forwards requests to its upstream")]
-pub struct ConnectRefused;
+pub enum ClientError {
+    /// A client tried to use the proxy as a tunnel.
+    #[error("CONNECT is not supported: this proxy only forwards requests to its upstream")]
+    Connect,
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The request body broke off or was malformed (bad chunked framing, shorter than announced).
+    #[error("the request body is malformed or incomplete")]
+    Body(#[source] Arc<hyper::Error>),
+    /// One of `PROXY_DENY_PATHS`: an upstream's operator route.
+    #[error("the proxy does not forward this path (PROXY_DENY_PATHS)")]
+    Denied,
+}
+
+impl ClientError {
+    /// What the client is answered.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Host(_) | Self::Body(_) => StatusCode::BAD_REQUEST,
+            Self::Denied => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The `kind` label of `proxy_client_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Host(_) => "host",
+            Self::Body(_) => "body",
+            Self::Denied => "denied_path",
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Forward {
-    client: Client<ConnectTimeout, Incoming>,
+    client: Client<ConnectTimeout, RequestBody>,
     upstream: Upstream,
+    deny: DenyPaths,
 }
 
 impl Forward {
-    pub fn new(upstream: Upstream, connector: ConnectTimeout) -> Self {
+    pub fn new(upstream: Upstream, connector: ConnectTimeout, deny: DenyPaths) -> Self {
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Self { client, upstream }
+        Self {
+            client,
+            upstream,
+            deny,
+        }
     }
 
     /// The request as the upstream gets it; an error, never the client's own target, when it cannot be
-    /// pointed at the upstream (that would make this an open proxy).
+    /// pointed at the upstream (that would make this an open proxy): a [`ClientError`], or an
+    /// `http::Error` for a target the upstream's authority cannot be put in.
     fn upstream_request(
         &self,
         request: Request<Incoming>,
-    ) -> Result<Request<Incoming>, http::Error> {
+    ) -> Result<(Request<RequestBody>, ResponseTie), BoxError> {
+        if request.method() == Method::CONNECT {
+            return Err(ClientError::Connect.into());
+        }
+        if self.deny.denies(request.uri().path()) {
+            return Err(ClientError::Denied.into());
+        }
         let (mut parts, body) = request.into_parts();
-        // HTTP/2 carries the host in `:authority`; the upstream speaks HTTP/1.1 and expects `Host`.
-        let authority_host = parts
-            .uri
-            .authority()
-            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+        // Before the target is replaced: its authority (absolute-form, HTTP/2's `:authority`) wins.
+        settle_host(&mut parts.headers, parts.uri.authority(), parts.version)
+            .map_err(ClientError::from)?;
         let path = parts
             .uri
             .path_and_query()
@@ -99,36 +146,29 @@ impl Forward {
         target.path_and_query = Some(path);
         parts.uri = Uri::from_parts(target)?;
         strip_hop_by_hop(&mut parts.headers);
-        if !parts.headers.contains_key(HOST) {
-            if let Some(host) = authority_host.clone() {
-                parts.headers.insert(HOST, host);
-            }
-        }
         if let Some(ClientAddr(client)) = parts.extensions.get::<ClientAddr>() {
-            set_forwarded(&mut parts.headers, client.ip(), authority_host);
+            set_forwarded(&mut parts.headers, client.ip());
         }
         append_via(&mut parts.headers, parts.version);
         parts.version = Version::HTTP_11;
-        Ok(Request::from_parts(parts, body))
+        let (body, tie) = RequestBody::new(body);
+        Ok((Request::from_parts(parts, body), tie))
     }
 }
 
 impl Service<Request<Incoming>> for Forward {
-    type Response = Response<Incoming>;
+    type Response = Response<UpstreamBody>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        if request.method() == Method::CONNECT {
-            return Box::pin(std::future::ready(Err(ConnectRefused.into())));
-        }
-        let request = match self.upstream_request(request) {
+        let (request, tie) = match self.upstream_request(request) {
             Ok(request) => request,
-            Err(err) => return Box::pin(std::future::ready(Err(err.into()))),
+            Err(err) => return Box::pin(std::future::ready(Err(err))),
         };
         let sending = self.client.request(request);
         Box::pin(async move {
@@ -136,7 +176,7 @@ impl Service<Request<Incoming>> for Forward {
             let version = response.version();
             strip_hop_by_hop(response.headers_mut());
             append_via(response.headers_mut(), version);
-            Ok(response)
+            Ok(response.map(|body| tie.body(body)))
         })
     }
 }

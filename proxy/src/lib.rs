@@ -10,12 +10,14 @@
 pub mod admin;
 pub mod config;
 pub mod cut_style;
+mod deny;
 mod edge;
 pub mod faults;
 mod forward;
 mod headers;
 mod metrics;
 mod preset;
+mod request_body;
 mod server;
 mod timeouts;
 
@@ -98,6 +100,7 @@ fn stack(
         .service(Forward::new(
             config.upstream.clone(),
             ConnectTimeout::new(timers.connect),
+            config.deny_paths.clone(),
         ))
 }
 
@@ -122,6 +125,7 @@ pub async fn serve(
         header = %show(timers.header),
         keepalive = %show(timers.keepalive),
         cut_style = config.cut_style.as_str(),
+        deny_paths = %config.deny_paths,
         "proxy listening",
     );
     let limits = ClientConnLimits {

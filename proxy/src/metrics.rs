@@ -41,6 +41,7 @@ pub struct Metrics {
     timeouts: Family<TimerLabel, Counter>,
     client_disconnects: Counter,
     upstream_errors: Family<KindLabel, Counter>,
+    client_errors: Family<KindLabel, Counter>,
     faults_injected: Family<FaultLabel, Counter>,
 }
 
@@ -77,6 +78,13 @@ impl Metrics {
             "Failures talking to the upstream, by kind",
             upstream_errors.clone(),
         );
+        // Apart from the upstream's failures: a client's bad request must not page whoever watches those.
+        let client_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "proxy_client_errors",
+            "Requests the proxy refused itself for what the client sent, by kind",
+            client_errors.clone(),
+        );
         let faults_injected = Family::<FaultLabel, Counter>::default();
         registry.register(
             "proxy_faults_injected",
@@ -102,6 +110,7 @@ impl Metrics {
             timeouts,
             client_disconnects,
             upstream_errors,
+            client_errors,
             faults_injected,
         }
     }
@@ -146,6 +155,10 @@ impl Metrics {
         self.upstream_errors
             .get_or_create(&KindLabel { kind })
             .inc();
+    }
+
+    pub fn client_error(&self, kind: &'static str) {
+        self.client_errors.get_or_create(&KindLabel { kind }).inc();
     }
 
     /// The OpenMetrics text exposition of every metric.

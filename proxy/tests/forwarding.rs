@@ -1,6 +1,7 @@
 //! What the proxy does to a request on its way to the origin, and to the answer on its way back: hop-by-
-//! hop fields stripped (RFC 9110 7.6.1), forwarding fields and `Via` added, a request id propagated,
-//! every request sent to the one configured upstream, and the origin's own errors passed through.
+//! hop fields stripped (RFC 9110 7.6.1, and the proxy credentials of 11.7), forwarding fields and `Via`
+//! added, a request id propagated, every request sent to the one configured upstream, and the origin's
+//! own errors passed through.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,6 +39,7 @@ async fn strips_hop_by_hop_headers_and_adds_forwarding_headers() {
           X-Hop: secret\r\n\
           Keep-Alive: timeout=5\r\n\
           TE: trailers\r\n\
+          Proxy-Authorization: Basic cHJveHk6c2VjcmV0\r\n\
           X-Forwarded-For: 203.0.113.7\r\n\
           Accept: text/plain\r\n\
           \r\n",
@@ -55,7 +57,13 @@ async fn strips_hop_by_hop_headers_and_adds_forwarding_headers() {
     let body = response.text();
     assert!(body.starts_with("GET /echo?x=1\n"), "{body}");
     let seen = echoed_headers(&body);
-    for hop in ["connection", "keep-alive", "te", "x-hop"] {
+    for hop in [
+        "connection",
+        "keep-alive",
+        "te",
+        "x-hop",
+        "proxy-authorization",
+    ] {
         assert!(
             values(&seen, hop).is_empty(),
             "the upstream saw the hop-by-hop {hop}: {body}"
@@ -173,6 +181,10 @@ async fn connect_method_is_refused_never_tunnelled() {
     let transcript = conn.finish(Duration::ZERO).await;
     let response = transcript.response();
     assert_eq!(response.status, 405, "{}", transcript.text());
+    assert_eq!(
+        metric(proxy.admin, "proxy_client_errors_total{kind=\"connect\"}").await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -410,11 +422,46 @@ async fn origin_closing_before_headers_answers_502() {
     assert_eq!(response.status, 502, "{}", transcript.text());
     assert_eq!(response.header("x-keepalive-timer"), None);
     assert_eq!(
+        response.text(),
+        "502 Bad Gateway: the upstream failed before sending a response\n",
+        "the proxy's own words only: hyper's error chain belongs in the log"
+    );
+    assert_eq!(
         metric(
             proxy.admin,
             "proxy_upstream_errors_total{kind=\"request_failed\"}"
         )
         .await,
         1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_authenticate_from_the_upstream_never_reaches_the_client() {
+    // A challenge for this proxy's credentials, not the client's (RFC 9110 11.7.1).
+    let upstream = start_broken_upstream(
+        b"HTTP/1.1 200 OK\r\n\
+          Proxy-Authenticate: Basic realm=\"upstream\"\r\n\
+          X-Upstream: raw\r\n\
+          Content-Length: 2\r\n\
+          \r\n\
+          ok",
+    )
+    .await;
+    let proxy = start_proxy(upstream.addr, timers()).await;
+    let transcript = raw_request(
+        proxy.addr,
+        &get("/", "Connection: close\r\n"),
+        Duration::from_secs(3),
+    )
+    .await;
+    let response = transcript.response();
+    assert_eq!(response.status, 200, "{}", transcript.text());
+    assert_eq!(response.header("x-upstream"), Some("raw"));
+    assert_eq!(
+        response.header("proxy-authenticate"),
+        None,
+        "{:?}",
+        response.headers
     );
 }
