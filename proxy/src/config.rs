@@ -13,7 +13,9 @@ use keepalive_common::logging::LogFormat;
 use crate::cut_style::CutStyle;
 use crate::deny::DenyPaths;
 use crate::faults::compression::CompressionHop;
-use crate::faults::{parse_probability, parse_size, FaultSettings};
+use crate::faults::policy::FaultHeaders;
+use crate::faults::value::{parse_buffering, parse_probability, parse_size};
+use crate::faults::FaultSettings;
 use crate::forward::Upstream;
 use crate::preset::{Preset, TimerSet};
 
@@ -124,7 +126,8 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_CUT_STYLE", value_enum, default_value = "truncate")]
     pub cut_style: CutStyle,
 
-    /// Fault: hold every body chunk this long before forwarding it
+    /// Fault: hold every body chunk this long before forwarding it (holding at most 1MiB: beyond,
+    /// the upstream waits, as behind a slow link)
     #[arg(long, env = "PROXY_FAULT_LATENCY", default_value = "off", value_parser = parse_timer, help_heading = "Faults")]
     pub fault_latency: std::option::Option<Duration>,
 
@@ -140,7 +143,8 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_FAULT_RESET_AFTER", default_value = "off", value_parser = parse_timer, help_heading = "Faults")]
     pub fault_reset_after: std::option::Option<Duration>,
 
-    /// Fault: this long after the response began, forward nothing more and keep both connections open
+    /// Fault: this long after the response began, forward nothing more and keep both connections
+    /// open, until the idle or total timer ends the stream (for good with neither)
     #[arg(long, env = "PROXY_FAULT_BLACKHOLE_AFTER", default_value = "off", value_parser = parse_timer, help_heading = "Faults")]
     pub fault_blackhole_after: std::option::Option<Duration>,
 
@@ -148,9 +152,9 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_FAULT_PROBABILITY", default_value = "1", value_parser = parse_probability, help_heading = "Faults")]
     pub fault_probability: f64,
 
-    /// Buffering hop: hold body bytes until this many are buffered, like nginx's proxy_buffering;
-    /// responses saying X-Accel-Buffering: no pass unbuffered
-    #[arg(long, env = "PROXY_BUFFERING", default_value = "off", value_parser = parse_size, help_heading = "Faults")]
+    /// Buffering hop: hold body bytes until this many are buffered (at most 1MiB), like nginx's
+    /// proxy_buffering; responses saying X-Accel-Buffering: no pass unbuffered
+    #[arg(long, env = "PROXY_BUFFERING", default_value = "off", value_parser = parse_buffering, help_heading = "Faults")]
     pub buffering: std::option::Option<u64>,
 
     /// Buffer even responses that say X-Accel-Buffering: no
@@ -172,10 +176,14 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_COMPRESSION_IGNORE_NO_TRANSFORM", default_value = "0", value_parser = BoolishValueParser::new(), action = ArgAction::Set, help_heading = "Faults")]
     pub compression_ignore_no_transform: bool,
 
-    /// Let requests set their own faults with x-keepalive-fault-*, x-keepalive-buffering* and
-    /// x-keepalive-cut-style headers
-    #[arg(long, env = "PROXY_FAULT_HEADERS", default_value = "1", value_parser = BoolishValueParser::new(), action = ArgAction::Set, help_heading = "Faults")]
-    pub fault_headers: bool,
+    /// Which x-keepalive-* request headers (fault-*, buffering*, cut-style) may set a request's
+    /// own faults; any client can send them. off: none; demo: all but the blackhole, which holds
+    /// both connections until a timer ends it; all (or 1): the blackhole too. Under every policy a
+    /// request may ask at most 1m of latency, 1h before a reset or blackhole, 1MiB of buffering, and
+    /// at least 100 bytes a second of bandwidth (beyond: a 400 naming the limit); the PROXY_FAULT_*
+    /// settings above take any value, for every request
+    #[arg(long, env = "PROXY_FAULT_HEADERS", default_value = "demo", value_parser = FaultHeaders::parse, help_heading = "Faults")]
+    pub fault_headers: FaultHeaders,
 
     /// On SIGTERM/Ctrl-C, how long open streams may go on before they are cut
     #[arg(long, env = "PROXY_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -284,7 +292,7 @@ impl Default for ProxyConfig {
             buffering_ignore_header: false,
             compression: Compression::Off,
             compression_ignore_no_transform: false,
-            fault_headers: true,
+            fault_headers: FaultHeaders::Demo,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             log_format: LogFormat::Pretty,
             healthcheck: false,
@@ -389,6 +397,62 @@ mod tests {
         assert!(line.contains("metrics"), "{line}");
         assert!(line.contains("/metrics,/admin"), "{line}");
         assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn fault_headers_are_off_demo_or_all_and_the_old_switch_still_works() {
+        assert_eq!(parse(&[]).expect("valid").fault_headers, FaultHeaders::Demo);
+        for (value, policy) in [
+            ("off", FaultHeaders::Off),
+            ("0", FaultHeaders::Off),
+            ("false", FaultHeaders::Off),
+            ("demo", FaultHeaders::Demo),
+            ("all", FaultHeaders::All),
+            ("1", FaultHeaders::All),
+            ("on", FaultHeaders::All),
+            ("TRUE", FaultHeaders::All),
+        ] {
+            let config = parse(&["--fault-headers", value]).expect(value);
+            assert_eq!(config.fault_headers, policy, "{value}");
+        }
+        let Err(ConfigError::Invalid(line)) = parse(&["--fault-headers", "some"]) else {
+            panic!("accepted a policy that is none");
+        };
+        assert!(
+            line.contains("PROXY_FAULT_HEADERS")
+                && line.contains("\"some\"")
+                && line.contains("off, demo or all"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_buffering_hop_beyond_its_limit_is_refused_at_start() {
+        let config = parse(&["--buffering", "1MiB"]).expect("the limit itself");
+        assert_eq!(config.buffering, Some(1024 * 1024));
+        let Err(ConfigError::Invalid(line)) = parse(&["--buffering", "100GB"]) else {
+            panic!("accepted a 100 GB buffer");
+        };
+        assert!(
+            line.contains("PROXY_BUFFERING") && line.contains("100GB") && line.contains("1.0 MiB"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn help_says_how_to_widen_the_fault_headers_and_their_limits() {
+        let help = <ProxyConfig as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for says in [
+            "PROXY_FAULT_HEADERS",
+            "off: none; demo",
+            "all (or 1)",
+            "at most 1m of latency",
+            "at least 100 bytes a second",
+        ] {
+            assert!(help.contains(says), "--help lacks {says:?}:\n{help}");
+        }
     }
 
     #[test]

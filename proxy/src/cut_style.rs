@@ -13,9 +13,10 @@
 
 use http::{HeaderMap, HeaderName};
 
+use crate::faults::value::FaultValueError;
 use crate::faults::BadFaultHeader;
 
-/// Per request, `x-keepalive-cut-style: clean` overrides `PROXY_CUT_STYLE` (when fault headers are on).
+/// Per request, `x-keepalive-cut-style: clean` overrides `PROXY_CUT_STYLE` (unless `PROXY_FAULT_HEADERS=off`).
 pub const CUT_STYLE_HEADER: HeaderName = HeaderName::from_static("x-keepalive-cut-style");
 
 const FORM: &str = "truncate, clean or reset";
@@ -51,17 +52,15 @@ impl CutStyle {
         let Some(value) = headers.get(&CUT_STYLE_HEADER) else {
             return Ok(default);
         };
+        let text = String::from_utf8_lossy(value.as_bytes());
         let bad = || BadFaultHeader {
             header: "x-keepalive-cut-style",
-            reason: format!("{value:?}: expected {FORM}"),
+            reason: FaultValueError::Choice {
+                value: text.clone().into_owned(),
+                form: FORM,
+            },
         };
-        match value
-            .to_str()
-            .map_err(|_| bad())?
-            .trim()
-            .to_ascii_lowercase()
-            .as_str()
-        {
+        match text.trim().to_ascii_lowercase().as_str() {
             "truncate" => Ok(Self::Truncate),
             "clean" => Ok(Self::Clean),
             "reset" => Ok(Self::Reset),
@@ -88,6 +87,9 @@ mod tests {
         );
         headers.insert(CUT_STYLE_HEADER, "polite".parse().expect("value"));
         let bad = CutStyle::requested(&headers, CutStyle::Truncate).expect_err("polite");
-        assert!(bad.reason.contains("truncate, clean or reset"), "{bad}");
+        assert!(
+            bad.to_string().contains("truncate, clean or reset"),
+            "{bad}"
+        );
     }
 }

@@ -85,11 +85,12 @@ fn stack(
         .layer(EdgeLayer::new(
             metrics.clone(),
             config.cut_style,
-            config.fault_headers,
+            config.fault_headers.any(),
         ))
         .layer(FaultLayer::new(
             config.faults(),
             config.fault_headers,
+            &timers,
             metrics,
         ))
         .layer(StreamTimeoutsLayer::new(StreamTimeouts {

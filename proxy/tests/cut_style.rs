@@ -19,6 +19,7 @@ use keepalive_kit::servers::{
 };
 use keepalive_kit::timing::{assert_around, cutting_timers, ms, OFF};
 use keepalive_proxy::cut_style::CutStyle;
+use keepalive_proxy::faults::policy::FaultHeaders;
 
 const CLIENT_GONE: &str = "origin_streams_ended_total{reason=\"client_gone\"}";
 const IDLE: Duration = Duration::from_millis(400);
@@ -256,7 +257,7 @@ async fn the_cut_style_header_never_reaches_the_origin_and_is_ignored_without_fa
     let origin = start_origin(origin_config()).await;
     let proxy = start_proxy_configured(origin.addr, cutting_timers(Some(IDLE), OFF), |config| {
         config.cut_style = CutStyle::Clean;
-        config.fault_headers = false;
+        config.fault_headers = FaultHeaders::Off;
     })
     .await;
     let seen = fetch(

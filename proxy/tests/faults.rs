@@ -1,7 +1,9 @@
 //! Injected faults, as a client on the wire and the origin see them: the byte limit truncates like a
-//! timer's cut, the reset is a real TCP RST, the blackhole keeps both connections open, the buffering
-//! hop holds heartbeats unless the origin says `X-Accel-Buffering: no`, latency and bandwidth pace the
-//! stream, and a request can set its own faults by header without the origin ever seeing them.
+//! timer's cut, the reset is a real TCP RST, the blackhole keeps both connections open until the
+//! proxy's idle timer ends it (for good without one), the buffering hop holds heartbeats unless the
+//! origin says `X-Accel-Buffering: no`, latency and bandwidth pace the stream, and a request can set
+//! its own faults by header, as far as `PROXY_FAULT_HEADERS` and the header limits allow, without the
+//! origin ever seeing them.
 
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use keepalive_kit::servers::{
     origin_config, start_origin, start_proxy_configured, Proxy, Running, FIRST_LINE,
 };
 use keepalive_kit::timing::{assert_around, ms, OFF};
+use keepalive_proxy::faults::policy::FaultHeaders;
 use keepalive_proxy::faults::FaultSettings;
 use keepalive_proxy::{ProxyConfig, TimerSet};
 
@@ -133,6 +136,142 @@ async fn blackhole_stops_forwarding_and_keeps_both_connections_open() {
         "the origin's connection stays open too"
     );
     assert_eq!(metric(proxy.admin, &injected("blackhole_after")).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_ends_at_the_proxys_idle_limit_counted_as_the_idle_timer() {
+    let origin = start_origin(origin_config()).await;
+    let proxy = start_proxy_configured(
+        origin.addr,
+        TimerSet {
+            idle: ms(600),
+            ..no_timers()
+        },
+        |config: &mut ProxyConfig| {
+            *config = config.clone().with_faults(FaultSettings {
+                blackhole_after: ms(300),
+                ..faults()
+            });
+        },
+    )
+    .await;
+    // A line every 100 ms keeps the idle timer quiet until the blackhole silences the stream.
+    let transcript = raw_request(
+        proxy.addr,
+        &get("/polls/streamed?sleep=100ms", ""),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(transcript.ending, Ending::Eof, "{}", transcript.text());
+    assert!(
+        !transcript.response().data().complete,
+        "cut like a timer's, without the last chunk"
+    );
+    assert_around(transcript.ended_at, Duration::from_millis(900), "the cut");
+    assert_eq!(
+        metric(proxy.admin, "proxy_timeouts_total{timer=\"idle\"}").await,
+        1.0
+    );
+    assert_eq!(metric(proxy.admin, &injected("blackhole_after")).await, 1.0);
+    wait_for_metric(
+        origin.addr,
+        "origin_streams_active",
+        0.0,
+        Duration::from_secs(1),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_asked_by_header_ends_at_the_idle_limit_when_every_header_is_allowed() {
+    let origin = start_origin(origin_config()).await;
+    let proxy = start_proxy_configured(
+        origin.addr,
+        TimerSet {
+            idle: ms(600),
+            ..no_timers()
+        },
+        |config: &mut ProxyConfig| config.fault_headers = FaultHeaders::All,
+    )
+    .await;
+    // The line at 1 s never comes through: silence from 200 ms, the idle cut 600 ms later.
+    let transcript = raw_request(
+        proxy.addr,
+        &get(
+            "/polls/streamed?sleep=1",
+            "x-keepalive-fault-blackhole-after: 200ms\r\n",
+        ),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(transcript.ending, Ending::Eof, "{}", transcript.text());
+    assert_around(transcript.ended_at, Duration::from_millis(800), "the cut");
+    assert_eq!(
+        metric(proxy.admin, "proxy_timeouts_total{timer=\"idle\"}").await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_policy_refuses_a_blackhole_by_header_saying_how_to_allow_it() {
+    let (origin, proxy) = origin_and_faulty_proxy(FaultSettings::default()).await;
+    let transcript = raw_request(
+        proxy.addr,
+        &get(
+            "/polls/streamed?sleep=1",
+            "x-keepalive-fault-blackhole-after: 200ms\r\nConnection: close\r\n",
+        ),
+        Duration::from_secs(3),
+    )
+    .await;
+    let response = transcript.response();
+    assert_eq!(response.status, 400, "{}", transcript.text());
+    let text = response.text();
+    assert!(
+        text.contains("x-keepalive-fault-blackhole-after")
+            && text.contains("PROXY_FAULT_HEADERS=all"),
+        "{text}"
+    );
+    assert_eq!(
+        metric(origin.addr, "origin_streams_started_total").await,
+        0.0,
+        "a refused request never reaches the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_beyond_its_limit_answers_400_naming_the_value_and_the_limit_even_with_all() {
+    let origin = start_origin(origin_config()).await;
+    let proxy = start_proxy_configured(origin.addr, no_timers(), |config: &mut ProxyConfig| {
+        config.fault_headers = FaultHeaders::All;
+    })
+    .await;
+    for (header, value, limit) in [
+        ("x-keepalive-fault-latency", "365d", "1m"),
+        ("x-keepalive-fault-bandwidth", "1", "100 bytes a second"),
+        ("x-keepalive-buffering", "100GB", "1.0 MiB"),
+    ] {
+        let transcript = raw_request(
+            proxy.addr,
+            &get(
+                "/polls/streamed?sleep=0&lines=2000000",
+                &format!("{header}: {value}\r\nConnection: close\r\n"),
+            ),
+            Duration::from_secs(3),
+        )
+        .await;
+        let response = transcript.response();
+        assert_eq!(response.status, 400, "{header}: {}", transcript.text());
+        let text = response.text();
+        assert!(
+            text.contains(header) && text.contains(&format!("{value:?}")) && text.contains(limit),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        metric(origin.addr, "origin_streams_started_total").await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

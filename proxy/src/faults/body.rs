@@ -3,6 +3,16 @@
 //! then cut), latency and bandwidth (hold each chunk before forwarding it); and, on their own clocks
 //! from the response's start, the reset (RST to the client) and the blackhole (forward nothing more,
 //! keep both connections open, as a dead middlebox does).
+//!
+//! What a fault holds is bounded whatever it was asked: latency and bandwidth hold at most
+//! [`QUEUE_LIMIT`] bytes, then stop reading the upstream, which waits as it would behind a slow real
+//! link (TCP's window bounds what is in flight the same way); the buffering hop's size is limited where
+//! it is read ([`super::policy::MAX_BUFFERING`]).
+//!
+//! A blackholed body no longer polls the upstream's, so the idle and total timers below it, which act
+//! only when polled, would never see the silence. The body keeps their clocks itself: the idle limit
+//! from the moment the blackhole begins, the total deadline as the timers fixed it, and ends the stream
+//! with their [`TimerExpired`], which the edge cuts, logs and counts as theirs.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -20,7 +30,13 @@ use tokio::time::{Instant, Sleep};
 use super::reset::ResetSwitch;
 use super::{Fault, FaultCut};
 use crate::metrics::Metrics;
+use crate::timeouts::{Timer, TimerExpired};
 use crate::BoxError;
+
+/// The most body bytes latency and bandwidth hold before they stop reading the upstream: about one
+/// TCP receive window of a fast link, so that a stream is delayed rather than starved, while a
+/// thousand held streams hold a GiB at most.
+pub const QUEUE_LIMIT: usize = 1024 * 1024;
 
 /// What this response gets; every field off is a body passed through.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -39,6 +55,15 @@ pub struct FaultContext {
     pub request_id: HeaderValue,
     /// The client connection's reset switch; absent for bodies not served by the proxy's listener.
     pub reset: Option<ResetSwitch>,
+    pub silence: SilenceTimers,
+}
+
+/// The proxy's timers that end a stream whose upstream falls silent; a blackhole answers to them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SilenceTimers {
+    pub idle: Option<Duration>,
+    /// The exchange's total deadline and the limit it stands for.
+    pub deadline: Option<(Instant, Duration)>,
 }
 
 pin_project! {
@@ -73,7 +98,9 @@ impl<B> FaultBody<B> {
                 reset_at: deadline(plan.reset_after),
                 blackhole_at: deadline(plan.blackhole_after),
                 blackholed: false,
+                silence_ends: None,
                 queue: VecDeque::new(),
+                queued: 0,
                 release: None,
                 upstream_end: None,
                 bandwidth_free_at: Instant::now(),
@@ -97,9 +124,14 @@ struct Faulting {
     reset_at: Option<Pin<Box<Sleep>>>,
     blackhole_at: Option<Pin<Box<Sleep>>>,
     blackholed: bool,
+    /// When a timer ends the blackholed stream, and which one.
+    silence_ends: Option<(Pin<Box<Sleep>>, TimerExpired)>,
     /// Chunks held back by latency or bandwidth, each with the moment it may go; the upstream is
-    /// read on meanwhile, so that every chunk is delayed by the latency, not by those before it.
+    /// read on meanwhile (up to [`QUEUE_LIMIT`]), so that every chunk is delayed by the latency, not
+    /// by those before it.
     queue: VecDeque<(Frame<Bytes>, Instant)>,
+    /// What the queue holds, in bytes, each entry's own size included.
+    queued: usize,
     /// Wakes the body when the chunk at the head of the queue may go.
     release: Option<Pin<Box<Sleep>>>,
     /// The upstream's body ended (`Ok`) or failed (`Err`), to be passed on once the queue is empty.
@@ -237,8 +269,56 @@ impl Faulting {
                 return Poll::Pending;
             }
         }
-        Poll::Ready(self.queue.pop_front().map(|(frame, _)| frame))
+        let frame = self.queue.pop_front().map(|(frame, _)| frame);
+        if let Some(frame) = &frame {
+            self.queued -= held_size(frame);
+        }
+        Poll::Ready(frame)
     }
+
+    fn hold(&mut self, frame: Frame<Bytes>, at: Instant) {
+        self.queued += held_size(&frame);
+        self.queue.push_back((frame, at));
+    }
+
+    /// Forwards nothing more from now on: what waits is dropped, the upstream is no longer read, and
+    /// only the proxy's idle and total timers may still end the stream.
+    fn blackhole(&mut self) {
+        self.blackholed = true;
+        self.queue = VecDeque::new();
+        self.queued = 0;
+        self.buffer = BytesMut::new();
+        self.after_buffer = None;
+        let silence = self.context.silence;
+        let idle = silence.idle.map(|limit| {
+            (
+                Instant::now() + limit,
+                TimerExpired::new(Timer::Idle, limit),
+            )
+        });
+        let total = silence
+            .deadline
+            .map(|(at, limit)| (at, TimerExpired::new(Timer::MaxDuration, limit)));
+        let ends = idle.into_iter().chain(total).min_by_key(|(at, _)| *at);
+        let until = match ends {
+            Some((_, expired)) => format!(
+                "until the {} timer ({}) ends the stream",
+                expired.timer,
+                display(expired.limit)
+            ),
+            None => "for good: no idle or total timer will end the stream".to_owned(),
+        };
+        self.silence_ends =
+            ends.map(|(at, expired)| (Box::pin(tokio::time::sleep_until(at)), expired));
+        self.report(Fault::BlackholeAfter, || {
+            format!("forwarding nothing more; both connections stay open {until}")
+        });
+    }
+}
+
+/// What a queued frame costs: its bytes and its place in the queue.
+fn held_size(frame: &Frame<Bytes>) -> usize {
+    std::mem::size_of::<(Frame<Bytes>, Instant)>() + frame.data_ref().map_or(0, Bytes::len)
 }
 
 impl<B> Body for FaultBody<B>
@@ -274,17 +354,21 @@ where
         if let Some(blackhole_at) = faults.blackhole_at.as_mut() {
             if blackhole_at.as_mut().poll(cx).is_ready() {
                 faults.blackhole_at = None;
-                faults.blackholed = true;
-                faults.report(Fault::BlackholeAfter, || {
-                    "forwarding nothing more; both connections stay open".to_owned()
-                });
+                faults.blackhole();
             }
         }
         if faults.blackholed {
-            return Poll::Pending;
+            let Some((ends, expired)) = faults.silence_ends.as_mut() else {
+                return Poll::Pending;
+            };
+            return ends
+                .as_mut()
+                .poll(cx)
+                .map(|()| Some(Err((*expired).into())));
         }
-        // Read on while chunks wait: each is delayed from its own arrival.
-        while faults.upstream_end.is_none() && !faults.limit_reached {
+        // Read on while chunks wait, each delayed from its own arrival, until the queue is full.
+        while faults.upstream_end.is_none() && !faults.limit_reached && faults.queued < QUEUE_LIMIT
+        {
             match faults.next_frame(this.inner.as_mut(), cx) {
                 Poll::Pending => break,
                 Poll::Ready(None) => faults.upstream_end = Some(Ok(())),
@@ -295,7 +379,7 @@ where
                     faults.forwarded += len;
                     match faults.release_at(len) {
                         None => return Poll::Ready(Some(Ok(frame))),
-                        Some(at) => faults.queue.push_back((frame, at)),
+                        Some(at) => faults.hold(frame, at),
                     }
                 }
             }
@@ -341,6 +425,7 @@ where
                     && faults.buffer.is_empty()
                     && faults.after_buffer.is_none()
                     && !faults.limit_reached
+                    && !faults.blackholed
             }
         }
     }
@@ -355,14 +440,212 @@ where
 
 #[cfg(test)]
 mod tests {
-    //! The byte limit on its own, without sockets: what leaves the body is exactly what the limit
-    //! lets through, then the cut. Over HTTP/1 the wire shows the same; over HTTP/2 hyper's
-    //! `send_reset` may drop the last queued DATA, so this is where "exactly" is proven.
+    //! The body on its own, without sockets and on a paused clock. The byte limit: what leaves the
+    //! body is exactly what the limit lets through, then the cut (over HTTP/1 the wire shows the same;
+    //! over HTTP/2 hyper's `send_reset` may drop the last queued DATA, so this is where "exactly" is
+    //! proven). The bounds: how much a fault reads ahead of the client, and which timers still end a
+    //! blackhole, and when.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     use http_body_util::combinators::BoxBody;
     use http_body_util::{BodyExt, Full};
 
     use super::*;
+
+    const CHUNK: usize = 64 * 1024;
+
+    /// An upstream with `ready` chunks of [`CHUNK`] bytes to give at once, then silent for good; it
+    /// counts the chunks read from it.
+    struct Upstream {
+        ready: usize,
+        read: Arc<AtomicUsize>,
+        chunk: Bytes,
+    }
+
+    impl Upstream {
+        fn with_ready(ready: usize) -> (Arc<AtomicUsize>, BoxBody<Bytes, BoxError>) {
+            let read = Arc::new(AtomicUsize::new(0));
+            let upstream = Self {
+                ready,
+                read: read.clone(),
+                chunk: Bytes::from(vec![b'x'; CHUNK]),
+            };
+            (read, upstream.boxed())
+        }
+    }
+
+    impl Body for Upstream {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            if self.read.load(Ordering::Relaxed) == self.ready {
+                return Poll::Pending;
+            }
+            self.read.fetch_add(1, Ordering::Relaxed);
+            Poll::Ready(Some(Ok(Frame::data(self.chunk.clone()))))
+        }
+    }
+
+    fn faulty(
+        upstream: BoxBody<Bytes, BoxError>,
+        plan: FaultPlan,
+        silence: SilenceTimers,
+    ) -> Pin<Box<FaultBody<BoxBody<Bytes, BoxError>>>> {
+        Box::pin(FaultBody::new(
+            upstream,
+            plan,
+            FaultContext {
+                metrics: Metrics::new(),
+                request_id: HeaderValue::from_static("test"),
+                reset: None,
+                silence,
+            },
+        ))
+    }
+
+    /// Waits for what the body gives within `within` of paused time: `None` if nothing came.
+    async fn next_within(
+        body: &mut Pin<Box<FaultBody<BoxBody<Bytes, BoxError>>>>,
+        within: Duration,
+    ) -> Option<Option<Result<Frame<Bytes>, BoxError>>> {
+        tokio::time::timeout(within, body.frame()).await.ok()
+    }
+
+    fn expired(result: Option<Option<Result<Frame<Bytes>, BoxError>>>) -> TimerExpired {
+        match result {
+            Some(Some(Err(error))) => *error
+                .downcast_ref::<TimerExpired>()
+                .unwrap_or_else(|| panic!("not a timer's cut: {error}")),
+            Some(Some(Ok(_))) => panic!("a chunk came through"),
+            Some(None) => panic!("the body ended cleanly"),
+            None => panic!("nothing ended the body"),
+        }
+    }
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_reads_ahead_only_up_to_its_queue_limit() {
+        // 64 MiB ready at once; a chunk held for an hour.
+        let (read, upstream) = Upstream::with_ready(1024);
+        let mut body = faulty(
+            upstream,
+            FaultPlan {
+                latency: Some(Duration::from_secs(3600)),
+                ..FaultPlan::default()
+            },
+            SilenceTimers::default(),
+        );
+        assert!(next_within(&mut body, Duration::from_secs(1))
+            .await
+            .is_none());
+        let held = read.load(Ordering::Relaxed) * CHUNK;
+        assert!(
+            held <= QUEUE_LIMIT + CHUNK,
+            "read {held} bytes ahead of the client (limit {QUEUE_LIMIT})"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bandwidth_reads_ahead_only_up_to_its_queue_limit_then_on_as_it_drains() {
+        let (read, upstream) = Upstream::with_ready(1024);
+        let mut body = faulty(
+            upstream,
+            FaultPlan {
+                bandwidth: Some(CHUNK as u64),
+                ..FaultPlan::default()
+            },
+            SilenceTimers::default(),
+        );
+        // At a chunk a second, the first goes at once, the queue fills, and each chunk that leaves
+        // lets one more in: the upstream is read at the client's pace, not ahead of it.
+        for _ in 0..20 {
+            let chunk = next_within(&mut body, Duration::from_secs(2)).await;
+            assert!(matches!(chunk, Some(Some(Ok(_)))), "a chunk a second");
+        }
+        let held = read.load(Ordering::Relaxed).saturating_sub(20) * CHUNK;
+        assert!(
+            held <= QUEUE_LIMIT + CHUNK,
+            "{held} bytes read ahead of the client (limit {QUEUE_LIMIT})"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blackhole_ends_at_the_idle_limit_counted_from_its_start() {
+        let (read, upstream) = Upstream::with_ready(1);
+        let mut body = faulty(
+            upstream,
+            FaultPlan {
+                blackhole_after: Some(Duration::from_secs(1)),
+                ..FaultPlan::default()
+            },
+            SilenceTimers {
+                idle: Some(Duration::from_secs(2)),
+                deadline: None,
+            },
+        );
+        let start = Instant::now();
+        assert!(matches!(body.frame().await, Some(Ok(_))));
+        let cut = expired(next_within(&mut body, DAY).await);
+        assert_eq!(cut, TimerExpired::new(Timer::Idle, Duration::from_secs(2)));
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(3),
+            "1 s, then 2 s of silence"
+        );
+        assert_eq!(read.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blackhole_ends_at_the_total_deadline_when_it_comes_first() {
+        let (_, upstream) = Upstream::with_ready(0);
+        let start = Instant::now();
+        let mut body = faulty(
+            upstream,
+            FaultPlan {
+                blackhole_after: Some(Duration::from_secs(1)),
+                ..FaultPlan::default()
+            },
+            SilenceTimers {
+                idle: Some(Duration::from_secs(60)),
+                deadline: Some((start + Duration::from_secs(5), Duration::from_secs(5))),
+            },
+        );
+        let cut = expired(next_within(&mut body, DAY).await);
+        assert_eq!(
+            cut,
+            TimerExpired::new(Timer::MaxDuration, Duration::from_secs(5))
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blackhole_without_timers_holds_for_good_and_reads_nothing_more() {
+        // Chunks wait behind a latency when the blackhole begins: they are dropped, not kept.
+        let (read, upstream) = Upstream::with_ready(1024);
+        let mut body = faulty(
+            upstream,
+            FaultPlan {
+                latency: Some(Duration::from_secs(3600)),
+                blackhole_after: Some(Duration::from_secs(1)),
+                ..FaultPlan::default()
+            },
+            SilenceTimers::default(),
+        );
+        assert!(next_within(&mut body, DAY).await.is_none(), "held for good");
+        let before = read.load(Ordering::Relaxed);
+        assert!(next_within(&mut body, DAY).await.is_none());
+        assert_eq!(read.load(Ordering::Relaxed), before, "nothing more is read");
+        let faults = body.faults.as_ref().expect("faults");
+        assert!(faults.queue.is_empty() && faults.queued == 0);
+        assert!(!body.is_end_stream(), "a blackhole never looks like an end");
+    }
 
     fn limited(body: &'static str, limit: u64) -> Pin<Box<FaultBody<BoxBody<Bytes, BoxError>>>> {
         Box::pin(FaultBody::new(
@@ -377,6 +660,7 @@ mod tests {
                 metrics: Metrics::new(),
                 request_id: HeaderValue::from_static("test"),
                 reset: None,
+                silence: SilenceTimers::default(),
             },
         ))
     }

@@ -1,10 +1,11 @@
 //! Fault injection: toxiproxy's toxics brought to L7, and a buffering hop like nginx's
 //! `proxy_buffering`, so that every way a long stream dies can be reproduced on purpose.
 //!
-//! Faults are set per proxy by env (`PROXY_FAULT_*`, `PROXY_BUFFERING*`) and, unless
-//! `PROXY_FAULT_HEADERS=off`, per request by `x-keepalive-fault-*` headers (which win, and never reach
-//! the upstream), so that one proxy serves many experiments. `PROXY_FAULT_PROBABILITY` picks the share of
-//! requests the toxics apply to; buffering is the hop's nature and applies to every response.
+//! Faults are set per proxy by env (`PROXY_FAULT_*`, `PROXY_BUFFERING*`) and, as far as
+//! `PROXY_FAULT_HEADERS` allows ([`policy`]), per request by `x-keepalive-fault-*` headers (which win,
+//! and never reach the upstream), so that one proxy serves many experiments. `PROXY_FAULT_PROBABILITY`
+//! picks the share of requests the toxics apply to; buffering is the hop's nature and applies to every
+//! response.
 //!
 //! The layer sits between the edge and the timers: the timers measure the upstream, the faults act on
 //! what the client receives. A fault that ends a stream fails the body with a [`FaultCut`], which the
@@ -13,7 +14,9 @@
 
 pub mod body;
 pub mod compression;
+pub mod policy;
 pub mod reset;
+pub mod value;
 
 use std::fmt;
 use std::future::Future;
@@ -23,14 +26,20 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
-use keepalive_common::duration::parse_timer;
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::metrics::Metrics;
+use crate::preset::TimerSet;
 use crate::BoxError;
-use body::FaultBody;
+use body::{FaultBody, SilenceTimers};
 use compression::{CompressionHop, GzipBody};
+use policy::{FaultHeaders, MAX_AFTER, MAX_LATENCY, MIN_BANDWIDTH};
 use reset::ResetSwitch;
+use value::{
+    parse_buffering, parse_probability, parse_rate_from, parse_size, parse_switch,
+    parse_timer_within, FaultValueError,
+};
 
 /// Every fault, by the name used in env vars, headers, logs and `proxy_faults_injected_total{fault}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,8 +95,8 @@ pub struct FaultCut {
 #[error("{header}: {reason}")]
 pub struct BadFaultHeader {
     pub header: &'static str,
-    /// Names the value and the accepted form.
-    pub reason: String,
+    /// Names the value and the accepted form or limit.
+    pub reason: FaultValueError,
 }
 
 /// The toxics and the buffering hop; `None` is off.
@@ -129,20 +138,33 @@ impl FaultSettings {
             || self.blackhole_after.is_some()
     }
 
-    /// These settings with a request's `x-keepalive-fault-*` headers applied, and whether the
-    /// request asked for a toxic without naming a probability: an experiment that asks for a fault
-    /// wants to see it, whatever share of requests the proxy's own settings give faults to.
-    fn with_headers(mut self, headers: &HeaderMap) -> Result<(Self, bool), BadFaultHeader> {
+    /// These settings with a request's `x-keepalive-fault-*` headers applied as `policy` allows, and
+    /// whether the request asked for a toxic without naming a probability: an experiment that asks
+    /// for a fault wants to see it, whatever share of requests the proxy's own settings give faults to.
+    pub fn with_headers(
+        mut self,
+        headers: &HeaderMap,
+        policy: FaultHeaders,
+    ) -> Result<(Self, bool), BadFaultHeader> {
+        if !policy.any() {
+            return Ok((self, false));
+        }
         let (mut toxic_on, mut probability_named) = (false, false);
         for (name, value) in headers {
             let Some(header) = FAULT_HEADERS.iter().find(|header| *name == header.name) else {
                 continue;
             };
             let text = String::from_utf8_lossy(value.as_bytes());
-            let applied = (header.apply)(&mut self, &text).map_err(|reason| BadFaultHeader {
+            let bad = |reason| BadFaultHeader {
                 header: header.name.as_str(),
                 reason,
-            })?;
+            };
+            if !policy.honours(header.for_demo) {
+                return Err(bad(FaultValueError::NotAllowed {
+                    value: text.into_owned(),
+                }));
+            }
+            let applied = (header.apply)(&mut self, &text).map_err(bad)?;
             toxic_on |= applied == Applied::ToxicOn;
             probability_named |= applied == Applied::Probability;
         }
@@ -150,7 +172,7 @@ impl FaultSettings {
     }
 }
 
-/// The per-request fault headers (honoured when `PROXY_FAULT_HEADERS` is on), one per setting.
+/// The per-request fault headers (honoured as `PROXY_FAULT_HEADERS` allows), one per setting.
 pub const LATENCY_HEADER: HeaderName = HeaderName::from_static("x-keepalive-fault-latency");
 pub const BANDWIDTH_HEADER: HeaderName = HeaderName::from_static("x-keepalive-fault-bandwidth");
 pub const LIMIT_BYTES_HEADER: HeaderName = HeaderName::from_static("x-keepalive-fault-limit-bytes");
@@ -162,10 +184,12 @@ pub const BUFFERING_HEADER: HeaderName = HeaderName::from_static("x-keepalive-bu
 pub const IGNORE_ACCEL_BUFFERING_HEADER: HeaderName =
     HeaderName::from_static("x-keepalive-buffering-ignore-header");
 
-/// A per-request override: its header, and how it changes the settings (or why its value is refused).
+/// A per-request override: its header, whether `PROXY_FAULT_HEADERS=demo` honours it, and how it
+/// changes the settings (or why its value is refused: each parser holds the header's limit).
 struct FaultHeader {
     name: HeaderName,
-    apply: fn(&mut FaultSettings, &str) -> Result<Applied, String>,
+    for_demo: bool,
+    apply: fn(&mut FaultSettings, &str) -> Result<Applied, FaultValueError>,
 }
 
 /// What a fault header did to the settings.
@@ -187,20 +211,23 @@ fn toxic<T>(value: Option<T>) -> Applied {
 static FAULT_HEADERS: [FaultHeader; 8] = [
     FaultHeader {
         name: LATENCY_HEADER,
+        for_demo: true,
         apply: |settings, value| {
-            settings.latency = timer(value)?;
+            settings.latency = parse_timer_within(value, MAX_LATENCY)?;
             Ok(toxic(settings.latency))
         },
     },
     FaultHeader {
         name: BANDWIDTH_HEADER,
+        for_demo: true,
         apply: |settings, value| {
-            settings.bandwidth = parse_size(value)?;
+            settings.bandwidth = parse_rate_from(value, MIN_BANDWIDTH)?;
             Ok(toxic(settings.bandwidth))
         },
     },
     FaultHeader {
         name: LIMIT_BYTES_HEADER,
+        for_demo: true,
         apply: |settings, value| {
             settings.limit_bytes = parse_size(value)?;
             Ok(toxic(settings.limit_bytes))
@@ -208,20 +235,24 @@ static FAULT_HEADERS: [FaultHeader; 8] = [
     },
     FaultHeader {
         name: RESET_AFTER_HEADER,
+        for_demo: true,
         apply: |settings, value| {
-            settings.reset_after = timer(value)?;
+            settings.reset_after = parse_timer_within(value, MAX_AFTER)?;
             Ok(toxic(settings.reset_after))
         },
     },
     FaultHeader {
         name: BLACKHOLE_AFTER_HEADER,
+        // It holds the stream and both connections past the client's interest: the operator's call.
+        for_demo: false,
         apply: |settings, value| {
-            settings.blackhole_after = timer(value)?;
+            settings.blackhole_after = parse_timer_within(value, MAX_AFTER)?;
             Ok(toxic(settings.blackhole_after))
         },
     },
     FaultHeader {
         name: PROBABILITY_HEADER,
+        for_demo: true,
         apply: |settings, value| {
             settings.probability = parse_probability(value)?;
             Ok(Applied::Probability)
@@ -229,67 +260,46 @@ static FAULT_HEADERS: [FaultHeader; 8] = [
     },
     FaultHeader {
         name: BUFFERING_HEADER,
+        for_demo: true,
         apply: |settings, value| {
-            settings.buffering = parse_size(value)?;
+            settings.buffering = parse_buffering(value)?;
             Ok(Applied::Other)
         },
     },
     FaultHeader {
         name: IGNORE_ACCEL_BUFFERING_HEADER,
+        for_demo: true,
         apply: |settings, value| {
-            settings.buffering_ignore_header = switch(value)?;
+            settings.buffering_ignore_header = parse_switch(value)?;
             Ok(Applied::Other)
         },
     },
 ];
 
-fn timer(value: &str) -> Result<Option<Duration>, String> {
-    parse_timer(value).map_err(|err| err.to_string())
-}
-
-fn switch(value: &str) -> Result<bool, String> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(format!("{value:?} is not 1 or 0 (true or false)")),
-    }
-}
-
-/// A byte size (`70`, `1KiB`, `64KiB`, `1MB`), `None` for `0`/`off`; for env vars and headers.
-pub fn parse_size(value: &str) -> Result<Option<u64>, String> {
-    let trimmed = value.trim();
-    if trimmed.eq_ignore_ascii_case("off") {
-        return Ok(None);
-    }
-    let size: bytesize::ByteSize = trimmed.parse().map_err(|_| {
-        format!("{value:?} is not a size like 70, 1KiB or 64KiB; 0 or off disables")
-    })?;
-    Ok((size.as_u64() > 0).then_some(size.as_u64()))
-}
-
-/// A share of requests, from 0 to 1.
-pub fn parse_probability(value: &str) -> Result<f64, String> {
-    match value.trim().parse::<f64>() {
-        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
-        _ => Err(format!(
-            "{value:?} is not a probability from 0 to 1, like 0.5"
-        )),
-    }
-}
-
 #[derive(Clone)]
 pub struct FaultLayer {
     settings: FaultSettings,
-    from_headers: bool,
+    policy: FaultHeaders,
+    /// The idle and total timers below this layer, which a blackhole keeps from seeing its silence.
+    idle: Option<Duration>,
+    max_duration: Option<Duration>,
     metrics: Metrics,
 }
 
 impl FaultLayer {
-    /// `from_headers`: whether requests may set their own faults with `x-keepalive-fault-*`.
-    pub fn new(settings: FaultSettings, from_headers: bool, metrics: Metrics) -> Self {
+    /// `policy`: which `x-keepalive-*` headers requests may set their own faults with; `timers`: the
+    /// proxy's, whose idle and total limits still end a blackholed stream.
+    pub fn new(
+        settings: FaultSettings,
+        policy: FaultHeaders,
+        timers: &TimerSet,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             settings,
-            from_headers,
+            policy,
+            idle: timers.idle,
+            max_duration: timers.max_duration,
             metrics,
         }
     }
@@ -328,18 +338,14 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let layer = &self.layer;
-        let mut settings = layer.settings;
-        if layer.from_headers {
-            match settings.with_headers(request.headers()) {
-                Ok((requested, forced)) => {
-                    settings = requested;
-                    if forced {
-                        settings.probability = 1.0;
-                    }
-                }
-                Err(bad) => return Box::pin(std::future::ready(Err(bad.into()))),
-            }
-        }
+        let settings = match layer.settings.with_headers(request.headers(), layer.policy) {
+            Ok((requested, true)) => FaultSettings {
+                probability: 1.0,
+                ..requested
+            },
+            Ok((requested, false)) => requested,
+            Err(bad) => return Box::pin(std::future::ready(Err(bad.into()))),
+        };
         // The upstream is not part of the experiment's plumbing. Most requests carry no such header:
         // one look at the names spares them eight removals.
         let carries_fault_headers = request
@@ -372,6 +378,13 @@ where
                 .get::<ResetSwitch>()
                 .filter(|_| request.version() < http::Version::HTTP_2)
                 .cloned(),
+            // The timers below fix their total deadline at this same call.
+            silence: SilenceTimers {
+                idle: layer.idle,
+                deadline: layer
+                    .max_duration
+                    .map(|limit| (Instant::now() + limit, limit)),
+            },
         };
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -414,27 +427,16 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn sizes_read_like_nginx_configs() {
-        assert_eq!(parse_size("70"), Ok(Some(70)));
-        assert_eq!(parse_size("1KiB"), Ok(Some(1024)));
-        assert_eq!(parse_size("64KiB"), Ok(Some(65536)));
-        assert_eq!(parse_size("1KB"), Ok(Some(1000)));
-        assert_eq!(parse_size("0"), Ok(None));
-        assert_eq!(parse_size("off"), Ok(None));
-        for bad in ["lots", "-1", "1 parsec", ""] {
-            let err = parse_size(bad).expect_err(bad);
-            assert!(err.contains("64KiB"), "{err}");
-        }
-    }
-
-    #[test]
-    fn probabilities_are_shares_from_0_to_1() {
-        assert_eq!(parse_probability("0.25"), Ok(0.25));
-        assert_eq!(parse_probability("1"), Ok(1.0));
-        for bad in ["1.5", "-0.1", "NaN", "half"] {
-            assert!(parse_probability(bad).is_err(), "{bad}");
-        }
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                )
+            })
+            .collect()
     }
 
     #[test]
@@ -445,14 +447,14 @@ mod tests {
             probability: 0.5,
             ..FaultSettings::default()
         };
-        let mut headers = HeaderMap::new();
-        headers.insert("x-keepalive-fault-latency", HeaderValue::from_static("off"));
-        headers.insert(
-            "x-keepalive-fault-reset-after",
-            HeaderValue::from_static("1200ms"),
-        );
-        headers.insert("x-keepalive-buffering", HeaderValue::from_static("64KiB"));
-        let (settings, forced) = configured.with_headers(&headers).expect("valid headers");
+        let headers = headers(&[
+            ("x-keepalive-fault-latency", "off"),
+            ("x-keepalive-fault-reset-after", "1200ms"),
+            ("x-keepalive-buffering", "64KiB"),
+        ]);
+        let (settings, forced) = configured
+            .with_headers(&headers, FaultHeaders::Demo)
+            .expect("valid headers");
         assert_eq!(settings.latency, None);
         assert_eq!(settings.limit_bytes, Some(100));
         assert_eq!(settings.reset_after, Some(Duration::from_millis(1200)));
@@ -467,56 +469,115 @@ mod tests {
             probability: 0.1,
             ..FaultSettings::default()
         };
-        let mut headers = HeaderMap::new();
-        headers.insert("x-keepalive-fault-latency", HeaderValue::from_static("off"));
-        let (settings, forced) = configured.with_headers(&headers).expect("valid headers");
+        let headers = headers(&[("x-keepalive-fault-latency", "off")]);
+        let (settings, forced) = configured
+            .with_headers(&headers, FaultHeaders::Demo)
+            .expect("valid headers");
         assert!(!forced);
         assert_eq!(settings.probability, 0.1);
     }
 
     #[test]
     fn a_bad_header_names_itself_its_value_and_the_form() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-keepalive-fault-limit-bytes",
-            HeaderValue::from_static("many"),
-        );
         let bad = FaultSettings::default()
-            .with_headers(&headers)
+            .with_headers(
+                &headers(&[("x-keepalive-fault-limit-bytes", "many")]),
+                FaultHeaders::All,
+            )
             .expect_err("many is not a size");
-        headers.insert(
-            "x-keepalive-fault-limit-bytes",
-            HeaderValue::from_static("70"),
-        );
-        headers.insert(
-            "x-keepalive-fault-reset-after",
-            HeaderValue::from_static("400d"),
-        );
-        let too_long = FaultSettings::default()
-            .with_headers(&headers)
-            .expect_err("400 days is too long");
-        assert!(
-            too_long.to_string().contains("at most 365 days"),
-            "{too_long}"
-        );
         let message = bad.to_string();
         assert!(
             message.starts_with("x-keepalive-fault-limit-bytes: \"many\""),
             "{message}"
         );
         assert!(message.contains("64KiB"), "{message}");
+        let too_long = FaultSettings::default()
+            .with_headers(
+                &headers(&[("x-keepalive-fault-reset-after", "400d")]),
+                FaultHeaders::All,
+            )
+            .expect_err("400 days is too long");
+        assert!(
+            too_long.to_string().contains("at most 365 days"),
+            "{too_long}"
+        );
+    }
+
+    #[test]
+    fn a_header_beyond_its_limit_is_refused_naming_the_value_and_the_limit() {
+        for (header, value, limit) in [
+            ("x-keepalive-fault-latency", "365d", "1m"),
+            ("x-keepalive-fault-latency", "61s", "1m"),
+            ("x-keepalive-fault-reset-after", "2h", "1h"),
+            ("x-keepalive-fault-blackhole-after", "90m", "1h"),
+            ("x-keepalive-fault-bandwidth", "1", "100 bytes a second"),
+            ("x-keepalive-fault-bandwidth", "99", "100 bytes a second"),
+            ("x-keepalive-buffering", "100GB", "1.0 MiB"),
+            ("x-keepalive-buffering", "1025KiB", "1.0 MiB"),
+        ] {
+            let bad = FaultSettings::default()
+                .with_headers(&headers(&[(header, value)]), FaultHeaders::All)
+                .expect_err(value);
+            let message = bad.to_string();
+            assert!(
+                message.starts_with(&format!("{header}: {value:?}")) && message.contains(limit),
+                "{message}"
+            );
+        }
+        let at_the_limits = headers(&[
+            ("x-keepalive-fault-latency", "1m"),
+            ("x-keepalive-fault-reset-after", "1h"),
+            ("x-keepalive-fault-blackhole-after", "1h"),
+            ("x-keepalive-fault-bandwidth", "100"),
+            ("x-keepalive-buffering", "1MiB"),
+        ]);
+        let (settings, _) = FaultSettings::default()
+            .with_headers(&at_the_limits, FaultHeaders::All)
+            .expect("every limit itself is allowed");
+        assert_eq!(settings.latency, Some(policy::MAX_LATENCY));
+        assert_eq!(settings.bandwidth, Some(policy::MIN_BANDWIDTH));
+        assert_eq!(settings.buffering, Some(policy::MAX_BUFFERING));
+    }
+
+    #[test]
+    fn the_demo_policy_refuses_the_blackhole_and_says_how_to_allow_it() {
+        let blackhole = headers(&[("x-keepalive-fault-blackhole-after", "1s")]);
+        let bad = FaultSettings::default()
+            .with_headers(&blackhole, FaultHeaders::Demo)
+            .expect_err("the blackhole is not for the demo");
+        let message = bad.to_string();
+        assert!(
+            message.contains("x-keepalive-fault-blackhole-after")
+                && message.contains("PROXY_FAULT_HEADERS=all"),
+            "{message}"
+        );
+        let (settings, _) = FaultSettings::default()
+            .with_headers(&blackhole, FaultHeaders::All)
+            .expect("all honours the blackhole");
+        assert_eq!(settings.blackhole_after, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn the_off_policy_ignores_every_header_even_a_bad_one() {
+        let requested = headers(&[
+            ("x-keepalive-fault-limit-bytes", "70"),
+            ("x-keepalive-fault-latency", "365d"),
+        ]);
+        let (settings, forced) = FaultSettings::default()
+            .with_headers(&requested, FaultHeaders::Off)
+            .expect("nothing is read");
+        assert_eq!(settings, FaultSettings::default());
+        assert!(!forced);
     }
 
     #[test]
     fn naming_the_probability_keeps_the_draw() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-keepalive-fault-latency", HeaderValue::from_static("1s"));
-        headers.insert(
-            "x-keepalive-fault-probability",
-            HeaderValue::from_static("0.1"),
-        );
+        let requested = headers(&[
+            ("x-keepalive-fault-latency", "1s"),
+            ("x-keepalive-fault-probability", "0.1"),
+        ]);
         let (_, forced) = FaultSettings::default()
-            .with_headers(&headers)
+            .with_headers(&requested, FaultHeaders::Demo)
             .expect("valid headers");
         assert!(!forced);
     }
