@@ -8,9 +8,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use keepalive_common::duration::{display, parse_duration, parse_timer};
+use keepalive_common::duration::{display, parse_duration};
 use keepalive_common::logging::LogFormat;
 
+use crate::bounds::{
+    duration_at_least, timer_at_least, SettingError, SHORTEST_ENDLESS_SLEEP, SHORTEST_HEARTBEAT,
+    SHORTEST_TCP_USER_TIMEOUT,
+};
 use crate::jobs::Storage;
 
 const DEFAULT_ADDR: &str = "0.0.0.0:8000";
@@ -41,25 +45,29 @@ pub struct ServerConfig {
     #[arg(long, env = "SERVER_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: SocketAddr,
 
-    /// Pause between two poem lines when the request has no `sleep` parameter.
-    #[arg(long, env = "SERVER_SLEEP", default_value = DEFAULT_SLEEP, value_parser = parse_duration)]
+    /// Pause between two poem lines when the request has no `sleep` parameter; at least 10ms (a
+    /// faster stream is sent at full speed, so a request must give `lines` to ask for one).
+    #[arg(long, env = "SERVER_SLEEP", default_value = DEFAULT_SLEEP, value_parser = sleep_setting)]
     pub sleep: Duration,
 
     /// While waiting for the next line, send a heartbeat this often when the request has no
-    /// `heartbeat` parameter: a space in text, an SSE comment in sse. 0 or off disables.
+    /// `heartbeat` parameter: a space in text, an SSE comment in sse. 0 or off disables; when on,
+    /// at least 10ms, as for the query parameter (shorter only floods the client with spaces).
     // Spelled out so that clap takes the parser's `Option` as the value instead of making the flag optional.
-    #[arg(long, env = "SERVER_HEARTBEAT", default_value = DEFAULT_HEARTBEAT, value_parser = parse_timer)]
+    #[arg(long, env = "SERVER_HEARTBEAT", default_value = DEFAULT_HEARTBEAT, value_parser = heartbeat_setting)]
     pub heartbeat: std::option::Option<Duration>,
 
     /// Largest `sleep`, `delay` and `heartbeat` a request may ask for; larger values get a 400.
-    #[arg(long, env = "SERVER_MAX_SLEEP", default_value = DEFAULT_MAX_SLEEP, value_parser = parse_duration)]
+    /// At least 10ms, the shortest `sleep` of an endless stream.
+    #[arg(long, env = "SERVER_MAX_SLEEP", default_value = DEFAULT_MAX_SLEEP, value_parser = sleep_setting)]
     pub max_sleep: Duration,
 
     /// TCP_USER_TIMEOUT on client connections: how long sent data may stay unacknowledged before
     /// the connection is dropped. When the network silently loses a client (no FIN, no RST), a
     /// stream learns of it only through this, on its next write (a heartbeat); 0 or off leaves the
-    /// kernel's default (about 15 minutes of retransmissions). Linux only.
-    #[arg(long, env = "SERVER_TCP_USER_TIMEOUT", default_value = "off", value_parser = parse_timer)]
+    /// kernel's default (about 15 minutes of retransmissions); when on, at least 1s (below the
+    /// retransmission timeout one lost segment would drop a healthy client). Linux only.
+    #[arg(long, env = "SERVER_TCP_USER_TIMEOUT", default_value = "off", value_parser = tcp_user_timeout_setting)]
     pub tcp_user_timeout: std::option::Option<Duration>,
 
     /// On shutdown, how long to let open responses finish before closing them; infinite streams
@@ -92,31 +100,85 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Refuses defaults a request could not ask for itself: `?sleep=2h` gets a 400 under a 1h
-    /// `SERVER_MAX_SLEEP`, so `SERVER_SLEEP=2h` must not quietly give every request two hours.
-    pub fn check(&self) -> Result<(), String> {
+    /// Refuses what the flags' parsers refuse, for a configuration built in code (the lab, the
+    /// tests) rather than parsed; and defaults a request could not ask for itself: `?sleep=2h` gets
+    /// a 400 under a 1h `SERVER_MAX_SLEEP`, so `SERVER_SLEEP=2h` must not quietly give every
+    /// request two hours.
+    pub fn check(&self) -> Result<(), InvalidSetting> {
+        let floors = [
+            ("SERVER_SLEEP", Some(self.sleep), SHORTEST_ENDLESS_SLEEP),
+            (
+                "SERVER_MAX_SLEEP",
+                Some(self.max_sleep),
+                SHORTEST_ENDLESS_SLEEP,
+            ),
+            ("SERVER_HEARTBEAT", self.heartbeat, SHORTEST_HEARTBEAT),
+            (
+                "SERVER_TCP_USER_TIMEOUT",
+                self.tcp_user_timeout,
+                SHORTEST_TCP_USER_TIMEOUT,
+            ),
+        ];
+        for (variable, value, floor) in floors {
+            if let Some(value) = value.filter(|value| *value < floor) {
+                return Err(InvalidSetting {
+                    variable,
+                    reason: format!("{}: shorter than {}", display(value), display(floor)),
+                });
+            }
+        }
+        for (variable, count) in [("SERVER_JOB_MAX", self.job_max)] {
+            if count == 0 {
+                return Err(InvalidSetting {
+                    variable,
+                    reason: "0: expected a whole number, 1 or more".to_owned(),
+                });
+            }
+        }
+        if cfg!(not(target_os = "linux")) && self.tcp_user_timeout.is_some() {
+            return Err(InvalidSetting {
+                variable: "SERVER_TCP_USER_TIMEOUT",
+                reason: "TCP_USER_TIMEOUT exists on Linux only".to_owned(),
+            });
+        }
         let max = self.max_sleep;
-        let defaults = [
+        for (variable, value) in [
             ("SERVER_SLEEP", Some(self.sleep)),
             ("SERVER_HEARTBEAT", self.heartbeat),
-        ];
-        if cfg!(not(target_os = "linux")) && self.tcp_user_timeout.is_some() {
-            return Err(
-                "invalid value for SERVER_TCP_USER_TIMEOUT: TCP_USER_TIMEOUT exists on Linux only"
-                    .to_owned(),
-            );
-        }
-        for (variable, value) in defaults {
+        ] {
             if let Some(value) = value.filter(|value| *value > max) {
-                return Err(format!(
-                    "invalid value for {variable}: {:?}: longer than SERVER_MAX_SLEEP ({}); lower it or raise SERVER_MAX_SLEEP",
-                    display(value),
-                    display(max)
-                ));
+                return Err(InvalidSetting {
+                    variable,
+                    reason: format!(
+                        "{:?}: longer than SERVER_MAX_SLEEP ({}); lower it or raise SERVER_MAX_SLEEP",
+                        display(value),
+                        display(max)
+                    ),
+                });
             }
         }
         Ok(())
     }
+}
+
+/// A configuration [`ServerConfig::check`] refuses: the variable, and why, in one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value for {variable}: {reason}")]
+pub struct InvalidSetting {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+fn sleep_setting(value: &str) -> Result<Duration, SettingError> {
+    duration_at_least(value, SHORTEST_ENDLESS_SLEEP)
+}
+
+fn heartbeat_setting(value: &str) -> Result<Option<Duration>, SettingError> {
+    timer_at_least(value, SHORTEST_HEARTBEAT)
+}
+
+fn tcp_user_timeout_setting(value: &str) -> Result<Option<Duration>, SettingError> {
+    timer_at_least(value, SHORTEST_TCP_USER_TIMEOUT)
 }
 
 impl Default for ServerConfig {
@@ -127,9 +189,9 @@ impl Default for ServerConfig {
             addr: DEFAULT_ADDR
                 .parse()
                 .expect("DEFAULT_ADDR is a socket address"),
-            sleep: duration(DEFAULT_SLEEP),
-            heartbeat: parse_timer(DEFAULT_HEARTBEAT).expect("DEFAULT_HEARTBEAT is a timer"),
-            max_sleep: duration(DEFAULT_MAX_SLEEP),
+            sleep: sleep_setting(DEFAULT_SLEEP).expect("DEFAULT_SLEEP is a sleep"),
+            heartbeat: heartbeat_setting(DEFAULT_HEARTBEAT).expect("DEFAULT_HEARTBEAT is a timer"),
+            max_sleep: sleep_setting(DEFAULT_MAX_SLEEP).expect("DEFAULT_MAX_SLEEP is a sleep"),
             tcp_user_timeout: None,
             drain_timeout: duration(DEFAULT_DRAIN_TIMEOUT),
             data_dir: DEFAULT_DATA_DIR
@@ -209,13 +271,80 @@ mod tests {
         assert!(!line.contains('\n'), "{line}");
     }
 
+    /// `SERVER_HEARTBEAT=1ns` was once accepted while `?heartbeat=1ns` got a 400: each duration
+    /// setting now has the floor its query parameter has, refused in one line naming the variable.
+    #[test]
+    fn durations_below_their_floor_are_refused_naming_variable_value_and_floor() {
+        let cases = [
+            ("--heartbeat", "1ns", "SERVER_HEARTBEAT", "at least 10ms"),
+            ("--sleep", "0", "SERVER_SLEEP", "at least 10ms"),
+            ("--sleep", "9ms", "SERVER_SLEEP", "at least 10ms"),
+            ("--max-sleep", "1ms", "SERVER_MAX_SLEEP", "at least 10ms"),
+            (
+                "--tcp-user-timeout",
+                "1ns",
+                "SERVER_TCP_USER_TIMEOUT",
+                "at least 1s",
+            ),
+        ];
+        for (flag, value, variable, floor) in cases {
+            let err = try_parse_from::<ServerConfig, _, _>(["keepalive-server", flag, value])
+                .expect_err(value);
+            let ConfigError::Invalid(line) = err else {
+                panic!("{flag} {value}: want a one-line refusal, got {err:?}");
+            };
+            assert!(line.contains(variable), "{line}");
+            assert!(line.contains(&format!("{value:?}")), "{line}");
+            assert!(line.contains(floor), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+        let config = parse_without_env(&[
+            "keepalive-server",
+            "--heartbeat",
+            "10ms",
+            "--sleep",
+            "10ms",
+            "--tcp-user-timeout",
+            "1s",
+        ]);
+        assert_eq!(config.heartbeat, Some(Duration::from_millis(10)));
+        assert_eq!(config.check(), Ok(()));
+    }
+
+    #[test]
+    fn a_configuration_built_in_code_meets_the_same_floors() {
+        let cases = [
+            (
+                ServerConfig {
+                    heartbeat: Some(Duration::from_nanos(1)),
+                    ..ServerConfig::default()
+                },
+                "SERVER_HEARTBEAT",
+            ),
+            (
+                ServerConfig {
+                    sleep: Duration::ZERO,
+                    ..ServerConfig::default()
+                },
+                "SERVER_SLEEP",
+            ),
+        ];
+        for (config, variable) in cases {
+            let err = config.check().expect_err(variable);
+            assert_eq!(err.variable, variable, "{err}");
+        }
+    }
+
     #[test]
     fn defaults_above_the_maximum_are_refused_naming_both_variables() {
         let config = ServerConfig {
             sleep: Duration::from_secs(7200),
             ..ServerConfig::default()
         };
-        let line = config.check().expect_err("2h is above the 1h maximum");
+        let line = config
+            .check()
+            .expect_err("2h is above the 1h maximum")
+            .to_string();
         assert!(
             line.contains("SERVER_SLEEP") && line.contains("SERVER_MAX_SLEEP"),
             "{line}"
@@ -227,7 +356,8 @@ mod tests {
         };
         let line = config
             .check()
-            .expect_err("a 30s heartbeat is above a 10s maximum");
+            .expect_err("a 30s heartbeat is above a 10s maximum")
+            .to_string();
         assert!(line.contains("SERVER_HEARTBEAT"), "{line}");
         assert_eq!(ServerConfig::default().check(), Ok(()));
     }

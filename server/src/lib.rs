@@ -8,6 +8,7 @@
 //! the remaining streams are dropped — logged and counted by their guards — before `serve` returns,
 //! instead of outliving it, and each connection carries its peer address and `TCP_NODELAY`.
 
+mod bounds;
 mod config;
 mod error;
 pub mod jobs;
@@ -29,7 +30,7 @@ use keepalive_common::accept::{serve_connections, Stopping};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
-pub use config::ServerConfig;
+pub use config::{InvalidSetting, ServerConfig};
 pub use metrics::Metrics;
 pub use routes::{app, POLLS_INDEX};
 pub use state::AppState;
@@ -43,6 +44,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     listener.local_addr()?;
+    // The binary refuses these before it binds; a configuration built in code meets them here.
+    config
+        .check()
+        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
     let drain_timeout = config.drain_timeout;
     let user_timeout = config.tcp_user_timeout;
     let data_dir = config.data_dir.clone();
