@@ -27,6 +27,9 @@ const DEFAULT_LOG_FORMAT: &str = "pretty";
 const DEFAULT_DATA_DIR: &str = "keepalive-data";
 const DEFAULT_JOB_RETENTION: &str = "24h";
 const DEFAULT_JOB_MAX: &str = "1000";
+/// A hundredth of `SERVER_JOB_MAX`: one client cannot fill the store, and a page that resumes a few
+/// jobs is never refused.
+const DEFAULT_JOBS_PER_CLIENT: &str = "10";
 
 /// How the origin listens and what `/polls/streamed` does when the query does not say.
 #[derive(Debug, Clone, PartialEq, Eq, Parser)]
@@ -89,6 +92,12 @@ pub struct ServerConfig {
     #[arg(long, env = "SERVER_JOB_MAX", default_value = DEFAULT_JOB_MAX, value_parser = clap::value_parser!(u64).range(1..))]
     pub job_max: u64,
 
+    /// Most jobs one client may have running at once; beyond it POST /jobs gets 429. A client is
+    /// the connection's peer address (an IPv6 client its /64): behind a proxy every client is the
+    /// proxy, so raise this there. X-Forwarded-For is never trusted, as any client can send one.
+    #[arg(long, env = "SERVER_JOBS_PER_CLIENT", default_value = DEFAULT_JOBS_PER_CLIENT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jobs_per_client: u64,
+
     /// Shape of the log lines on stderr: pretty for a terminal, json for a log pipeline.
     #[arg(long, env = "LOG_FORMAT", default_value = DEFAULT_LOG_FORMAT, value_enum)]
     pub log_format: LogFormat,
@@ -127,7 +136,10 @@ impl ServerConfig {
                 });
             }
         }
-        for (variable, count) in [("SERVER_JOB_MAX", self.job_max)] {
+        for (variable, count) in [
+            ("SERVER_JOB_MAX", self.job_max),
+            ("SERVER_JOBS_PER_CLIENT", self.jobs_per_client),
+        ] {
             if count == 0 {
                 return Err(InvalidSetting {
                     variable,
@@ -201,6 +213,9 @@ impl Default for ServerConfig {
             job_max: DEFAULT_JOB_MAX
                 .parse()
                 .expect("DEFAULT_JOB_MAX is a number"),
+            jobs_per_client: DEFAULT_JOBS_PER_CLIENT
+                .parse()
+                .expect("DEFAULT_JOBS_PER_CLIENT is a number"),
             log_format: <LogFormat as clap::ValueEnum>::from_str(DEFAULT_LOG_FORMAT, false)
                 .expect("DEFAULT_LOG_FORMAT is a log format"),
             healthcheck: false,
@@ -226,6 +241,7 @@ mod tests {
         let config = ServerConfig::default();
         assert_eq!(config.addr, "0.0.0.0:8000".parse().expect("address"));
         assert_eq!(config.sleep, Duration::from_secs(10));
+        assert_eq!(config.jobs_per_client, 10);
         assert_eq!(config.heartbeat, None);
         assert_eq!(config.max_sleep, Duration::from_secs(3600));
         assert_eq!(config.drain_timeout, Duration::from_secs(5));
@@ -328,6 +344,13 @@ mod tests {
                 },
                 "SERVER_SLEEP",
             ),
+            (
+                ServerConfig {
+                    jobs_per_client: 0,
+                    ..ServerConfig::default()
+                },
+                "SERVER_JOBS_PER_CLIENT",
+            ),
         ];
         for (config, variable) in cases {
             let err = config.check().expect_err(variable);
@@ -372,6 +395,7 @@ mod tests {
             "SERVER_MAX_SLEEP",
             "SERVER_DRAIN_TIMEOUT",
             "SERVER_TCP_USER_TIMEOUT",
+            "SERVER_JOBS_PER_CLIENT",
             "LOG_FORMAT",
         ] {
             assert!(help.contains(env), "--help lacks {env}:\n{help}");

@@ -5,19 +5,20 @@
 //! had, gets `409 history lost` instead of a quietly different stream.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use bytes::Bytes;
 use futures_util::stream;
 use keepalive_common::duration::display;
 use serde::Serialize;
 
-use super::{range, render, JobId, JobInfo, JobSpec, Jobs, StartError, StoreError};
+use super::{range, render, Client, JobId, JobInfo, JobSpec, Jobs, StartError, StoreError};
 use crate::error::ApiError;
 use crate::params::{self, JobParams};
 use crate::state::AppState;
@@ -31,10 +32,12 @@ const NO_STORE: &str = "no-store, no-transform";
 /// Lines read from the store at a time while streaming.
 const BATCH: u64 = 256;
 
-/// `POST /jobs`: 201, `Location`, and the job as JSON.
+/// `POST /jobs`: 201, `Location`, and the job as JSON; 429 when this client runs as many jobs as it
+/// may. The peer comes from [`crate::serve`]'s connection; absent under `oneshot`.
 pub async fn start(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> Result<Response, ApiError> {
     let params = JobParams::from_query(query.as_deref().unwrap_or_default(), state.config())?;
     let jobs = state.jobs();
@@ -43,9 +46,15 @@ pub async fn start(
         heartbeat: params.heartbeat,
         lines: params.lines,
     };
-    let job = jobs.start(spec).await.map_err(|err| match err {
+    let client = Client::of(peer.map(|Extension(ConnectInfo(addr))| addr));
+    let job = jobs.start(spec, client).await.map_err(|err| match err {
         StartError::TooMany(_) => ApiError::Unavailable {
             detail: format!("{err}; try again when one has finished"),
+        },
+        StartError::TooManyForClient { .. } => ApiError::TooManyJobs {
+            detail: format!(
+                "{err}; try again when one has finished, or cancel one (DELETE /jobs/{{id}})"
+            ),
         },
         StartError::Store(err) => unavailable(err),
     })?;
