@@ -20,6 +20,10 @@ pub const SHORTEST_ENDLESS_SLEEP: Duration = Duration::from_millis(10);
 /// that stopped reading (2,000,000 lines are 66 MB).
 pub const MOST_FAST_LINES: u64 = 10_000_000;
 
+/// The shortest header timer: a request head crossing a real network takes round trips, and a
+/// shorter timer would cut ordinary clients rather than slow ones.
+pub const SHORTEST_HEADER_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// The shortest TCP_USER_TIMEOUT: Linux counts it in whole milliseconds (less would quietly mean
 /// the kernel's default), and below the retransmission timeout's 200 ms floor one lost segment on a
 /// healthy network would drop the client.

@@ -12,8 +12,8 @@ use keepalive_common::duration::{display, parse_duration};
 use keepalive_common::logging::LogFormat;
 
 use crate::bounds::{
-    duration_at_least, timer_at_least, SettingError, SHORTEST_ENDLESS_SLEEP, SHORTEST_HEARTBEAT,
-    SHORTEST_TCP_USER_TIMEOUT,
+    duration_at_least, timer_at_least, SettingError, SHORTEST_ENDLESS_SLEEP,
+    SHORTEST_HEADER_TIMEOUT, SHORTEST_HEARTBEAT, SHORTEST_TCP_USER_TIMEOUT,
 };
 use crate::jobs::Storage;
 
@@ -30,6 +30,8 @@ const DEFAULT_JOB_MAX: &str = "1000";
 /// A hundredth of `SERVER_JOB_MAX`: one client cannot fill the store, and a page that resumes a few
 /// jobs is never refused.
 const DEFAULT_JOBS_PER_CLIENT: &str = "10";
+/// Like the proxy's default header timer (nginx's `client_header_timeout`).
+const DEFAULT_HEADER_TIMEOUT: &str = "60s";
 
 /// How the origin listens and what `/polls/streamed` does when the query does not say.
 #[derive(Debug, Clone, PartialEq, Eq, Parser)]
@@ -72,6 +74,13 @@ pub struct ServerConfig {
     /// retransmission timeout one lost segment would drop a healthy client). Linux only.
     #[arg(long, env = "SERVER_TCP_USER_TIMEOUT", default_value = "off", value_parser = tcp_user_timeout_setting)]
     pub tcp_user_timeout: std::option::Option<Duration>,
+
+    /// How long a client may take to send a request head: from accept for the first request, and
+    /// on a kept-alive HTTP/1.1 connection from the end of the previous response (so idle
+    /// keep-alive connections are closed after this long too). Slowloris protection, like nginx's
+    /// client_header_timeout; 0 or off disables; when on, at least 100ms.
+    #[arg(long, env = "SERVER_HEADER_TIMEOUT", default_value = DEFAULT_HEADER_TIMEOUT, value_parser = header_timeout_setting)]
+    pub header_timeout: std::option::Option<Duration>,
 
     /// On shutdown, how long to let open responses finish before closing them; infinite streams
     /// never finish by themselves.
@@ -122,6 +131,11 @@ impl ServerConfig {
                 SHORTEST_ENDLESS_SLEEP,
             ),
             ("SERVER_HEARTBEAT", self.heartbeat, SHORTEST_HEARTBEAT),
+            (
+                "SERVER_HEADER_TIMEOUT",
+                self.header_timeout,
+                SHORTEST_HEADER_TIMEOUT,
+            ),
             (
                 "SERVER_TCP_USER_TIMEOUT",
                 self.tcp_user_timeout,
@@ -189,6 +203,10 @@ fn heartbeat_setting(value: &str) -> Result<Option<Duration>, SettingError> {
     timer_at_least(value, SHORTEST_HEARTBEAT)
 }
 
+fn header_timeout_setting(value: &str) -> Result<Option<Duration>, SettingError> {
+    timer_at_least(value, SHORTEST_HEADER_TIMEOUT)
+}
+
 fn tcp_user_timeout_setting(value: &str) -> Result<Option<Duration>, SettingError> {
     timer_at_least(value, SHORTEST_TCP_USER_TIMEOUT)
 }
@@ -205,6 +223,8 @@ impl Default for ServerConfig {
             heartbeat: heartbeat_setting(DEFAULT_HEARTBEAT).expect("DEFAULT_HEARTBEAT is a timer"),
             max_sleep: sleep_setting(DEFAULT_MAX_SLEEP).expect("DEFAULT_MAX_SLEEP is a sleep"),
             tcp_user_timeout: None,
+            header_timeout: header_timeout_setting(DEFAULT_HEADER_TIMEOUT)
+                .expect("DEFAULT_HEADER_TIMEOUT is a timer"),
             drain_timeout: duration(DEFAULT_DRAIN_TIMEOUT),
             data_dir: DEFAULT_DATA_DIR
                 .parse()
@@ -241,6 +261,7 @@ mod tests {
         let config = ServerConfig::default();
         assert_eq!(config.addr, "0.0.0.0:8000".parse().expect("address"));
         assert_eq!(config.sleep, Duration::from_secs(10));
+        assert_eq!(config.header_timeout, Some(Duration::from_secs(60)));
         assert_eq!(config.jobs_per_client, 10);
         assert_eq!(config.heartbeat, None);
         assert_eq!(config.max_sleep, Duration::from_secs(3600));
@@ -297,6 +318,12 @@ mod tests {
             ("--sleep", "9ms", "SERVER_SLEEP", "at least 10ms"),
             ("--max-sleep", "1ms", "SERVER_MAX_SLEEP", "at least 10ms"),
             (
+                "--header-timeout",
+                "1ms",
+                "SERVER_HEADER_TIMEOUT",
+                "at least 100ms",
+            ),
+            (
                 "--tcp-user-timeout",
                 "1ns",
                 "SERVER_TCP_USER_TIMEOUT",
@@ -320,10 +347,13 @@ mod tests {
             "10ms",
             "--sleep",
             "10ms",
+            "--header-timeout",
+            "off",
             "--tcp-user-timeout",
             "1s",
         ]);
         assert_eq!(config.heartbeat, Some(Duration::from_millis(10)));
+        assert_eq!(config.header_timeout, None);
         assert_eq!(config.check(), Ok(()));
     }
 
@@ -343,6 +373,13 @@ mod tests {
                     ..ServerConfig::default()
                 },
                 "SERVER_SLEEP",
+            ),
+            (
+                ServerConfig {
+                    header_timeout: Some(Duration::from_millis(1)),
+                    ..ServerConfig::default()
+                },
+                "SERVER_HEADER_TIMEOUT",
             ),
             (
                 ServerConfig {
@@ -395,6 +432,7 @@ mod tests {
             "SERVER_MAX_SLEEP",
             "SERVER_DRAIN_TIMEOUT",
             "SERVER_TCP_USER_TIMEOUT",
+            "SERVER_HEADER_TIMEOUT",
             "SERVER_JOBS_PER_CLIENT",
             "LOG_FORMAT",
         ] {
