@@ -17,7 +17,9 @@ use crate::bounds::{
 };
 use crate::jobs::Storage;
 
-const DEFAULT_ADDR: &str = "0.0.0.0:8000";
+/// Loopback: an origin is meant to sit behind a balancer, and one started by hand on a laptop must
+/// not be reachable from the network; the images set `0.0.0.0:8000` themselves.
+const DEFAULT_ADDR: &str = "127.0.0.1:8000";
 /// The Django tutorial's `int(request.GET.get('sleep', 10))`.
 const DEFAULT_SLEEP: &str = "10s";
 const DEFAULT_HEARTBEAT: &str = "off";
@@ -46,7 +48,9 @@ const DEFAULT_HEADER_TIMEOUT: &str = "60s";
                   its env var."
 )]
 pub struct ServerConfig {
-    /// Address to listen on (HTTP/1.1 and h2c).
+    /// Address to listen on (HTTP/1.1 and h2c). Loopback by default, so that an origin started by
+    /// hand is not open to the network; 0.0.0.0:8000 for a balancer on another host (the images
+    /// set it).
     #[arg(long, env = "SERVER_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: SocketAddr,
 
@@ -259,7 +263,7 @@ mod tests {
     #[test]
     fn defaults_resolve_as_documented() {
         let config = ServerConfig::default();
-        assert_eq!(config.addr, "0.0.0.0:8000".parse().expect("address"));
+        assert_eq!(config.addr, "127.0.0.1:8000".parse().expect("address"));
         assert_eq!(config.sleep, Duration::from_secs(10));
         assert_eq!(config.header_timeout, Some(Duration::from_secs(60)));
         assert_eq!(config.jobs_per_client, 10);
