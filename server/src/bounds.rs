@@ -65,6 +65,8 @@ pub fn timer_at_least(value: &str, floor: Duration) -> Result<Option<Duration>, 
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -95,5 +97,58 @@ mod tests {
             duration_at_least("0.01", SHORTEST_ENDLESS_SLEEP),
             Ok(SHORTEST_ENDLESS_SLEEP)
         );
+    }
+
+    /// Durations as users type them, near misses, and anything at all.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[ +-]?[0-9]{0,22}(\\.[0-9]{0,12})?(e[0-9])? ?(ns|us|µs|ms|s|sec|m|min|h|d|w|M|y|off|OFF|none)?",
+            "([0-9]{1,3}(ns|ms|s|m|h|d) ?){1,4}",
+            "\\PC{0,30}",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        /// Common's parsers, which every duration the origin reads goes through: no panic, and a
+        /// refusal that quotes the value.
+        #[test]
+        fn any_text_is_a_duration_or_an_error_quoting_it(value in text()) {
+            let quoted = format!("{value:?}");
+            match parse_duration(&value) {
+                Ok(duration) => prop_assert!(duration <= keepalive_common::duration::LONGEST),
+                Err(err) => prop_assert!(err.to_string().contains(&quoted), "{err}"),
+            }
+            if let Err(err) = parse_timer(&value) {
+                prop_assert!(err.to_string().contains(&quoted), "{err}");
+            }
+        }
+
+        #[test]
+        fn a_setting_is_at_its_floor_or_refused_quoting_value_and_floor(
+            value in text(),
+            floor in prop::sample::select(vec![
+                SHORTEST_HEARTBEAT,
+                SHORTEST_HEADER_TIMEOUT,
+                SHORTEST_TCP_USER_TIMEOUT,
+            ]),
+        ) {
+            let quoted = format!("{value:?}");
+            let floor_text = format!("at least {}", display(floor));
+            match duration_at_least(&value, floor) {
+                Ok(duration) => prop_assert!(duration >= floor),
+                Err(err) => {
+                    let line = err.to_string();
+                    prop_assert!(line.contains(&quoted) && line.contains(&floor_text), "{line}");
+                }
+            }
+            match timer_at_least(&value, floor) {
+                Ok(timer) => prop_assert!(timer.is_none_or(|period| period >= floor)),
+                Err(err) => {
+                    let line = err.to_string();
+                    prop_assert!(line.contains(&quoted) && line.contains(&floor_text), "{line}");
+                }
+            }
+        }
     }
 }

@@ -443,4 +443,54 @@ mod tests {
             assert!(help.contains(env), "--help lacks {env}:\n{help}");
         }
     }
+
+    /// Every setting an operator can get wrong, by flag and env var.
+    const SETTINGS: [(&str, &str); 12] = [
+        ("addr", "SERVER_ADDR"),
+        ("sleep", "SERVER_SLEEP"),
+        ("heartbeat", "SERVER_HEARTBEAT"),
+        ("max-sleep", "SERVER_MAX_SLEEP"),
+        ("tcp-user-timeout", "SERVER_TCP_USER_TIMEOUT"),
+        ("header-timeout", "SERVER_HEADER_TIMEOUT"),
+        ("drain-timeout", "SERVER_DRAIN_TIMEOUT"),
+        ("data-dir", "SERVER_DATA_DIR"),
+        ("job-retention", "SERVER_JOB_RETENTION"),
+        ("job-max", "SERVER_JOB_MAX"),
+        ("jobs-per-client", "SERVER_JOBS_PER_CLIENT"),
+        ("log-format", "LOG_FORMAT"),
+    ];
+
+    proptest::proptest! {
+        /// Whatever value a setting gets, the origin starts or refuses in one line naming the
+        /// variable and the value; it never panics.
+        #[test]
+        fn any_setting_value_is_taken_or_refused_naming_variable_and_value(
+            setting in proptest::sample::select(SETTINGS.to_vec()),
+            value in proptest::prop_oneof![
+                "[ +-]?[0-9]{0,22}(\\.[0-9]{0,6})?(ns|ms|s|m|h|d|y)?",
+                "(127\\.0\\.0\\.1|0\\.0\\.0\\.0|\\[::1\\]|localhost)?:?[0-9]{0,6}",
+                "off|0|json|pretty|:memory:|[a-z/]{1,12}",
+                "\\PC{0,30}",
+            ],
+        ) {
+            let (flag, variable) = setting;
+            let quoted = format!("{value:?}");
+            match try_parse_from::<ServerConfig, _, _>(["keepalive-server".to_owned(), format!("--{flag}={value}")]) {
+                Ok(config) => {
+                    // A default may meet another setting's bound (`--max-sleep=5` under a 10s
+                    // `SERVER_SLEEP`): the refusal names both.
+                    if let Err(err) = config.check() {
+                        proptest::prop_assert!(err.to_string().contains(variable), "{}", err);
+                    }
+                }
+                Err(ConfigError::Invalid(line)) => {
+                    proptest::prop_assert!(
+                        line.contains(variable) && line.contains(&quoted) && !line.contains('\n'),
+                        "{line}"
+                    );
+                }
+                Err(ConfigError::Clap(err)) => proptest::prop_assert!(false, "{flag}={value:?}: {err}"),
+            }
+        }
+    }
 }

@@ -426,3 +426,138 @@ mod tests {
         );
     }
 }
+
+/// Property tests: whatever a client puts in a query, the origin reads it within its bounds or
+/// refuses it naming a parameter and a value the client sent; it never panics.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NAMES: [&str; 7] = [
+        "sleep",
+        "delay",
+        "heartbeat",
+        "format",
+        "lines",
+        "end",
+        "utm_source",
+    ];
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            max_sleep: Duration::from_secs(60),
+            heartbeat: Some(Duration::from_secs(2)),
+            ..ServerConfig::default()
+        }
+    }
+
+    /// Mostly what the parameter accepts (so that the parameters meet each other, as `sleep=0`
+    /// meets `lines`), then near misses of every accepted form, and anything at all.
+    fn value(name: &'static str) -> BoxedStrategy<String> {
+        let plausible = match name {
+            "sleep" | "delay" => "0|[0-9]{1,2}(ns|us|ms|s)?|0\\.0[0-9]{1,3}",
+            "heartbeat" => "off|0|[0-9]{1,3}(ns|ms|s)",
+            "format" => "text|sse",
+            "lines" => "[1-9][0-9]{0,8}",
+            "end" => "marker|none",
+            _ => "[a-z]{0,8}",
+        };
+        prop_oneof![
+            6 => plausible,
+            1 => "[0-9]{0,22}(\\.[0-9]{0,12})?(ns|us|µs|ms|s|m|h|d|w|y|years| parsecs)?",
+            1 => "[-+ ]?[0-9]{1,4}(e[0-9]{1,3})?",
+            1 => prop::sample::select(vec![
+                "", " 3 ", "NaN", "inf", "365d", "366d", "2000000", "10000001",
+                "18446744073709551616",
+            ])
+            .prop_map(str::to_owned),
+            1 => any::<String>(),
+        ]
+        .boxed()
+    }
+
+    /// Name-value pairs and the query that carries them, percent-encoded as a browser would.
+    fn query() -> impl Strategy<Value = (Vec<(String, String)>, String)> {
+        let pair = prop::sample::select(NAMES.to_vec())
+            .prop_flat_map(|name| (Just(name.to_owned()), value(name)));
+        prop::collection::vec(pair, 0..5).prop_map(|pairs| {
+            let query = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&pairs)
+                .finish();
+            (pairs, query)
+        })
+    }
+
+    /// The refusal names a parameter with a value the client sent, and what would be accepted.
+    fn names_what_was_sent(
+        err: &InvalidParameter,
+        pairs: &[(String, String)],
+    ) -> Result<(), TestCaseError> {
+        prop_assert!(
+            pairs
+                .iter()
+                .any(|(name, value)| name == err.parameter && *value == err.value),
+            "{err:?} names nothing of {pairs:?}"
+        );
+        prop_assert!(!err.expected.is_empty(), "{err:?}");
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn a_stream_query_is_read_within_bounds_or_refused_naming_what_was_sent(
+            (pairs, query) in query()
+        ) {
+            let config = config();
+            match StreamParams::from_query(&query, &config) {
+                Ok(params) => {
+                    prop_assert!(params.sleep <= config.max_sleep, "{params:?}");
+                    prop_assert!(params.delay <= config.max_sleep, "{params:?}");
+                    prop_assert!(
+                        params.heartbeat.is_none_or(|period| {
+                            (SHORTEST_HEARTBEAT..=config.max_sleep).contains(&period)
+                        }),
+                        "{params:?}"
+                    );
+                    prop_assert!(params.lines.is_none_or(|lines| lines >= 1), "{params:?}");
+                    if params.sleep < SHORTEST_ENDLESS_SLEEP {
+                        prop_assert!(
+                            params.lines.is_some_and(|lines| lines <= MOST_FAST_LINES),
+                            "an endless or overlong full-speed stream: {params:?} from {query:?}"
+                        );
+                    }
+                }
+                Err(err) => names_what_was_sent(&err, &pairs)?,
+            }
+        }
+
+        #[test]
+        fn a_job_query_is_read_within_bounds_or_refused_naming_what_was_sent(
+            (pairs, query) in query()
+        ) {
+            let config = config();
+            match JobParams::from_query(&query, &config) {
+                Ok(params) => {
+                    prop_assert!(params.sleep <= config.max_sleep, "{params:?}");
+                    prop_assert!((1..=MAX_JOB_LINES).contains(&params.lines), "{params:?}");
+                    prop_assert!(
+                        params.heartbeat.is_none_or(|period| period >= SHORTEST_HEARTBEAT),
+                        "{params:?}"
+                    );
+                }
+                Err(err) => names_what_was_sent(&err, &pairs)?,
+            }
+        }
+
+        #[test]
+        fn any_raw_query_is_read_or_refused_without_a_panic(
+            query in prop_oneof!["\\PC*", "[&=%+;0-9a-fA-Fsleplindraty.]*"]
+        ) {
+            let config = config();
+            let _ = StreamParams::from_query(&query, &config);
+            let _ = JobParams::from_query(&query, &config);
+        }
+    }
+}

@@ -419,7 +419,33 @@ impl Drop for RunningEntry {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// A job id comes from a URL: anything is read without a panic, and only what
+        /// [`JobId::random`] makes is an id.
+        #[test]
+        fn only_16_lowercase_hex_digits_are_a_job_id(
+            text in prop_oneof!["[0-9a-fA-F]{14,18}", "\\PC{0,20}", "[0-9a-f]{15}[^0-9a-f]"]
+        ) {
+            let well_formed = text.len() == 16
+                && text.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
+            match text.parse::<JobId>() {
+                Ok(id) => prop_assert!(well_formed && id.as_str() == text, "{text:?}"),
+                Err(()) => prop_assert!(!well_formed, "{text:?} refused"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_random_job_id_reads_back_as_itself() {
+        for _ in 0..100 {
+            let id = JobId::random();
+            assert_eq!(id.as_str().parse::<JobId>(), Ok(id));
+        }
+    }
 
     #[tokio::test]
     async fn a_watcher_waits_for_the_next_line_not_for_those_already_written() {
