@@ -8,12 +8,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use keepalive_common::duration::{display, parse_duration, parse_timer};
+use keepalive_common::duration::{display, parse_duration};
 use keepalive_common::logging::LogFormat;
 
+use crate::bounds::{
+    duration_at_least, timer_at_least, SettingError, SHORTEST_ENDLESS_SLEEP,
+    SHORTEST_HEADER_TIMEOUT, SHORTEST_HEARTBEAT, SHORTEST_TCP_USER_TIMEOUT,
+};
 use crate::jobs::Storage;
 
-const DEFAULT_ADDR: &str = "0.0.0.0:8000";
+/// Loopback: an origin is meant to sit behind a balancer, and one started by hand on a laptop must
+/// not be reachable from the network; the images set `0.0.0.0:8000` themselves.
+const DEFAULT_ADDR: &str = "127.0.0.1:8000";
 /// The Django tutorial's `int(request.GET.get('sleep', 10))`.
 const DEFAULT_SLEEP: &str = "10s";
 const DEFAULT_HEARTBEAT: &str = "off";
@@ -23,6 +29,11 @@ const DEFAULT_LOG_FORMAT: &str = "pretty";
 const DEFAULT_DATA_DIR: &str = "keepalive-data";
 const DEFAULT_JOB_RETENTION: &str = "24h";
 const DEFAULT_JOB_MAX: &str = "1000";
+/// A hundredth of `SERVER_JOB_MAX`: one client cannot fill the store, and a page that resumes a few
+/// jobs is never refused.
+const DEFAULT_JOBS_PER_CLIENT: &str = "10";
+/// Like the proxy's default header timer (nginx's `client_header_timeout`).
+const DEFAULT_HEADER_TIMEOUT: &str = "60s";
 
 /// How the origin listens and what `/polls/streamed` does when the query does not say.
 #[derive(Debug, Clone, PartialEq, Eq, Parser)]
@@ -37,30 +48,43 @@ const DEFAULT_JOB_MAX: &str = "1000";
                   its env var."
 )]
 pub struct ServerConfig {
-    /// Address to listen on (HTTP/1.1 and h2c).
+    /// Address to listen on (HTTP/1.1 and h2c). Loopback by default, so that an origin started by
+    /// hand is not open to the network; 0.0.0.0:8000 for a balancer on another host (the images
+    /// set it).
     #[arg(long, env = "SERVER_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: SocketAddr,
 
-    /// Pause between two poem lines when the request has no `sleep` parameter.
-    #[arg(long, env = "SERVER_SLEEP", default_value = DEFAULT_SLEEP, value_parser = parse_duration)]
+    /// Pause between two poem lines when the request has no `sleep` parameter; at least 10ms (a
+    /// faster stream is sent at full speed, so a request must give `lines` to ask for one).
+    #[arg(long, env = "SERVER_SLEEP", default_value = DEFAULT_SLEEP, value_parser = sleep_setting)]
     pub sleep: Duration,
 
     /// While waiting for the next line, send a heartbeat this often when the request has no
-    /// `heartbeat` parameter: a space in text, an SSE comment in sse. 0 or off disables.
+    /// `heartbeat` parameter: a space in text, an SSE comment in sse. 0 or off disables; when on,
+    /// at least 10ms, as for the query parameter (shorter only floods the client with spaces).
     // Spelled out so that clap takes the parser's `Option` as the value instead of making the flag optional.
-    #[arg(long, env = "SERVER_HEARTBEAT", default_value = DEFAULT_HEARTBEAT, value_parser = parse_timer)]
+    #[arg(long, env = "SERVER_HEARTBEAT", default_value = DEFAULT_HEARTBEAT, value_parser = heartbeat_setting)]
     pub heartbeat: std::option::Option<Duration>,
 
     /// Largest `sleep`, `delay` and `heartbeat` a request may ask for; larger values get a 400.
-    #[arg(long, env = "SERVER_MAX_SLEEP", default_value = DEFAULT_MAX_SLEEP, value_parser = parse_duration)]
+    /// At least 10ms, the shortest `sleep` of an endless stream.
+    #[arg(long, env = "SERVER_MAX_SLEEP", default_value = DEFAULT_MAX_SLEEP, value_parser = sleep_setting)]
     pub max_sleep: Duration,
 
     /// TCP_USER_TIMEOUT on client connections: how long sent data may stay unacknowledged before
     /// the connection is dropped. When the network silently loses a client (no FIN, no RST), a
     /// stream learns of it only through this, on its next write (a heartbeat); 0 or off leaves the
-    /// kernel's default (about 15 minutes of retransmissions). Linux only.
-    #[arg(long, env = "SERVER_TCP_USER_TIMEOUT", default_value = "off", value_parser = parse_timer)]
+    /// kernel's default (about 15 minutes of retransmissions); when on, at least 1s (below the
+    /// retransmission timeout one lost segment would drop a healthy client). Linux only.
+    #[arg(long, env = "SERVER_TCP_USER_TIMEOUT", default_value = "off", value_parser = tcp_user_timeout_setting)]
     pub tcp_user_timeout: std::option::Option<Duration>,
+
+    /// How long a client may take to send a request head: from accept for the first request, and
+    /// on a kept-alive HTTP/1.1 connection from the end of the previous response (so idle
+    /// keep-alive connections are closed after this long too). Slowloris protection, like nginx's
+    /// client_header_timeout; 0 or off disables; when on, at least 100ms.
+    #[arg(long, env = "SERVER_HEADER_TIMEOUT", default_value = DEFAULT_HEADER_TIMEOUT, value_parser = header_timeout_setting)]
+    pub header_timeout: std::option::Option<Duration>,
 
     /// On shutdown, how long to let open responses finish before closing them; infinite streams
     /// never finish by themselves.
@@ -81,6 +105,12 @@ pub struct ServerConfig {
     #[arg(long, env = "SERVER_JOB_MAX", default_value = DEFAULT_JOB_MAX, value_parser = clap::value_parser!(u64).range(1..))]
     pub job_max: u64,
 
+    /// Most jobs one client may have running at once; beyond it POST /jobs gets 429. A client is
+    /// the connection's peer address (an IPv6 client its /64): behind a proxy every client is the
+    /// proxy, so raise this there. X-Forwarded-For is never trusted, as any client can send one.
+    #[arg(long, env = "SERVER_JOBS_PER_CLIENT", default_value = DEFAULT_JOBS_PER_CLIENT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jobs_per_client: u64,
+
     /// Shape of the log lines on stderr: pretty for a terminal, json for a log pipeline.
     #[arg(long, env = "LOG_FORMAT", default_value = DEFAULT_LOG_FORMAT, value_enum)]
     pub log_format: LogFormat,
@@ -92,31 +122,97 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Refuses defaults a request could not ask for itself: `?sleep=2h` gets a 400 under a 1h
-    /// `SERVER_MAX_SLEEP`, so `SERVER_SLEEP=2h` must not quietly give every request two hours.
-    pub fn check(&self) -> Result<(), String> {
+    /// Refuses what the flags' parsers refuse, for a configuration built in code (the lab, the
+    /// tests) rather than parsed; and defaults a request could not ask for itself: `?sleep=2h` gets
+    /// a 400 under a 1h `SERVER_MAX_SLEEP`, so `SERVER_SLEEP=2h` must not quietly give every
+    /// request two hours.
+    pub fn check(&self) -> Result<(), InvalidSetting> {
+        let floors = [
+            ("SERVER_SLEEP", Some(self.sleep), SHORTEST_ENDLESS_SLEEP),
+            (
+                "SERVER_MAX_SLEEP",
+                Some(self.max_sleep),
+                SHORTEST_ENDLESS_SLEEP,
+            ),
+            ("SERVER_HEARTBEAT", self.heartbeat, SHORTEST_HEARTBEAT),
+            (
+                "SERVER_HEADER_TIMEOUT",
+                self.header_timeout,
+                SHORTEST_HEADER_TIMEOUT,
+            ),
+            (
+                "SERVER_TCP_USER_TIMEOUT",
+                self.tcp_user_timeout,
+                SHORTEST_TCP_USER_TIMEOUT,
+            ),
+        ];
+        for (variable, value, floor) in floors {
+            if let Some(value) = value.filter(|value| *value < floor) {
+                return Err(InvalidSetting {
+                    variable,
+                    reason: format!("{}: shorter than {}", display(value), display(floor)),
+                });
+            }
+        }
+        for (variable, count) in [
+            ("SERVER_JOB_MAX", self.job_max),
+            ("SERVER_JOBS_PER_CLIENT", self.jobs_per_client),
+        ] {
+            if count == 0 {
+                return Err(InvalidSetting {
+                    variable,
+                    reason: "0: expected a whole number, 1 or more".to_owned(),
+                });
+            }
+        }
+        if cfg!(not(target_os = "linux")) && self.tcp_user_timeout.is_some() {
+            return Err(InvalidSetting {
+                variable: "SERVER_TCP_USER_TIMEOUT",
+                reason: "TCP_USER_TIMEOUT exists on Linux only".to_owned(),
+            });
+        }
         let max = self.max_sleep;
-        let defaults = [
+        for (variable, value) in [
             ("SERVER_SLEEP", Some(self.sleep)),
             ("SERVER_HEARTBEAT", self.heartbeat),
-        ];
-        if cfg!(not(target_os = "linux")) && self.tcp_user_timeout.is_some() {
-            return Err(
-                "invalid value for SERVER_TCP_USER_TIMEOUT: TCP_USER_TIMEOUT exists on Linux only"
-                    .to_owned(),
-            );
-        }
-        for (variable, value) in defaults {
+        ] {
             if let Some(value) = value.filter(|value| *value > max) {
-                return Err(format!(
-                    "invalid value for {variable}: {:?}: longer than SERVER_MAX_SLEEP ({}); lower it or raise SERVER_MAX_SLEEP",
-                    display(value),
-                    display(max)
-                ));
+                return Err(InvalidSetting {
+                    variable,
+                    reason: format!(
+                        "{:?}: longer than SERVER_MAX_SLEEP ({}); lower it or raise SERVER_MAX_SLEEP",
+                        display(value),
+                        display(max)
+                    ),
+                });
             }
         }
         Ok(())
     }
+}
+
+/// A configuration [`ServerConfig::check`] refuses: the variable, and why, in one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value for {variable}: {reason}")]
+pub struct InvalidSetting {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+fn sleep_setting(value: &str) -> Result<Duration, SettingError> {
+    duration_at_least(value, SHORTEST_ENDLESS_SLEEP)
+}
+
+fn heartbeat_setting(value: &str) -> Result<Option<Duration>, SettingError> {
+    timer_at_least(value, SHORTEST_HEARTBEAT)
+}
+
+fn header_timeout_setting(value: &str) -> Result<Option<Duration>, SettingError> {
+    timer_at_least(value, SHORTEST_HEADER_TIMEOUT)
+}
+
+fn tcp_user_timeout_setting(value: &str) -> Result<Option<Duration>, SettingError> {
+    timer_at_least(value, SHORTEST_TCP_USER_TIMEOUT)
 }
 
 impl Default for ServerConfig {
@@ -127,10 +223,12 @@ impl Default for ServerConfig {
             addr: DEFAULT_ADDR
                 .parse()
                 .expect("DEFAULT_ADDR is a socket address"),
-            sleep: duration(DEFAULT_SLEEP),
-            heartbeat: parse_timer(DEFAULT_HEARTBEAT).expect("DEFAULT_HEARTBEAT is a timer"),
-            max_sleep: duration(DEFAULT_MAX_SLEEP),
+            sleep: sleep_setting(DEFAULT_SLEEP).expect("DEFAULT_SLEEP is a sleep"),
+            heartbeat: heartbeat_setting(DEFAULT_HEARTBEAT).expect("DEFAULT_HEARTBEAT is a timer"),
+            max_sleep: sleep_setting(DEFAULT_MAX_SLEEP).expect("DEFAULT_MAX_SLEEP is a sleep"),
             tcp_user_timeout: None,
+            header_timeout: header_timeout_setting(DEFAULT_HEADER_TIMEOUT)
+                .expect("DEFAULT_HEADER_TIMEOUT is a timer"),
             drain_timeout: duration(DEFAULT_DRAIN_TIMEOUT),
             data_dir: DEFAULT_DATA_DIR
                 .parse()
@@ -139,6 +237,9 @@ impl Default for ServerConfig {
             job_max: DEFAULT_JOB_MAX
                 .parse()
                 .expect("DEFAULT_JOB_MAX is a number"),
+            jobs_per_client: DEFAULT_JOBS_PER_CLIENT
+                .parse()
+                .expect("DEFAULT_JOBS_PER_CLIENT is a number"),
             log_format: <LogFormat as clap::ValueEnum>::from_str(DEFAULT_LOG_FORMAT, false)
                 .expect("DEFAULT_LOG_FORMAT is a log format"),
             healthcheck: false,
@@ -162,8 +263,10 @@ mod tests {
     #[test]
     fn defaults_resolve_as_documented() {
         let config = ServerConfig::default();
-        assert_eq!(config.addr, "0.0.0.0:8000".parse().expect("address"));
+        assert_eq!(config.addr, "127.0.0.1:8000".parse().expect("address"));
         assert_eq!(config.sleep, Duration::from_secs(10));
+        assert_eq!(config.header_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(config.jobs_per_client, 10);
         assert_eq!(config.heartbeat, None);
         assert_eq!(config.max_sleep, Duration::from_secs(3600));
         assert_eq!(config.drain_timeout, Duration::from_secs(5));
@@ -209,13 +312,103 @@ mod tests {
         assert!(!line.contains('\n'), "{line}");
     }
 
+    /// `SERVER_HEARTBEAT=1ns` was once accepted while `?heartbeat=1ns` got a 400: each duration
+    /// setting now has the floor its query parameter has, refused in one line naming the variable.
+    #[test]
+    fn durations_below_their_floor_are_refused_naming_variable_value_and_floor() {
+        let cases = [
+            ("--heartbeat", "1ns", "SERVER_HEARTBEAT", "at least 10ms"),
+            ("--sleep", "0", "SERVER_SLEEP", "at least 10ms"),
+            ("--sleep", "9ms", "SERVER_SLEEP", "at least 10ms"),
+            ("--max-sleep", "1ms", "SERVER_MAX_SLEEP", "at least 10ms"),
+            (
+                "--header-timeout",
+                "1ms",
+                "SERVER_HEADER_TIMEOUT",
+                "at least 100ms",
+            ),
+            (
+                "--tcp-user-timeout",
+                "1ns",
+                "SERVER_TCP_USER_TIMEOUT",
+                "at least 1s",
+            ),
+        ];
+        for (flag, value, variable, floor) in cases {
+            let err = try_parse_from::<ServerConfig, _, _>(["keepalive-server", flag, value])
+                .expect_err(value);
+            let ConfigError::Invalid(line) = err else {
+                panic!("{flag} {value}: want a one-line refusal, got {err:?}");
+            };
+            assert!(line.contains(variable), "{line}");
+            assert!(line.contains(&format!("{value:?}")), "{line}");
+            assert!(line.contains(floor), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+        let config = parse_without_env(&[
+            "keepalive-server",
+            "--heartbeat",
+            "10ms",
+            "--sleep",
+            "10ms",
+            "--header-timeout",
+            "off",
+            "--tcp-user-timeout",
+            "1s",
+        ]);
+        assert_eq!(config.heartbeat, Some(Duration::from_millis(10)));
+        assert_eq!(config.header_timeout, None);
+        assert_eq!(config.check(), Ok(()));
+    }
+
+    #[test]
+    fn a_configuration_built_in_code_meets_the_same_floors() {
+        let cases = [
+            (
+                ServerConfig {
+                    heartbeat: Some(Duration::from_nanos(1)),
+                    ..ServerConfig::default()
+                },
+                "SERVER_HEARTBEAT",
+            ),
+            (
+                ServerConfig {
+                    sleep: Duration::ZERO,
+                    ..ServerConfig::default()
+                },
+                "SERVER_SLEEP",
+            ),
+            (
+                ServerConfig {
+                    header_timeout: Some(Duration::from_millis(1)),
+                    ..ServerConfig::default()
+                },
+                "SERVER_HEADER_TIMEOUT",
+            ),
+            (
+                ServerConfig {
+                    jobs_per_client: 0,
+                    ..ServerConfig::default()
+                },
+                "SERVER_JOBS_PER_CLIENT",
+            ),
+        ];
+        for (config, variable) in cases {
+            let err = config.check().expect_err(variable);
+            assert_eq!(err.variable, variable, "{err}");
+        }
+    }
+
     #[test]
     fn defaults_above_the_maximum_are_refused_naming_both_variables() {
         let config = ServerConfig {
             sleep: Duration::from_secs(7200),
             ..ServerConfig::default()
         };
-        let line = config.check().expect_err("2h is above the 1h maximum");
+        let line = config
+            .check()
+            .expect_err("2h is above the 1h maximum")
+            .to_string();
         assert!(
             line.contains("SERVER_SLEEP") && line.contains("SERVER_MAX_SLEEP"),
             "{line}"
@@ -227,7 +420,8 @@ mod tests {
         };
         let line = config
             .check()
-            .expect_err("a 30s heartbeat is above a 10s maximum");
+            .expect_err("a 30s heartbeat is above a 10s maximum")
+            .to_string();
         assert!(line.contains("SERVER_HEARTBEAT"), "{line}");
         assert_eq!(ServerConfig::default().check(), Ok(()));
     }
@@ -242,9 +436,61 @@ mod tests {
             "SERVER_MAX_SLEEP",
             "SERVER_DRAIN_TIMEOUT",
             "SERVER_TCP_USER_TIMEOUT",
+            "SERVER_HEADER_TIMEOUT",
+            "SERVER_JOBS_PER_CLIENT",
             "LOG_FORMAT",
         ] {
             assert!(help.contains(env), "--help lacks {env}:\n{help}");
+        }
+    }
+
+    /// Every setting an operator can get wrong, by flag and env var.
+    const SETTINGS: [(&str, &str); 12] = [
+        ("addr", "SERVER_ADDR"),
+        ("sleep", "SERVER_SLEEP"),
+        ("heartbeat", "SERVER_HEARTBEAT"),
+        ("max-sleep", "SERVER_MAX_SLEEP"),
+        ("tcp-user-timeout", "SERVER_TCP_USER_TIMEOUT"),
+        ("header-timeout", "SERVER_HEADER_TIMEOUT"),
+        ("drain-timeout", "SERVER_DRAIN_TIMEOUT"),
+        ("data-dir", "SERVER_DATA_DIR"),
+        ("job-retention", "SERVER_JOB_RETENTION"),
+        ("job-max", "SERVER_JOB_MAX"),
+        ("jobs-per-client", "SERVER_JOBS_PER_CLIENT"),
+        ("log-format", "LOG_FORMAT"),
+    ];
+
+    proptest::proptest! {
+        /// Whatever value a setting gets, the origin starts or refuses in one line naming the
+        /// variable and the value; it never panics.
+        #[test]
+        fn any_setting_value_is_taken_or_refused_naming_variable_and_value(
+            setting in proptest::sample::select(SETTINGS.to_vec()),
+            value in proptest::prop_oneof![
+                "[ +-]?[0-9]{0,22}(\\.[0-9]{0,6})?(ns|ms|s|m|h|d|y)?",
+                "(127\\.0\\.0\\.1|0\\.0\\.0\\.0|\\[::1\\]|localhost)?:?[0-9]{0,6}",
+                "off|0|json|pretty|:memory:|[a-z/]{1,12}",
+                "\\PC{0,30}",
+            ],
+        ) {
+            let (flag, variable) = setting;
+            let quoted = format!("{value:?}");
+            match try_parse_from::<ServerConfig, _, _>(["keepalive-server".to_owned(), format!("--{flag}={value}")]) {
+                Ok(config) => {
+                    // A default may meet another setting's bound (`--max-sleep=5` under a 10s
+                    // `SERVER_SLEEP`): the refusal names both.
+                    if let Err(err) = config.check() {
+                        proptest::prop_assert!(err.to_string().contains(variable), "{}", err);
+                    }
+                }
+                Err(ConfigError::Invalid(line)) => {
+                    proptest::prop_assert!(
+                        line.contains(variable) && line.contains(&quoted) && !line.contains('\n'),
+                        "{line}"
+                    );
+                }
+                Err(ConfigError::Clap(err)) => proptest::prop_assert!(false, "{flag}={value:?}: {err}"),
+            }
         }
     }
 }

@@ -43,6 +43,10 @@ pub enum ApiError {
     Unavailable {
         detail: String,
     },
+    /// This client runs as many jobs as it may.
+    TooManyJobs {
+        detail: String,
+    },
 }
 
 impl From<InvalidParameter> for ApiError {
@@ -71,6 +75,7 @@ impl ApiError {
             Self::JobNotFound { .. } => StatusCode::NOT_FOUND,
             Self::HistoryLost { .. } => StatusCode::CONFLICT,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyJobs { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -127,6 +132,13 @@ impl ApiError {
             Self::Unavailable { detail } => ErrorBody {
                 status,
                 error: "unavailable",
+                parameter: None,
+                value: None,
+                detail: detail.clone(),
+            },
+            Self::TooManyJobs { detail } => ErrorBody {
+                status,
+                error: "too many jobs",
                 parameter: None,
                 value: None,
                 detail: detail.clone(),

@@ -14,8 +14,8 @@ async fn main() -> ExitCode {
     if config.healthcheck {
         return health::exit_code("keepalive-server", config.addr).await;
     }
-    if let Err(line) = config.check() {
-        eprintln!("keepalive-server: {line}");
+    if let Err(err) = config.check() {
+        eprintln!("keepalive-server: {err}");
         return ExitCode::from(2);
     }
     logging::init("keepalive-server", config.log_format, "info");

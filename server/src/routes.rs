@@ -188,6 +188,13 @@ mod tests {
             ("lines=0", "lines", "0", "1 or more"),
             ("lines=x", "lines", "x", "1 or more"),
             ("heartbeat=1ns", "heartbeat", "1ns", "at least 10ms"),
+            ("sleep=0", "sleep", "0", "lines=N"),
+            (
+                "sleep=0&lines=20000000",
+                "lines",
+                "20000000",
+                "at most 10000000",
+            ),
         ];
         for (query, parameter, value, form) in cases {
             let response = get(app(state()), &format!("/polls/streamed?{query}")).await;

@@ -27,6 +27,7 @@ impl AppState {
                 max_age: config.job_retention,
                 max_jobs: config.job_max,
             },
+            config.jobs_per_client,
         )?;
         Ok(Self {
             config: Arc::new(config),

@@ -50,3 +50,23 @@ fn server_refuses_an_unusable_data_dir() {
         "the refusal names the directory: {stderr}"
     );
 }
+
+/// `SERVER_HEARTBEAT=1ns` once ran: 3 MB of spaces in 3 s per stream, a core busy.
+#[test]
+fn server_refuses_a_heartbeat_below_the_query_parameters_floor() {
+    let output = run_with_settings(
+        SERVER,
+        &[],
+        &[
+            ("SERVER_HEARTBEAT", "1ns".to_owned()),
+            ("SERVER_DATA_DIR", ":memory:".to_owned()),
+            ("SERVER_ADDR", ports::free_for_test()),
+        ],
+    );
+    assert_refused(&output, "SERVER_HEARTBEAT", "1ns");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("at least 10ms"),
+        "names the floor: {stderr}"
+    );
+}

@@ -2,7 +2,7 @@
 //! killed) can show, that a client resuming with `Last-Event-ID` or `Range` ends up with exactly the
 //! bytes of one uninterrupted read. Parsing and rendering are tested without a socket in the crate.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -67,6 +67,18 @@ impl Http {
         Self {
             addr,
             client,
+            _origin: None,
+        }
+    }
+
+    /// A client whose connections come from `source` (any 127.0.0.0/8 address is loopback on
+    /// Linux): another peer address, as the origin sees it.
+    fn from_source(addr: SocketAddr, source: IpAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(source));
+        Self {
+            addr,
+            client: Client::builder(TokioExecutor::new()).build(connector),
             _origin: None,
         }
     }
@@ -570,6 +582,44 @@ async fn bad_and_unknown_ids_get_404_and_bad_parameters_400() {
         assert_eq!(body["error"], "invalid parameter", "{query}: {body}");
         assert_eq!(body["parameter"], parameter, "{query}: {body}");
     }
+}
+
+/// One client could fill `SERVER_JOB_MAX` and lock everybody out: each peer address now runs at most
+/// `SERVER_JOBS_PER_CLIENT` jobs, the next `POST /jobs` gets a 429 that says why, another address
+/// still starts jobs, and a job that ends gives its slot back.
+#[tokio::test]
+async fn a_client_running_its_quota_of_jobs_gets_429_while_others_still_start() {
+    let origin = start_server(ServerConfig {
+        jobs_per_client: 2,
+        ..origin_config()
+    })
+    .await;
+    let client = Http::new(origin.addr);
+    let neighbour = Http::from_source(origin.addr, IpAddr::from([127, 0, 0, 2]));
+    let long = "lines=100&sleep=1s";
+    let first = client.start_job(long).await;
+    client.start_job(long).await;
+
+    let refused = client
+        .fetch(Method::POST, &format!("/jobs?{long}"), &[])
+        .await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let body = refused.json();
+    assert_eq!(body["status"], 429, "{body}");
+    assert_eq!(body["error"], "too many jobs", "{body}");
+    let detail = body["detail"].as_str().expect("detail");
+    for says in ["127.0.0.1", "2 jobs", "SERVER_JOBS_PER_CLIENT"] {
+        assert!(detail.contains(says), "{detail:?} lacks {says:?}");
+    }
+
+    neighbour.start_job(long).await;
+
+    let id = first["id"].as_str().expect("id");
+    let cancelled = client
+        .fetch(Method::DELETE, &format!("/jobs/{id}"), &[])
+        .await;
+    assert_eq!(cancelled.json()["state"], "cancelled");
+    client.start_job(long).await;
 }
 
 #[tokio::test]

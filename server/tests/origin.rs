@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use keepalive_kit::client::{get, raw_request};
+use keepalive_kit::client::{get, open_stream, raw_request};
 use keepalive_kit::servers::{origin_config, start_origin};
 
 #[tokio::test]
@@ -101,4 +101,38 @@ async fn healthz_answers_ok() {
     let response = transcript.response();
     assert_eq!(response.status, 200, "{}", transcript.text());
     assert_eq!(response.text().trim_end(), "ok");
+}
+
+/// `sleep=0` without `lines` was an endless stream at full speed: four of them cut the origin's
+/// other answers tenfold. It is refused at once, naming both parameters; with `lines` (as many as
+/// 2,000,000, enough to fill every buffer up to a stalled client) it streams.
+#[tokio::test]
+async fn a_full_speed_stream_must_say_when_it_ends() {
+    let origin = start_origin(origin_config()).await;
+    let transcript = raw_request(
+        origin.addr,
+        &get("/polls/streamed?sleep=0", "Connection: close\r\n"),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        transcript.ending.is_closed(),
+        "answered and closed, not streamed: {:?} after {} bytes",
+        transcript.ending,
+        transcript.bytes.len()
+    );
+    let response = transcript.response();
+    assert_eq!(response.status, 400, "{}", transcript.text());
+    let body: serde_json::Value = serde_json::from_str(&response.text()).expect("a JSON error");
+    assert_eq!(body["parameter"], "sleep", "{body}");
+    assert_eq!(body["value"], "0", "{body}");
+    let detail = body["detail"].as_str().expect("detail");
+    assert!(detail.contains("lines"), "names lines too: {detail}");
+
+    let stream = open_stream(origin.addr, "/polls/streamed?sleep=0&lines=2000000").await;
+    assert!(
+        stream.received().starts_with(b"HTTP/1.1 200 "),
+        "{:?}",
+        String::from_utf8_lossy(&stream.received()[..64.min(stream.received().len())])
+    );
 }

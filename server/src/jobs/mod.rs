@@ -9,7 +9,10 @@
 //! committed line (nothing a client saw is ever rewritten; the job's `runs` counts the take-overs).
 //! When the origin stops, [`Jobs::stop`] suspends the runners between two lines and leaves their jobs
 //! `running` for the next start; a lock on the data directory keeps two origins from running one job.
+//! Each client may run `SERVER_JOBS_PER_CLIENT` jobs at once ([`quota`]); jobs resumed after a
+//! restart count against nobody's, as the store does not keep who started them.
 
+pub mod quota;
 pub mod range;
 pub mod render;
 pub mod routes;
@@ -24,7 +27,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use quota::Client;
 pub use store::{Storage, Store, StoreError};
+
+use quota::{Claim, Quota};
 
 /// A job's name: 16 lowercase hex digits, random.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -147,6 +153,8 @@ pub struct Retention {
 pub enum StartError {
     #[error("{0} jobs are running, the most SERVER_JOB_MAX allows")]
     TooMany(u64),
+    #[error("{client} already runs {limit} jobs, the most SERVER_JOBS_PER_CLIENT allows")]
+    TooManyForClient { client: Client, limit: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -157,6 +165,7 @@ pub struct Jobs {
     store: Store,
     epoch: Arc<str>,
     retention: Retention,
+    quota: Quota,
     running: Arc<Mutex<HashMap<JobId, Running>>>,
     /// Suspends every runner when the origin stops.
     stopping: CancellationToken,
@@ -179,12 +188,18 @@ struct Running {
 }
 
 impl Jobs {
-    pub fn open(storage: &Storage, retention: Retention) -> Result<Self, StoreError> {
+    /// The store at `storage`; each client may run `per_client` jobs at once.
+    pub fn open(
+        storage: &Storage,
+        retention: Retention,
+        per_client: u64,
+    ) -> Result<Self, StoreError> {
         let (store, epoch) = Store::open(storage)?;
         Ok(Self {
             store,
             epoch: epoch.into(),
             retention,
+            quota: Quota::new(per_client),
             running: Arc::default(),
             stopping: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -221,7 +236,13 @@ impl Jobs {
                 run = job.runs,
                 "resuming a job a previous run left running"
             );
-            self.spawn(job.id.clone(), job.spec, job.lines_written, job.started_at);
+            self.spawn(
+                job.id.clone(),
+                job.spec,
+                job.lines_written,
+                job.started_at,
+                None,
+            );
         }
         let jobs_handle = self.clone();
         self.tasks.spawn(async move {
@@ -235,7 +256,16 @@ impl Jobs {
         Ok(jobs.len())
     }
 
-    pub async fn start(&self, spec: JobSpec) -> Result<JobInfo, StartError> {
+    /// Starts a job for `client`, within its quota and `SERVER_JOB_MAX`.
+    pub async fn start(&self, spec: JobSpec, client: Client) -> Result<JobInfo, StartError> {
+        // Claimed before anything is awaited, so that concurrent requests cannot all pass the count.
+        let claim = self
+            .quota
+            .claim(client)
+            .ok_or(StartError::TooManyForClient {
+                client,
+                limit: self.quota.limit(),
+            })?;
         self.sweep().await;
         let running = self.store.running_count().await?;
         if running >= self.retention.max_jobs {
@@ -248,7 +278,7 @@ impl Jobs {
             sleep = %keepalive_common::duration::display(spec.sleep),
             "job started"
         );
-        self.spawn(job.id.clone(), spec, 0, job.started_at);
+        self.spawn(job.id.clone(), spec, 0, job.started_at, Some(claim));
         Ok(job)
     }
 
@@ -278,7 +308,15 @@ impl Jobs {
         }
     }
 
-    fn spawn(&self, id: JobId, spec: JobSpec, written: u64, started_at: SystemTime) {
+    /// Runs a job; its client's slot (`claim`) is held until the runner ends.
+    fn spawn(
+        &self,
+        id: JobId,
+        spec: JobSpec,
+        written: u64,
+        started_at: SystemTime,
+        claim: Option<Claim>,
+    ) {
         let (progress_tx, progress) = watch::channel(written);
         let cancel = CancellationToken::new();
         self.running
@@ -293,6 +331,7 @@ impl Jobs {
             );
         let jobs = self.clone();
         self.tasks.spawn(async move {
+            let _claim = claim;
             // Declared after `progress_tx` was captured, so dropped before it: readers woken by the
             // sender's drop no longer find the job here, even if this task panicked.
             let _entry = RunningEntry {
@@ -380,7 +419,33 @@ impl Drop for RunningEntry {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// A job id comes from a URL: anything is read without a panic, and only what
+        /// [`JobId::random`] makes is an id.
+        #[test]
+        fn only_16_lowercase_hex_digits_are_a_job_id(
+            text in prop_oneof!["[0-9a-fA-F]{14,18}", "\\PC{0,20}", "[0-9a-f]{15}[^0-9a-f]"]
+        ) {
+            let well_formed = text.len() == 16
+                && text.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
+            match text.parse::<JobId>() {
+                Ok(id) => prop_assert!(well_formed && id.as_str() == text, "{text:?}"),
+                Err(()) => prop_assert!(!well_formed, "{text:?} refused"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_random_job_id_reads_back_as_itself() {
+        for _ in 0..100 {
+            let id = JobId::random();
+            assert_eq!(id.as_str().parse::<JobId>(), Ok(id));
+        }
+    }
 
     #[tokio::test]
     async fn a_watcher_waits_for_the_next_line_not_for_those_already_written() {
@@ -388,13 +453,13 @@ mod tests {
             max_age: Duration::from_secs(3600),
             max_jobs: 10,
         };
-        let jobs = Jobs::open(&Storage::Memory, retention).expect("an in-memory store");
+        let jobs = Jobs::open(&Storage::Memory, retention, 10).expect("an in-memory store");
         let spec = JobSpec {
             sleep: Duration::from_secs(3600),
             heartbeat: None,
             lines: 2,
         };
-        let job = jobs.start(spec).await.expect("started");
+        let job = jobs.start(spec, Client::Unknown).await.expect("started");
         let deadline = Instant::now() + Duration::from_secs(10);
         while jobs
             .store()

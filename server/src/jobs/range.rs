@@ -114,3 +114,50 @@ mod tests {
         assert_eq!(ByteRange::Suffix(5).span(0), None);
     }
 }
+
+/// Property tests: any `Range` header is read or ignored without a panic, a range read always meets
+/// a length inside it, and every well-formed single range reads as sent.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn header() -> impl Strategy<Value = String> {
+        prop_oneof![
+            " ?(bytes|items|BYTES)? ?=? ?[0-9]{0,22} ?-? ?[0-9]{0,22}(,[0-9]{0,3}-[0-9]{0,3})?",
+            "\\PC*",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_header_is_read_or_ignored_and_a_range_read_stays_inside_the_text(
+            header in header(),
+            available in prop_oneof![0..300u64, any::<u64>()],
+        ) {
+            if let Some(range) = parse(&header) {
+                if let Some((first, last)) = range.span(available) {
+                    prop_assert!(first <= last && last < available, "{range:?} in {available}: {first}-{last}");
+                }
+                if let Some(first) = range.first() {
+                    prop_assert!(range.span(available).is_none_or(|(start, _)| start == first));
+                }
+            }
+        }
+
+        #[test]
+        fn well_formed_single_ranges_read_as_sent(first in any::<u64>(), length in any::<u64>(), suffix in 1..=u64::MAX) {
+            let last = first.saturating_add(length);
+            prop_assert_eq!(
+                parse(&format!("bytes={first}-{last}")),
+                Some(ByteRange::From { first, last: Some(last) })
+            );
+            prop_assert_eq!(
+                parse(&format!("bytes={first}-")),
+                Some(ByteRange::From { first, last: None })
+            );
+            prop_assert_eq!(parse(&format!("bytes=-{suffix}")), Some(ByteRange::Suffix(suffix)));
+        }
+    }
+}

@@ -5,19 +5,20 @@
 //! had, gets `409 history lost` instead of a quietly different stream.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use bytes::Bytes;
 use futures_util::stream;
 use keepalive_common::duration::display;
 use serde::Serialize;
 
-use super::{range, render, JobId, JobInfo, JobSpec, Jobs, StartError, StoreError};
+use super::{range, render, Client, JobId, JobInfo, JobSpec, Jobs, StartError, StoreError};
 use crate::error::ApiError;
 use crate::params::{self, JobParams};
 use crate::state::AppState;
@@ -31,10 +32,12 @@ const NO_STORE: &str = "no-store, no-transform";
 /// Lines read from the store at a time while streaming.
 const BATCH: u64 = 256;
 
-/// `POST /jobs`: 201, `Location`, and the job as JSON.
+/// `POST /jobs`: 201, `Location`, and the job as JSON; 429 when this client runs as many jobs as it
+/// may. The peer comes from [`crate::serve`]'s connection; absent under `oneshot`.
 pub async fn start(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> Result<Response, ApiError> {
     let params = JobParams::from_query(query.as_deref().unwrap_or_default(), state.config())?;
     let jobs = state.jobs();
@@ -43,9 +46,15 @@ pub async fn start(
         heartbeat: params.heartbeat,
         lines: params.lines,
     };
-    let job = jobs.start(spec).await.map_err(|err| match err {
+    let client = Client::of(peer.map(|Extension(ConnectInfo(addr))| addr));
+    let job = jobs.start(spec, client).await.map_err(|err| match err {
         StartError::TooMany(_) => ApiError::Unavailable {
             detail: format!("{err}; try again when one has finished"),
+        },
+        StartError::TooManyForClient { .. } => ApiError::TooManyJobs {
+            detail: format!(
+                "{err}; try again when one has finished, or cancel one (DELETE /jobs/{{id}})"
+            ),
         },
         StartError::Store(err) => unavailable(err),
     })?;
@@ -141,7 +150,9 @@ impl StreamQuery {
             epoch: header_text(headers, &EPOCH_HEADER),
             heartbeat: None,
         };
-        let mut last_event_id = header_text(headers, &HeaderName::from_static("last-event-id"));
+        // Named as the client sent it, header or query parameter, when it is refused.
+        let mut last_event_id = header_text(headers, &HeaderName::from_static("last-event-id"))
+            .map(|value| ("Last-Event-ID", value));
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             match name.as_ref() {
                 "format" => match value.as_ref() {
@@ -149,18 +160,20 @@ impl StreamQuery {
                     "text" => read.sse = false,
                     _ => return Err(invalid("format", &value, "text or sse")),
                 },
-                "lastEventID" => last_event_id = Some(value.into_owned()),
+                "lastEventID" => last_event_id = Some(("lastEventID", value.into_owned())),
                 "epoch" => read.epoch = Some(value.into_owned()),
                 "heartbeat" => read.heartbeat = Some(params::heartbeat(&value, max_sleep)?),
                 _ => {}
             }
         }
         // An empty Last-Event-ID is what EventSource sends before it has seen any id.
-        read.last_event_id = match last_event_id.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(id) => Some(id.parse().map_err(|_| {
-                invalid("Last-Event-ID", id, "the number of a line the stream sent")
-            })?),
+        read.last_event_id = match last_event_id {
+            Some((name, id)) if !id.trim().is_empty() => {
+                let id = id.trim();
+                let expected = "the number of a line the stream sent";
+                Some(id.parse().map_err(|_| invalid(name, id, expected))?)
+            }
+            _ => None,
         };
         Ok(read)
     }
@@ -174,11 +187,12 @@ fn invalid(parameter: &'static str, value: &str, expected: &str) -> ApiError {
     })
 }
 
+/// A header's value; bytes that are not text are replaced rather than the header ignored, so that a
+/// garbled `Last-Event-ID` is refused instead of quietly read as "from the start".
 fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     headers
         .get(name)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
 }
 
 /// The SSE answer: `204` when a finished job has nothing left for this client, else the lines after
@@ -550,8 +564,10 @@ fn insert(response: &mut Response, name: HeaderName, value: &str) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
-    use crate::jobs::Line;
+    use crate::jobs::{Line, Retention, Storage};
 
     #[test]
     fn a_window_slices_lines_at_any_byte() {
@@ -566,5 +582,83 @@ mod tests {
         assert_eq!(slice_text(&line, start + 3, 1000), &whole.as_bytes()[3..]);
         assert_eq!(slice_text(&line, 0, start + 5), &whole.as_bytes()[..5]);
         assert!(slice_text(&line, 200, 1000).is_empty());
+    }
+
+    const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+    /// What a client may put in a `Last-Event-ID` header or in `?lastEventID=`.
+    fn event_id() -> impl Strategy<Value = String> {
+        prop_oneof![
+            " ?[0-9]{0,25} ?",
+            "[-+]?[0-9]{1,5}(\\.[0-9])?",
+            "[ -~]{0,24}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn a_last_event_id_header_is_read_or_refused_naming_it(
+            bytes in prop_oneof![
+                event_id().prop_map(String::into_bytes),
+                prop::collection::vec((0x20u8..=0xff).prop_filter("DEL", |byte| *byte != 0x7f), 0..24),
+            ]
+        ) {
+            let mut headers = HeaderMap::new();
+            let header = HeaderValue::from_bytes(&bytes).expect("a header value's bytes");
+            headers.insert("last-event-id", header);
+            let id = String::from_utf8_lossy(&bytes);
+            let id = id.trim();
+            match (StreamQuery::read("", &headers, MAX_SLEEP), id.parse::<u64>()) {
+                (Ok(read), Ok(number)) => prop_assert_eq!(read.last_event_id, Some(number)),
+                // Empty is what EventSource sends before its first event; nothing else is ignored.
+                (Ok(read), Err(_)) => prop_assert!(id.is_empty() && read.last_event_id.is_none(), "{id:?} ignored"),
+                (Err(ApiError::InvalidParameter(invalid)), Err(_)) => {
+                    prop_assert_eq!(invalid.parameter, "Last-Event-ID");
+                    prop_assert_eq!(invalid.value, id);
+                }
+                (other, _) => prop_assert!(false, "{id:?}: {other:?}", other = other.err()),
+            }
+        }
+
+        #[test]
+        fn a_stream_query_is_read_or_refused_naming_the_parameter_sent(
+            name in prop::sample::select(vec!["lastEventID", "format", "heartbeat", "epoch", "other"]),
+            value in prop_oneof![event_id(), "\\PC*"],
+        ) {
+            let query = form_urlencoded::Serializer::new(String::new())
+                .append_pair(name, &value)
+                .finish();
+            match StreamQuery::read(&query, &HeaderMap::new(), MAX_SLEEP) {
+                Ok(_) => {}
+                Err(ApiError::InvalidParameter(invalid)) => {
+                    prop_assert_eq!(invalid.parameter, name);
+                    prop_assert!(
+                        invalid.value == value || invalid.value == value.trim(),
+                        "{:?} for {:?}", invalid.value, value
+                    );
+                }
+                Err(err) => prop_assert!(false, "{query:?}: {err:?}"),
+            }
+        }
+    }
+
+    /// A job id is the last segment of a URL: whatever it is, the answer is a 404 naming it.
+    #[test]
+    fn any_unknown_job_id_is_not_found_naming_it() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let retention = Retention {
+            max_age: Duration::from_secs(60),
+            max_jobs: 10,
+        };
+        let jobs = Jobs::open(&Storage::Memory, retention, 10).expect("an in-memory store");
+        proptest!(|(id in prop_oneof!["[0-9a-f]{16}", "\\PC{0,40}"])| {
+            match runtime.block_on(find(&jobs, &id)) {
+                Err(ApiError::JobNotFound { id: named }) => prop_assert_eq!(named, id),
+                other => prop_assert!(false, "{id:?}: {other:?}"),
+            }
+        });
     }
 }
