@@ -11,12 +11,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 
 use crate::deny::DenyPaths;
@@ -101,6 +102,9 @@ impl ClientError {
     }
 }
 
+/// How long an idle connection to the upstream stays pooled.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+
 #[derive(Clone)]
 pub struct Forward {
     client: Client<ConnectTimeout, RequestBody>,
@@ -110,7 +114,13 @@ pub struct Forward {
 
 impl Forward {
     pub fn new(upstream: Upstream, connector: ConnectTimeout, deny: DenyPaths) -> Self {
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        // An idle pooled connection is let go before an upstream would close it (keepalive-server
+        // after 60 s, nginx's keepalive_timeout 75 s): reusing one just as the upstream closes it
+        // fails a request that never reached the upstream.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         Self {
             client,
             upstream,
