@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::expect::Expectation;
+use crate::stdout::outln;
 use crate::watch::{observe_owing, ClientError, Observation, Verdict};
 
 #[derive(Debug, Clone, Args)]
@@ -382,12 +383,12 @@ pub async fn run(args: ProbeArgs) -> u8 {
     match findings {
         Ok(findings) => {
             if json {
-                println!("{}", serde_json::to_string(&findings).unwrap_or_default());
+                outln!("{}", serde_json::to_string(&findings).unwrap_or_default());
             } else {
                 for line in explain(&findings) {
-                    println!("{line}");
+                    outln!("{line}");
                 }
-                println!("(probed {} in {:.1} s)", args.url, findings.took_s);
+                outln!("(probed {} in {:.1} s)", args.url, findings.took_s);
             }
             0
         }

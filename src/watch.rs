@@ -4,7 +4,6 @@
 //!
 //! [`observe`] is the client itself, also used by the experiments; [`run`] prints what it sees.
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::expect::{Expectation, Shortfall};
+use crate::stdout::{out, outln};
 
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
@@ -486,7 +486,7 @@ pub async fn run(args: WatchArgs) -> u8 {
     }
     let json = args.json;
     if !json {
-        println!("watching {}", args.url);
+        outln!("watching {}", args.url);
     }
     let mut last_at = Duration::ZERO;
     let mut heartbeat_run = 0usize;
@@ -501,23 +501,23 @@ pub async fn run(args: WatchArgs) -> u8 {
                 heartbeat: chunk.heartbeat,
                 text: String::from_utf8_lossy(&chunk.data),
             };
-            println!("{}", serde_json::to_string(&line).unwrap_or_default());
+            outln!("{}", serde_json::to_string(&line).unwrap_or_default());
             return;
         }
         // Heartbeats as dots on one line, so that minutes of them stay readable.
         if chunk.heartbeat {
             if heartbeat_run == 0 {
-                print!("{:>9.3}s {:>+9.3}s  heartbeats ", secs(chunk.at), secs(gap));
+                out!("{:>9.3}s {:>+9.3}s  heartbeats ", secs(chunk.at), secs(gap));
             }
             heartbeat_run += 1;
-            print!(".");
+            out!(".");
         } else {
             if heartbeat_run > 0 {
-                println!();
+                outln!();
                 heartbeat_run = 0;
             }
             let text = String::from_utf8_lossy(&chunk.data);
-            println!(
+            outln!(
                 "{:>9.3}s {:>+9.3}s  {:>5} B  {}",
                 secs(chunk.at),
                 secs(gap),
@@ -526,7 +526,6 @@ pub async fn run(args: WatchArgs) -> u8 {
                     .replace('\n', "\n                              ")
             );
         }
-        let _ = std::io::stdout().flush();
     })
     .await;
     let verdict = &observation.verdict;
@@ -542,12 +541,12 @@ pub async fn run(args: WatchArgs) -> u8 {
             heartbeats: observation.heartbeats(),
             bytes: observation.body_bytes(),
         };
-        println!("{}", serde_json::to_string(&line).unwrap_or_default());
+        outln!("{}", serde_json::to_string(&line).unwrap_or_default());
     } else {
         if heartbeat_run > 0 {
-            println!();
+            outln!();
         }
-        println!(
+        outln!(
             "{:>9.3}s  {}: {} ({} bytes in {} chunks, {} of them heartbeats)",
             secs(observation.ended_at),
             verdict.name(),
