@@ -75,6 +75,9 @@ pub fn origin(log: &Path) -> Result<Process, BenchError> {
         .env("SERVER_ADDR", addr.to_string())
         .env("LOG_FORMAT", "json")
         .env("SERVER_DRAIN_TIMEOUT", "0")
+        // No jobs are measured: nothing on disk, and no lock to share with an origin already
+        // running from the same directory.
+        .env("SERVER_DATA_DIR", ":memory:")
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(log);

@@ -35,12 +35,15 @@ const THREAD_SLACK: u64 = 2;
 /// Growth of resident memory never called a leak: buffers warming up, an allocator's arenas.
 const RSS_SLACK_KIB: u64 = 8 * 1024;
 /// How long each further round holds its streams: long enough for every stream to be set up and
-/// torn down in full, which is what a per-stream leak needs.
+/// torn down in full, which is what a per-stream leak needs. Shorter for a shorter soak, as above.
 const ROUND: Duration = Duration::from_secs(10);
+/// The shortest settle and round.
+const SHORTEST: Duration = Duration::from_secs(2);
 /// Further rounds at most: memory that still grows in the last one is a leak.
 const ROUNDS: usize = 4;
 /// How long, after the last stream closes, the programs get to let go of it: tokio's blocking
-/// threads idle out after 10 s, and a closed stream's cleanup is immediate.
+/// threads idle out after 10 s, and a closed stream's cleanup is immediate. Shorter for a soak
+/// shorter than this (a check that the soak itself works), at least 2 s.
 const SETTLE: Duration = Duration::from_secs(15);
 /// How often the hold reports its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(60);
@@ -164,6 +167,8 @@ pub async fn run(
     scratch: &Path,
     progress: &impl Fn(&str),
 ) -> Result<SoakReport, BenchError> {
+    let settle = soak.hold.clamp(SHORTEST, SETTLE);
+    let round_hold = soak.hold.clamp(SHORTEST, ROUND);
     let origin = procs::origin(&scratch.join("origin.log"))?;
     // An idle limit far above the 1 s heartbeat: a cut during the soak is news, not a timer.
     let proxy = procs::proxy(origin.addr, Duration::from_secs(60))?;
@@ -193,9 +198,9 @@ pub async fn run(
     let first = streams.close().await?;
     progress(&format!(
         "soak: streams closed; {} for the programs to let go",
-        display(SETTLE)
+        display(settle)
     ));
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle).await;
     let closed = (now(&proxy).await, now(&origin).await);
     let mut proxy_phases = Phases {
         before: before.0,
@@ -217,12 +222,12 @@ pub async fn run(
         progress(&format!(
             "soak: round {round}, {} streams for {}, to see whether memory levels off",
             soak.streams,
-            display(ROUND)
+            display(round_hold)
         ));
         let streams = Heartbeated::open(proxy.addr, soak.streams).await?;
-        tokio::time::sleep(ROUND).await;
+        tokio::time::sleep(round_hold).await;
         cut += streams.close().await?.cut;
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(settle).await;
         proxy_phases.rounds.push(now(&proxy).await);
         origin_phases.rounds.push(now(&origin).await);
         if proxy_phases.last_round_growth() <= RSS_SLACK_KIB
