@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Origin on 127.0.0.1:8000 and proxy on 127.0.0.1:8080 with demo timers (the default)
-    Demo(demo::DemoArgs),
+    Demo(Box<demo::DemoArgs>),
     /// Follow one stream: every chunk with its arrival time and the gap before it, heartbeats as
     /// dots, then how it ended: completed (exit 0), truncated (18), reset (56), timeout (28),
     /// http <status> (22), or failed (7), curl's codes for the same endings
@@ -62,7 +62,7 @@ async fn run(cli: Cli) -> u8 {
         Some(Command::Experiment(args)) => return experiment::run(args).await,
         Some(Command::Probe(args)) => return probe::run(args).await,
         Some(Command::Bench(args)) => return bench::run(args).await,
-        Some(Command::Demo(args)) => demo::run(args).await,
+        Some(Command::Demo(args)) => demo::run(*args).await,
         None => demo::run(cli.demo).await,
     };
     match outcome {

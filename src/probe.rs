@@ -100,7 +100,11 @@ pub enum ProbeError {
     NotTheOrigin(StatusCode),
     /// What answered is not keepalive-server's stream: the URL, and what came instead.
     #[error("{url} does not answer like keepalive-server's /polls/streamed: asked for one line of the poem and the end marker ({check}), got {got}; point the probe at the balancer's URL for /polls/streamed")]
-    NotAStream { url: Uri, check: Uri, got: String },
+    NotAStream {
+        url: String,
+        check: String,
+        got: String,
+    },
     #[error(transparent)]
     NoAnswer(#[from] ClientError),
 }
@@ -202,8 +206,8 @@ async fn check_stream(url: &Uri, max: Duration) -> Result<(), ProbeError> {
         ),
     };
     Err(ProbeError::NotAStream {
-        url: url.clone(),
-        check,
+        url: url.to_string(),
+        check: check.to_string(),
         got,
     })
 }

@@ -151,9 +151,16 @@ pub async fn hold_streams(
 /// Streams with a heartbeat every second, each read by a task of its own until [`Heartbeated::close`].
 pub struct Heartbeated {
     done: tokio::sync::watch::Sender<bool>,
-    readers: Vec<tokio::task::JoinHandle<(Vec<(Instant, f64)>, bool)>>,
+    readers: Vec<tokio::task::JoinHandle<Heard>>,
     /// When the last one was open: heartbeat lag counts from here.
     all_open: Instant,
+}
+
+/// What one stream's reader heard: each chunk's arrival and lag (ms) behind the 1 s heartbeat, and
+/// whether the stream ended by itself (cut) before it was closed.
+struct Heard {
+    lags: Vec<(Instant, f64)>,
+    cut: bool,
 }
 
 /// How the streams went, once closed.
@@ -199,16 +206,17 @@ impl Heartbeated {
         let mut lags = Vec::new();
         let mut cut = 0;
         for reader in self.readers {
-            let (stream_lags, was_cut) = reader.await?;
+            let heard = reader.await?;
             // The first gap is from the first line to the first heartbeat: not a heartbeat's lag.
             lags.extend(
-                stream_lags
+                heard
+                    .lags
                     .into_iter()
                     .skip(1)
                     .filter(|(arrived, _)| *arrived > self.all_open)
                     .map(|(_, lag)| lag),
             );
-            cut += usize::from(was_cut);
+            cut += usize::from(heard.cut);
         }
         Ok(Closed {
             cut,
@@ -217,19 +225,18 @@ impl Heartbeated {
     }
 }
 
-/// Reads one stream until `done`, noting each chunk's lag behind the 1 s heartbeat; the stream is
-/// dropped (closed) on return. True when it ended by itself (cut).
+/// Reads one stream until `done`; the stream is dropped (closed) on return.
 async fn read_heartbeats(
     mut stream: TcpStream,
     mut done: tokio::sync::watch::Receiver<bool>,
-) -> (Vec<(Instant, f64)>, bool) {
+) -> Heard {
     let mut lags = Vec::new();
     let mut last: Option<Instant> = None;
     let mut buf = [0u8; 1024];
     loop {
         tokio::select! {
             read = stream.read(&mut buf) => match read {
-                Ok(0) | Err(_) => return (lags, true),
+                Ok(0) | Err(_) => return Heard { lags, cut: true },
                 Ok(_) => {
                     let now = Instant::now();
                     if let Some(last) = last {
@@ -239,7 +246,7 @@ async fn read_heartbeats(
                     last = Some(now);
                 }
             },
-            _ = done.changed() => return (lags, false),
+            _ = done.changed() => return Heard { lags, cut: false },
         }
     }
 }
