@@ -158,9 +158,11 @@ fn explain(command: &clap::Command, err: clap::Error) -> ConfigError {
         (Some(source), _) => kind
             .and_then(|kind| number_form(kind, &source.to_string()))
             .unwrap_or_else(|| source.to_string()),
-        (None, Some(ContextValue::Strings(valid))) => {
+        (None, Some(ContextValue::Strings(valid))) if !valid.is_empty() => {
             format!("expected one of {}", valid.join(", "))
         }
+        // An empty env var (`SERVER_DATA_DIR=`) is a value clap refuses without saying why.
+        (None, _) if value.is_empty() => "a value is required".to_owned(),
         (None, _) => "invalid value".to_owned(),
     };
     ConfigError::Invalid(format!(
@@ -197,6 +199,8 @@ mod tests {
         limit: u32,
         #[arg(long, default_value = "0.5")]
         share: f64,
+        #[arg(long, env = "TEST_CONFIG_DIR", default_value = "data")]
+        dir: std::path::PathBuf,
         #[command(subcommand)]
         command: Option<Sub>,
     }
@@ -251,6 +255,13 @@ mod tests {
         assert!(line.contains("TEST_CONFIG_SWITCH (--switch)"), "{line}");
         assert!(line.contains("maybe"), "{line}");
         assert!(line.contains("1, 0, true, false"), "{line}");
+    }
+
+    #[test]
+    fn an_empty_value_says_one_is_required() {
+        let line = refused(&["--dir="]);
+        assert!(line.contains("TEST_CONFIG_DIR (--dir): \"\""), "{line}");
+        assert!(line.ends_with("a value is required"), "{line}");
     }
 
     #[test]
