@@ -2,6 +2,10 @@
 //! starts the origin and the proxy with short timers, prints three curl commands (one stream that the
 //! idle timer cuts, one that heartbeats save, one that hits the first-byte timer) and narrates, from
 //! both servers' logs, what happens to each stream.
+//!
+//! The proxy's settings are keepalive-proxy's own struct, flattened in, so that every `PROXY_*`
+//! variable means here what it means to the proxy binary. The demo lives only as long as its origin:
+//! a proxy in front of nothing would answer 502 to every curl it suggests.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
