@@ -2,6 +2,10 @@
 //! starts the origin and the proxy with short timers, prints three curl commands (one stream that the
 //! idle timer cuts, one that heartbeats save, one that hits the first-byte timer) and narrates, from
 //! both servers' logs, what happens to each stream.
+//!
+//! The proxy's settings are keepalive-proxy's own struct, flattened in, so that every `PROXY_*`
+//! variable means here what it means to the proxy binary. The demo lives only as long as its origin:
+//! a proxy in front of nothing would answer 502 to every curl it suggests.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -9,52 +13,44 @@ use std::time::Duration;
 
 use clap::Args;
 use keepalive_common::duration::display;
-use keepalive_proxy::config::TimerSetting;
 use keepalive_proxy::cut_style::CutStyle;
-use keepalive_proxy::{admin, Metrics, Preset, ProxyConfig, TimerSet};
+use keepalive_proxy::{admin, Metrics, ProxyConfig, TimerSet};
 use keepalive_server::jobs::Storage;
 use keepalive_server::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::fmt::time::Uptime;
 
-/// How long open streams may go on after Ctrl-C; the demo's streams are infinite, so keep it short.
-const DEMO_DRAIN: Duration = Duration::from_secs(1);
+use crate::stdout::{out, Narration};
 
+/// The proxy's own settings (`ProxyConfig`, every `PROXY_*` variable and flag, read the way
+/// keepalive-proxy reads them) with the demo's defaults: loopback addresses, the demo preset's short
+/// timers, a short drain since the demo's streams are endless. The upstream is always the demo's
+/// origin, and the proxy binary's own switches (log format, health check) mean nothing here.
 #[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "The proxy reads every PROXY_* variable as keepalive-proxy does (PROXY_PRESET, the \
+        timers, the faults); its upstream is always the origin above. RUST_LOG filters the narration \
+        (e.g. RUST_LOG=debug).",
+    mut_arg("addr", |arg| arg.long("proxy-addr").default_value("127.0.0.1:8080")),
+    mut_arg("admin_addr", |arg| arg.default_value("127.0.0.1:9090")),
+    mut_arg("preset", |arg| arg.default_value("demo")),
+    mut_arg("drain_timeout", |arg| arg.default_value("1s")),
+    mut_arg("upstream", |arg| arg.hide(true)),
+    mut_arg("log_format", |arg| arg.hide(true)),
+    mut_arg("healthcheck", |arg| arg.hide(true)),
+)]
 pub struct DemoArgs {
     /// Where the origin listens
     #[arg(long, env = "SERVER_ADDR", default_value = "127.0.0.1:8000")]
     origin_addr: SocketAddr,
 
-    /// Where the proxy listens
-    #[arg(long, env = "PROXY_ADDR", default_value = "127.0.0.1:8080")]
-    proxy_addr: SocketAddr,
-
-    /// Where the proxy's /metrics and /healthz listen
-    #[arg(long, env = "PROXY_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
-    admin_addr: SocketAddr,
-
-    /// Longest silence from the origin before the proxy cuts the stream; preset = 5s, 0 or off disables
-    #[arg(long, env = "PROXY_IDLE_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
-    idle_timeout: TimerSetting,
-
-    /// Longest wait for response headers before the proxy answers 504; preset = 3s
-    #[arg(long, env = "PROXY_FIRST_BYTE_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
-    first_byte_timeout: TimerSetting,
-
-    /// Total lifetime of one response, heartbeats or not; preset = off
-    #[arg(long, env = "PROXY_MAX_DURATION", default_value = "preset", value_parser = TimerSetting::parse)]
-    max_duration: TimerSetting,
-
-    /// How the proxy's cuts end for the client: truncate (like nginx), clean (looks like a normal
-    /// end), reset (TCP RST)
-    #[arg(long, env = "PROXY_CUT_STYLE", value_enum, default_value = "truncate")]
-    cut_style: CutStyle,
-
     /// Where the origin keeps durable jobs (POST /jobs); :memory: keeps them in memory only
     #[arg(long, env = "SERVER_DATA_DIR", default_value = "keepalive-data")]
     data_dir: Storage,
+
+    #[command(flatten)]
+    proxy: ProxyConfig,
 }
 
 /// Why the demo stopped.
@@ -69,60 +65,64 @@ pub enum DemoError {
     /// The proxy refuses the origin's address as its upstream (its reason is text).
     #[error("cannot proxy to {addr}: {reason}")]
     Upstream { addr: SocketAddr, reason: String },
-    #[error("origin failed: {0}")]
+    /// The origin could not start (a data directory another origin holds) or stopped on an error.
+    #[error("the origin stopped, so the demo did too: {0}")]
     Origin(#[source] std::io::Error),
 }
 
-pub async fn run(mut args: DemoArgs) -> Result<(), DemoError> {
+pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
+    let DemoArgs {
+        origin_addr,
+        data_dir,
+        proxy: mut proxy_config,
+    } = args;
     init_narration();
-    let (origin, origin_addr) = bind(args.origin_addr, "origin (SERVER_ADDR)").await?;
-    let (proxy, proxy_addr) = bind(args.proxy_addr, "proxy (PROXY_ADDR)").await?;
+    let (origin, origin_addr) = bind(origin_addr, "origin (SERVER_ADDR)").await?;
+    let (proxy, proxy_addr) = bind(proxy_config.addr, "proxy (PROXY_ADDR)").await?;
     let (admin_listener, admin_addr) =
-        bind(args.admin_addr, "proxy admin (PROXY_ADMIN_ADDR)").await?;
+        bind(proxy_config.admin_addr, "proxy admin (PROXY_ADMIN_ADDR)").await?;
     // Port 0 picks a free port: from here on, the addresses are the ones actually bound.
-    args.origin_addr = origin_addr;
-    args.proxy_addr = proxy_addr;
-    args.admin_addr = admin_addr;
-    let upstream =
+    proxy_config.addr = proxy_addr;
+    proxy_config.admin_addr = admin_addr;
+    proxy_config.upstream =
         format!("http://{origin_addr}")
             .parse()
             .map_err(|reason| DemoError::Upstream {
                 addr: origin_addr,
                 reason,
             })?;
-
     let server_config = ServerConfig {
-        addr: args.origin_addr,
-        drain_timeout: DEMO_DRAIN,
-        data_dir: args.data_dir.clone(),
+        addr: origin_addr,
+        drain_timeout: proxy_config.drain_timeout,
+        data_dir,
         ..ServerConfig::default()
     };
-    let proxy_config = ProxyConfig {
-        addr: args.proxy_addr,
-        admin_addr: args.admin_addr,
-        upstream,
-        preset: Preset::Demo,
-        idle_timeout: args.idle_timeout,
-        first_byte_timeout: args.first_byte_timeout,
-        max_duration: args.max_duration,
-        cut_style: args.cut_style,
-        drain_timeout: DEMO_DRAIN,
-        ..ProxyConfig::default()
-    };
 
-    print!("{}", instructions(&args, &proxy_config.timers()));
+    out!("{}", instructions(origin_addr, &proxy_config));
 
     let stop = CancellationToken::new();
-    let metrics = Metrics::new();
-    let signal = {
+    tokio::spawn({
         let stop = stop.clone();
         async move {
             keepalive_common::shutdown::signal().await;
             stop.cancel();
         }
+    });
+    let origin = {
+        let stop = stop.clone();
+        async move {
+            let outcome =
+                keepalive_server::serve(origin, server_config, stop.clone().cancelled_owned())
+                    .await;
+            // Without its origin the demo is a proxy answering 502 to everything: stop it too, and
+            // say why.
+            stop.cancel();
+            outcome
+        }
     };
-    let (origin_result, (), (), ()) = tokio::join!(
-        keepalive_server::serve(origin, server_config, stop.clone().cancelled_owned()),
+    let metrics = Metrics::new();
+    let (origin_outcome, (), ()) = tokio::join!(
+        origin,
         keepalive_proxy::serve(
             proxy,
             proxy_config,
@@ -130,9 +130,8 @@ pub async fn run(mut args: DemoArgs) -> Result<(), DemoError> {
             stop.clone().cancelled_owned()
         ),
         admin::serve(admin_listener, metrics, stop.clone().cancelled_owned()),
-        signal,
     );
-    origin_result.map_err(DemoError::Origin)
+    origin_outcome.map_err(DemoError::Origin)
 }
 
 async fn bind(
@@ -159,19 +158,21 @@ fn init_narration() {
         .with_timer(Uptime::default())
         // Colours for a terminal only: a demo piped into a file or a test reads plain text.
         .with_ansi(std::io::stdout().is_terminal())
+        .with_writer(Narration)
         .compact()
         .init();
 }
 
-fn instructions(args: &DemoArgs, timers: &TimerSet) -> String {
-    let proxy = format!("http://{}", args.proxy_addr);
+fn instructions(origin: SocketAddr, config: &ProxyConfig) -> String {
+    let timers: TimerSet = config.timers();
+    let proxy = format!("http://{}", config.addr);
     let show = |timer: Option<Duration>| timer.map_or_else(|| "off".to_owned(), display);
     let mut text = format!(
         "\nkeepalive-lab demo\n  origin  http://{origin}/polls/streamed  (the tutorial's view)\n  \
-         proxy   {proxy}/polls/streamed  (a load balancer: idle {idle}, first byte {first_byte}, max duration {max})\n  \
+         proxy   {proxy}/polls/streamed  (a load balancer, preset {preset}: idle {idle}, first byte {first_byte}, max duration {max})\n  \
          metrics http://{admin}/metrics and http://{origin}/metrics\n\nTry, in another terminal:\n",
-        origin = args.origin_addr,
-        admin = args.admin_addr,
+        preset = config.preset.name(),
+        admin = config.admin_addr,
         idle = show(timers.idle),
         first_byte = show(timers.first_byte),
         max = show(timers.max_duration),
@@ -187,7 +188,7 @@ fn instructions(args: &DemoArgs, timers: &TimerSet) -> String {
             sleep = display(sleep),
             idle = display(idle),
             heartbeat = display(heartbeat),
-            how = match args.cut_style {
+            how = match config.cut_style {
                 CutStyle::Truncate => "curl exits 18",
                 CutStyle::Clean => "PROXY_CUT_STYLE=clean: curl exits 0, as if it had ended",
                 CutStyle::Reset => "PROXY_CUT_STYLE=reset: curl exits 56",

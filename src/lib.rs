@@ -7,4 +7,5 @@ pub mod expect;
 pub mod experiment;
 pub mod probe;
 pub mod resume;
+pub mod stdout;
 pub mod watch;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use keepalive_common::config::parse_or_exit;
-use keepalive_lab::{bench, demo, experiment, probe, watch};
+use keepalive_lab::{bench, demo, experiment, probe, stdout, watch};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Origin on 127.0.0.1:8000 and proxy on 127.0.0.1:8080 with demo timers (the default)
-    Demo(demo::DemoArgs),
+    Demo(Box<demo::DemoArgs>),
     /// Follow one stream: every chunk with its arrival time and the gap before it, heartbeats as
     /// dots, then how it ended: completed (exit 0), truncated (18), reset (56), timeout (28),
     /// http <status> (22), or failed (7), curl's codes for the same endings
@@ -48,19 +48,28 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
+    // A closed stdout (`| head`) ends whichever command is running, quietly: see `stdout`.
+    let code = tokio::select! {
+        code = run(cli) => code,
+        () = stdout::gone() => stdout::exit_code(),
+    };
+    ExitCode::from(code)
+}
+
+async fn run(cli: Cli) -> u8 {
     let outcome = match cli.command {
-        Some(Command::Watch(args)) => return ExitCode::from(watch::run(args).await),
-        Some(Command::Experiment(args)) => return ExitCode::from(experiment::run(args).await),
-        Some(Command::Probe(args)) => return ExitCode::from(probe::run(args).await),
-        Some(Command::Bench(args)) => return ExitCode::from(bench::run(args).await),
-        Some(Command::Demo(args)) => demo::run(args).await,
+        Some(Command::Watch(args)) => return watch::run(args).await,
+        Some(Command::Experiment(args)) => return experiment::run(args).await,
+        Some(Command::Probe(args)) => return probe::run(args).await,
+        Some(Command::Bench(args)) => return bench::run(args).await,
+        Some(Command::Demo(args)) => demo::run(*args).await,
         None => demo::run(cli.demo).await,
     };
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(err) => {
             eprintln!("keepalive-lab: {err}");
-            ExitCode::FAILURE
+            1
         }
     }
 }

@@ -8,6 +8,10 @@
 //!   real lines (no heartbeats) at that pace is not cut there, or not even the first line got through,
 //!   which means the heartbeats were held back on the way (a buffering or compressing hop).
 //!
+//! Before any trial, one short stream (one line and the end marker) checks that what answers is
+//! keepalive-server's `/polls/streamed`: anything else would answer the trials with plausible
+//! numbers that mean nothing.
+//!
 //! A balancer acts at its limit, so the moment it acts is the measurement: one trial per timer, no
 //! bisection. The first-byte and idle trials run at once (separate connections cannot disturb each
 //! other); the heartbeat trial needs the idle limit, so it follows.
@@ -20,7 +24,11 @@ use keepalive_common::duration::{display, parse_duration};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use keepalive_kit::servers::FIRST_LINE;
+use keepalive_server::end_marker_line;
+
 use crate::expect::Expectation;
+use crate::stdout::outln;
 use crate::watch::{observe_owing, ClientError, Observation, Verdict};
 
 #[derive(Debug, Clone, Args)]
@@ -90,6 +98,13 @@ pub enum ProbeError {
     },
     #[error("the balancer answered {0}: is the URL keepalive-server's /polls/streamed?")]
     NotTheOrigin(StatusCode),
+    /// What answered is not keepalive-server's stream: the URL, and what came instead.
+    #[error("{url} does not answer like keepalive-server's /polls/streamed: asked for one line of the poem and the end marker ({check}), got {got}; point the probe at the balancer's URL for /polls/streamed")]
+    NotAStream {
+        url: String,
+        check: String,
+        got: String,
+    },
     #[error(transparent)]
     NoAnswer(#[from] ClientError),
 }
@@ -150,6 +165,53 @@ fn same(a: Duration, b: Duration) -> bool {
     a.abs_diff(b) <= tolerance
 }
 
+/// How long the check that the URL is keepalive-server's stream may take: its stream is one line,
+/// sent at once.
+const CHECK_WITHIN: Duration = Duration::from_secs(10);
+
+/// Checks that `url` answers like keepalive-server's `/polls/streamed`: asked for one line and the
+/// end marker, it sends the poem's first line and the marker, and ends.
+async fn check_stream(url: &Uri, max: Duration) -> Result<(), ProbeError> {
+    let check = url_with(url, "sleep=0&lines=1&end=marker")?;
+    let seen = observe_owing(&check, &[], Some(max.min(CHECK_WITHIN)), None, |_| {}).await;
+    let body: Vec<u8> = seen
+        .chunks
+        .iter()
+        .flat_map(|chunk| chunk.data.iter().copied())
+        .collect();
+    let text = String::from_utf8_lossy(&body);
+    let owed = format!("{FIRST_LINE}{}", end_marker_line(1));
+    let got = match seen.verdict {
+        Verdict::Failed(err) => return Err(err.into()),
+        Verdict::Http(status) => return Err(ProbeError::NotTheOrigin(status)),
+        Verdict::Completed if text == owed => return Ok(()),
+        _ if !text.starts_with(FIRST_LINE) => {
+            let first: String = text
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(80)
+                .collect();
+            format!("{first:?} first ({})", seen.verdict.name())
+        }
+        Verdict::Completed => format!(
+            "{} bytes after the line, not the end marker",
+            body.len() - FIRST_LINE.len()
+        ),
+        verdict => format!(
+            "the line, then {} after {}",
+            verdict.name(),
+            display(seen.ended_at)
+        ),
+    };
+    Err(ProbeError::NotAStream {
+        url: url.to_string(),
+        check: check.to_string(),
+        got,
+    })
+}
+
 /// Runs the trials; `progress` gets a sentence as each starts and ends.
 pub async fn measure(
     url: &Uri,
@@ -157,6 +219,7 @@ pub async fn measure(
     mut progress: impl FnMut(&str),
 ) -> Result<Findings, ProbeError> {
     let started = Instant::now();
+    check_stream(url, max).await?;
     // Each trial asks for a little more than `max`, so that "not hit by max" is the client's own
     // timeout and never the origin ending the stream.
     let patience = max + Duration::from_millis(500);
@@ -382,12 +445,12 @@ pub async fn run(args: ProbeArgs) -> u8 {
     match findings {
         Ok(findings) => {
             if json {
-                println!("{}", serde_json::to_string(&findings).unwrap_or_default());
+                outln!("{}", serde_json::to_string(&findings).unwrap_or_default());
             } else {
                 for line in explain(&findings) {
-                    println!("{line}");
+                    outln!("{line}");
                 }
-                println!("(probed {} in {:.1} s)", args.url, findings.took_s);
+                outln!("(probed {} in {:.1} s)", args.url, findings.took_s);
             }
             0
         }

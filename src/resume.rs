@@ -11,6 +11,7 @@ use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::stdout::outln;
 use crate::watch::{fetch, observe, FetchError, Verdict};
 
 /// Connections in a row that may end without a new line (a balancer answering 502 while the origin
@@ -403,7 +404,7 @@ pub async fn run(
         }
     };
     if !json {
-        println!("following the job at {url}, resuming after every cut");
+        outln!("following the job at {url}, resuming after every cut");
     }
     let resumed = follow_job(&url, headers, max_time, None, |progress| {
         if json {
@@ -413,9 +414,9 @@ pub async fn run(
             Progress::Line(line) => {
                 // The banner rides in the data of the line after it: one printed line each.
                 let data = line.data.replace('\n', "\n                         ");
-                println!("{:>9.3}s  id {:>5}  {data}", line.at.as_secs_f64(), line.id);
+                outln!("{:>9.3}s  id {:>5}  {data}", line.at.as_secs_f64(), line.id);
             }
-            Progress::Cut { at, how, after } => println!(
+            Progress::Cut { at, how, after } => outln!(
                 "{:>9.3}s  cut: {} — resuming after id {after}",
                 at.as_secs_f64(),
                 how.name()
@@ -436,16 +437,16 @@ pub async fn run(
         gave_up: resumed.gave_up.as_ref().map(ToString::to_string),
     };
     if json {
-        println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+        outln!("{}", serde_json::to_string(&summary).unwrap_or_default());
     } else if summary.verified {
-        println!(
+        outln!(
             "verified: lines 1..{} each exactly once, in order, through {} cuts; job {}",
             summary.lines,
             summary.cuts,
             summary.job_state.unwrap_or("over")
         );
     } else {
-        println!(
+        outln!(
             "NOT verified: {} lines received; the job {} with {} of {} lines; missing {:?}, repeated {:?}{}",
             summary.lines,
             summary.job_state.unwrap_or("(state unknown)"),

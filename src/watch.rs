@@ -4,7 +4,6 @@
 //!
 //! [`observe`] is the client itself, also used by the experiments; [`run`] prints what it sees.
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::expect::{Expectation, Shortfall};
+use crate::stdout::{out, outln};
 
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
@@ -45,15 +45,15 @@ pub struct WatchArgs {
     resume: bool,
 }
 
-/// A `-H` argument that is not a header.
+/// A `-H` argument that is not a header; each names the whole argument as typed.
 #[derive(Debug, thiserror::Error)]
 pub enum HeaderArgError {
     #[error("{0:?} is not a header like 'Name: value'")]
     NoColon(String),
-    #[error("{0:?} is not a header name")]
-    Name(String),
-    #[error("{0:?} is not a header value")]
-    Value(String),
+    #[error("{arg:?} is not a header like 'Name: value': {name:?} is not a header name")]
+    Name { arg: String, name: String },
+    #[error("{arg:?} is not a header like 'Name: value': {value:?} is not a header value")]
+    Value { arg: String, value: String },
 }
 
 fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), HeaderArgError> {
@@ -61,10 +61,15 @@ fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), HeaderArgError>
         .split_once(':')
         .ok_or_else(|| HeaderArgError::NoColon(text.to_owned()))?;
     let (name, value) = (name.trim(), value.trim());
-    let name = HeaderName::try_from(name).map_err(|_| HeaderArgError::Name(name.to_owned()))?;
-    let value =
-        HeaderValue::try_from(value).map_err(|_| HeaderArgError::Value(value.to_owned()))?;
-    Ok((name, value))
+    let header_name = HeaderName::try_from(name).map_err(|_| HeaderArgError::Name {
+        arg: text.to_owned(),
+        name: name.to_owned(),
+    })?;
+    let header_value = HeaderValue::try_from(value).map_err(|_| HeaderArgError::Value {
+        arg: text.to_owned(),
+        value: value.to_owned(),
+    })?;
+    Ok((header_name, header_value))
 }
 
 /// Why a request got no answer, or its answer could not be read.
@@ -486,7 +491,7 @@ pub async fn run(args: WatchArgs) -> u8 {
     }
     let json = args.json;
     if !json {
-        println!("watching {}", args.url);
+        outln!("watching {}", args.url);
     }
     let mut last_at = Duration::ZERO;
     let mut heartbeat_run = 0usize;
@@ -501,23 +506,23 @@ pub async fn run(args: WatchArgs) -> u8 {
                 heartbeat: chunk.heartbeat,
                 text: String::from_utf8_lossy(&chunk.data),
             };
-            println!("{}", serde_json::to_string(&line).unwrap_or_default());
+            outln!("{}", serde_json::to_string(&line).unwrap_or_default());
             return;
         }
         // Heartbeats as dots on one line, so that minutes of them stay readable.
         if chunk.heartbeat {
             if heartbeat_run == 0 {
-                print!("{:>9.3}s {:>+9.3}s  heartbeats ", secs(chunk.at), secs(gap));
+                out!("{:>9.3}s {:>+9.3}s  heartbeats ", secs(chunk.at), secs(gap));
             }
             heartbeat_run += 1;
-            print!(".");
+            out!(".");
         } else {
             if heartbeat_run > 0 {
-                println!();
+                outln!();
                 heartbeat_run = 0;
             }
             let text = String::from_utf8_lossy(&chunk.data);
-            println!(
+            outln!(
                 "{:>9.3}s {:>+9.3}s  {:>5} B  {}",
                 secs(chunk.at),
                 secs(gap),
@@ -526,7 +531,6 @@ pub async fn run(args: WatchArgs) -> u8 {
                     .replace('\n', "\n                              ")
             );
         }
-        let _ = std::io::stdout().flush();
     })
     .await;
     let verdict = &observation.verdict;
@@ -542,12 +546,12 @@ pub async fn run(args: WatchArgs) -> u8 {
             heartbeats: observation.heartbeats(),
             bytes: observation.body_bytes(),
         };
-        println!("{}", serde_json::to_string(&line).unwrap_or_default());
+        outln!("{}", serde_json::to_string(&line).unwrap_or_default());
     } else {
         if heartbeat_run > 0 {
-            println!();
+            outln!();
         }
-        println!(
+        outln!(
             "{:>9.3}s  {}: {} ({} bytes in {} chunks, {} of them heartbeats)",
             secs(observation.ended_at),
             verdict.name(),
@@ -596,5 +600,28 @@ mod tests {
         assert_eq!(name, "x-keepalive-fault-latency");
         assert_eq!(value, "200ms");
         assert!(parse_header("no colon").is_err());
+    }
+
+    proptest::proptest! {
+        /// Whatever is typed after `-H`: read as a header, or refused quoting the whole argument.
+        #[test]
+        fn header_arguments_are_read_or_refused_naming_them(
+            text in proptest::prop_oneof![
+                proptest::arbitrary::any::<String>(),
+                "[ -~]{0,12}:[ -~\\x00-\\x1f\\x7f-\\u{ff}]{0,12}",
+            ]
+        ) {
+            match parse_header(&text) {
+                Ok((name, value)) => {
+                    let (typed_name, typed_value) = text.split_once(':').expect("a colon");
+                    proptest::prop_assert!(name.as_str().eq_ignore_ascii_case(typed_name.trim()));
+                    proptest::prop_assert_eq!(value.as_bytes(), typed_value.trim().as_bytes());
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    proptest::prop_assert!(message.contains(&format!("{text:?}")), "{}", message);
+                }
+            }
+        }
     }
 }

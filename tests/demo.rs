@@ -1,6 +1,8 @@
 //! `keepalive-lab demo`, the command the README starts with, run as a user runs it: it prints where
 //! the proxy listens and what to try, the first suggestion is cut by the idle timer exactly as
-//! printed, and the narration says so. Ports are 0, so the demo reports the ones it bound.
+//! printed, and the narration says so; the proxy's settings (`PROXY_PRESET`, the faults) work as they
+//! do for keepalive-proxy; and an origin that cannot start stops the demo. Ports are 0, so the demo
+//! reports the ones it bound.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -9,8 +11,20 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use keepalive_kit::client::{get, raw_request, Ending};
-use keepalive_kit::program::{clear_settings, Program};
+use keepalive_kit::program::{clear_settings, run_to_exit, Program};
+use keepalive_kit::servers::{origin_config, start_origin};
 use keepalive_kit::timing::assert_around;
+use keepalive_server::jobs::Storage;
+
+/// Every listener on a port of its own.
+const ANY_PORTS: [&str; 6] = [
+    "--origin-addr",
+    "127.0.0.1:0",
+    "--proxy-addr",
+    "127.0.0.1:0",
+    "--admin-addr",
+    "127.0.0.1:0",
+];
 
 /// The demo, stopped gracefully when dropped, and the lines it printed on stdout, read on a thread so
 /// the pipe never fills up.
@@ -21,12 +35,13 @@ struct Demo {
 }
 
 impl Demo {
-    fn start(args: &[&str]) -> Self {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_keepalive-lab"));
         clear_settings(&mut command);
         // Jobs in memory: a test run leaves no data directory behind.
         command
             .env("SERVER_DATA_DIR", ":memory:")
+            .envs(env.iter().copied())
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -86,16 +101,10 @@ fn address_in(line: &str) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_prints_its_proxy_and_its_idle_cut_happens_as_narrated() {
-    let mut demo = Demo::start(&[
-        "--origin-addr",
-        "127.0.0.1:0",
-        "--proxy-addr",
-        "127.0.0.1:0",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--idle-timeout",
-        "500ms",
-    ]);
+    let mut demo = Demo::start(
+        &[&ANY_PORTS[..], &["--idle-timeout", "500ms"]].concat(),
+        &[],
+    );
     let proxy = address_in(&demo.line_with("proxy   http://", Duration::from_secs(20)));
     demo.line_with("proxy listening", Duration::from_secs(5));
 
@@ -127,4 +136,103 @@ async fn demo_prints_its_proxy_and_its_idle_cut_happens_as_narrated() {
         "no colour codes in a pipe: {cut:?}"
     );
     demo.line_with("stream ended: client gone", Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_reads_the_proxy_preset_and_faults_as_the_proxy_does() {
+    let mut demo = Demo::start(
+        &ANY_PORTS,
+        &[
+            ("PROXY_PRESET", "heroku"),
+            ("PROXY_FAULT_LIMIT_BYTES", "40"),
+        ],
+    );
+    let line = demo.line_with("proxy   http://", Duration::from_secs(20));
+    // Heroku's router: 30 s to the first byte, 55 s of silence.
+    assert!(
+        line.contains("preset heroku: idle 55s, first byte 30s"),
+        "{line}"
+    );
+    let proxy = address_in(&line);
+    demo.line_with("proxy listening", Duration::from_secs(5));
+    let transcript = raw_request(
+        proxy,
+        &get("/polls/streamed?sleep=50ms&lines=3", ""),
+        Duration::from_secs(5),
+    )
+    .await;
+    let data = transcript.response().data();
+    assert_eq!(
+        data.data.len(),
+        40,
+        "PROXY_FAULT_LIMIT_BYTES=40 cut the body at 40 bytes: {}",
+        transcript.text()
+    );
+    assert!(!data.complete, "{}", transcript.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_stops_and_says_why_when_its_origin_cannot_start() {
+    // Another origin holds the data directory's lock, as a second `keepalive-lab` would find it.
+    let dir = std::env::temp_dir().join(format!("keepalive-demo-locked-{}", std::process::id()));
+    let holder = start_origin(keepalive_server::ServerConfig {
+        data_dir: Storage::Dir(dir.clone()),
+        ..origin_config()
+    })
+    .await;
+    // An answer means the holder has opened its job store, lock included.
+    let answered = raw_request(holder.addr, &get("/polls/", ""), Duration::from_secs(5)).await;
+    assert_eq!(answered.response().status, 200, "{}", answered.text());
+
+    let data_dir = dir.to_string_lossy().into_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keepalive-lab"));
+        clear_settings(&mut command);
+        command.args(ANY_PORTS).args(["--data-dir", &data_dir]);
+        run_to_exit(command, Duration::from_secs(10))
+    })
+    .await
+    .expect("the demo ran");
+    drop(holder);
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("the origin stopped, so the demo did too")
+            && stderr.contains("is locked: another keepalive-server uses this SERVER_DATA_DIR"),
+        "says why: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_takes_localhost_a_bare_port_and_bare_switches() {
+    let mut demo = Demo::start(
+        &[
+            "--origin-addr",
+            "localhost:0",
+            "--proxy-addr",
+            ":0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            // A switch of the proxy's, on by the flag alone.
+            "--buffering-ignore-header",
+        ],
+        &[],
+    );
+    let origin = address_in(&demo.line_with("origin  http://", Duration::from_secs(20)));
+    assert!(origin.ip().is_loopback(), "localhost is loopback: {origin}");
+    let proxy = address_in(&demo.line_with("proxy   http://", Duration::from_secs(1)));
+    assert!(
+        proxy.ip().is_unspecified(),
+        ":0 is every interface: {proxy}"
+    );
+    demo.line_with("proxy listening", Duration::from_secs(5));
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], proxy.port()));
+    let transcript = raw_request(
+        loopback,
+        &get("/polls/streamed?sleep=0&lines=1", ""),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(transcript.response().status, 200, "{}", transcript.text());
 }

@@ -3,8 +3,11 @@
 //! limit with no idle timer (GCP's backend service timeout), and heartbeats held back by a hop.
 
 use std::net::SocketAddr;
+use std::process::{Command, Output};
 use std::time::Duration;
 
+use keepalive_kit::echo::start_echo;
+use keepalive_kit::program::{clear_settings, run_to_exit};
 use keepalive_kit::servers::{origin_config, start_origin, start_proxy, start_proxy_configured};
 use keepalive_kit::timing::{ms, OFF};
 use keepalive_lab::probe::{measure, Findings};
@@ -83,4 +86,43 @@ async fn no_timers_are_nulls() {
     assert_eq!(findings.idle_timeout_s, None, "{findings:?}");
     assert_eq!(findings.max_duration_s, None, "{findings:?}");
     assert!(findings.heartbeat_survives, "{findings:?}");
+}
+
+/// `keepalive-lab probe URL --max 2s` as a user runs it, to its exit.
+async fn probe_cli(url: String) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keepalive-lab"));
+        clear_settings(&mut command);
+        command.args(["probe", &url, "--max", "2s"]);
+        run_to_exit(command, Duration::from_secs(30))
+    })
+    .await
+    .expect("the probe ran")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_that_is_not_a_keepalive_stream_is_refused_not_measured() {
+    let echo = start_echo().await;
+    let origin = start_origin(origin_config()).await;
+    for url in [
+        // Some other HTTP server, answering 200 to anything.
+        format!("http://{}/polls/streamed", echo.addr),
+        // The origin, but its index page rather than the stream.
+        format!("http://{}/polls/", origin.addr),
+    ] {
+        let output = probe_cli(url.clone()).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{url}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{url} does not answer like keepalive-server's /polls/streamed"
+            )),
+            "{stderr}"
+        );
+        assert!(
+            output.stdout.is_empty(),
+            "no findings for {url}: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
 }

@@ -136,70 +136,119 @@ pub async fn hold_streams(
     rss: impl Fn() -> u64,
 ) -> Result<Held, BenchError> {
     let before = rss();
-    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = Vec::with_capacity(count);
-    // In batches, so that the listeners' accept queues are never the bottleneck being measured.
-    for batch in 0..count.div_ceil(500) {
-        let mut opening = Vec::new();
-        for _ in (batch * 500)..count.min((batch + 1) * 500) {
-            opening.push(tokio::spawn(open_stream(addr, "sleep=1h&heartbeat=1s")));
-        }
-        for opened in opening {
-            let stream = opened
-                .await?
-                .map_err(|source| BenchError::Open { addr, source })?;
-            let mut done = done_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut stream = stream;
-                let mut lags = Vec::new();
-                let mut last: Option<Instant> = None;
-                let mut buf = [0u8; 1024];
-                loop {
-                    tokio::select! {
-                        read = stream.read(&mut buf) => match read {
-                            Ok(0) | Err(_) => return (lags, true),
-                            Ok(_) => {
-                                let now = Instant::now();
-                                if let Some(last) = last {
-                                    let gap = now.duration_since(last).as_secs_f64() * 1000.0;
-                                    lags.push((now, (gap - 1000.0).max(0.0)));
-                                }
-                                last = Some(now);
-                            }
-                        },
-                        _ = done.changed() => return (lags, false),
-                    }
-                }
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Lag is measured once every stream is open: while thousands of connections are still being
-    // made, heartbeats wait behind the handshakes, which says more about the ramp than the proxy.
-    let all_open = Instant::now();
+    let streams = Heartbeated::open(addr, count).await?;
     tokio::time::sleep(hold).await;
     let during = rss();
-    let _ = done_tx.send(true);
-    let mut lags = Vec::new();
-    let mut cut = 0;
-    for task in tasks {
-        let (stream_lags, was_cut) = task.await?;
-        // The first gap is from the first line to the first heartbeat: not a heartbeat's lag.
-        lags.extend(
-            stream_lags
-                .into_iter()
-                .skip(1)
-                .filter(|(arrived, _)| *arrived > all_open)
-                .map(|(_, lag)| lag),
-        );
-        cut += usize::from(was_cut);
-    }
+    let closed = streams.close().await?;
     Ok(Held {
-        cut,
-        lag_p99_ms: percentile(&mut lags, 0.99),
+        cut: closed.cut,
+        lag_p99_ms: closed.lag_p99_ms,
         rss_per_stream_kib: during.saturating_sub(before) as f64 / count as f64,
         rss_kib: during,
     })
+}
+
+/// Streams with a heartbeat every second, each read by a task of its own until [`Heartbeated::close`].
+pub struct Heartbeated {
+    done: tokio::sync::watch::Sender<bool>,
+    readers: Vec<tokio::task::JoinHandle<Heard>>,
+    /// When the last one was open: heartbeat lag counts from here.
+    all_open: Instant,
+}
+
+/// What one stream's reader heard: each chunk's arrival and lag (ms) behind the 1 s heartbeat, and
+/// whether the stream ended by itself (cut) before it was closed.
+struct Heard {
+    lags: Vec<(Instant, f64)>,
+    cut: bool,
+}
+
+/// How the streams went, once closed.
+#[derive(Debug, Clone, Copy)]
+pub struct Closed {
+    /// Streams that ended before they were closed: something on the way cut them.
+    pub cut: usize,
+    pub lag_p99_ms: f64,
+}
+
+impl Heartbeated {
+    /// Opens `count` streams through `addr`.
+    pub async fn open(addr: SocketAddr, count: usize) -> Result<Self, BenchError> {
+        let (done, done_rx) = tokio::sync::watch::channel(false);
+        let mut readers = Vec::with_capacity(count);
+        // In batches, so that the listeners' accept queues are never the bottleneck being measured.
+        for batch in 0..count.div_ceil(500) {
+            let mut opening = Vec::new();
+            for _ in (batch * 500)..count.min((batch + 1) * 500) {
+                opening.push(tokio::spawn(open_stream(addr, "sleep=1h&heartbeat=1s")));
+            }
+            for opened in opening {
+                let stream = opened
+                    .await?
+                    .map_err(|source| BenchError::Open { addr, source })?;
+                readers.push(tokio::spawn(read_heartbeats(stream, done_rx.clone())));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self {
+            done,
+            readers,
+            // Lag is measured once every stream is open: while thousands of connections are still
+            // being made, heartbeats wait behind the handshakes, which says more about the ramp
+            // than the proxy.
+            all_open: Instant::now(),
+        })
+    }
+
+    /// Closes every stream (the client side goes away) and says how they went.
+    pub async fn close(self) -> Result<Closed, BenchError> {
+        let _ = self.done.send(true);
+        let mut lags = Vec::new();
+        let mut cut = 0;
+        for reader in self.readers {
+            let heard = reader.await?;
+            // The first gap is from the first line to the first heartbeat: not a heartbeat's lag.
+            lags.extend(
+                heard
+                    .lags
+                    .into_iter()
+                    .skip(1)
+                    .filter(|(arrived, _)| *arrived > self.all_open)
+                    .map(|(_, lag)| lag),
+            );
+            cut += usize::from(heard.cut);
+        }
+        Ok(Closed {
+            cut,
+            lag_p99_ms: percentile(&mut lags, 0.99),
+        })
+    }
+}
+
+/// Reads one stream until `done`; the stream is dropped (closed) on return.
+async fn read_heartbeats(
+    mut stream: TcpStream,
+    mut done: tokio::sync::watch::Receiver<bool>,
+) -> Heard {
+    let mut lags = Vec::new();
+    let mut last: Option<Instant> = None;
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return Heard { lags, cut: true },
+                Ok(_) => {
+                    let now = Instant::now();
+                    if let Some(last) = last {
+                        let gap = now.duration_since(last).as_secs_f64() * 1000.0;
+                        lags.push((now, (gap - 1000.0).max(0.0)));
+                    }
+                    last = Some(now);
+                }
+            },
+            _ = done.changed() => return Heard { lags, cut: false },
+        }
+    }
 }
 
 /// Error of the idle cut, in ms, over `count` silent streams cut at `limit` through `addr`.

@@ -6,18 +6,22 @@
 mod error;
 mod load;
 mod procs;
+mod soak;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use keepalive_common::duration::parse_duration;
 use serde::Serialize;
 
+use crate::stdout::{out, outln};
 pub use error::BenchError;
 use load::{
     disconnect_propagation, hold_streams, idle_cut_errors, percentile, wrk, Held, Throughput,
 };
+pub use soak::{Soak, SoakReport};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -28,7 +32,33 @@ pub struct BenchArgs {
     /// One JSON object with every figure on the last line
     #[arg(long)]
     json: bool,
+
+    /// Soak instead: hold --streams heartbeated streams through keepalive-proxy this long (10m, 1h),
+    /// then compare the proxy's and the origin's descriptors, threads and memory with before the
+    /// streams and after they close, and say whether anything leaked (exit 1 if so). Needs no nginx
+    /// or wrk
+    #[arg(long, value_parser = parse_duration, conflicts_with = "quick")]
+    soak: Option<Duration>,
+
+    /// How many streams the soak holds open
+    #[arg(long, default_value_t = 1000, requires = "soak", value_parser = parse_streams)]
+    streams: usize,
 }
+
+/// Streams for a soak: at least one, at most what one machine's ports allow a client.
+fn parse_streams(value: &str) -> Result<usize, StreamsError> {
+    match value.trim().parse() {
+        Ok(streams @ 1..=MAX_STREAMS) => Ok(streams),
+        _ => Err(StreamsError(value.to_owned())),
+    }
+}
+
+/// The most streams a soak opens: one loopback client address has about 28,000 ephemeral ports.
+const MAX_STREAMS: usize = 25_000;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a number of streams: expected a whole number from 1 to 25000, like 1000")]
+pub struct StreamsError(String);
 
 /// Every figure of a run; the JSON keys are a contract of the benchmark issue.
 #[derive(Debug, Clone, Serialize)]
@@ -97,20 +127,68 @@ impl CpuPerRequest {
 const CUT_LIMIT: Duration = Duration::from_millis(500);
 
 pub async fn run(args: BenchArgs) -> u8 {
-    match measure(&args, |line| eprintln!("bench: {line}")).await {
-        Ok(report) => {
+    let progress = |line: &str| eprintln!("bench: {line}");
+    let outcome = match args.soak {
+        Some(hold) => soak(
+            Soak {
+                streams: args.streams,
+                hold,
+            },
+            progress,
+        )
+        .await
+        .map(|report| {
             if args.json {
-                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                outln!("{}", serde_json::to_string(&report).unwrap_or_default());
             } else {
-                print!("{}", table(&report));
+                out!("{}", soak::table(&report));
+            }
+            u8::from(report.leak)
+        }),
+        None => measure(&args, progress).await.map(|report| {
+            if args.json {
+                outln!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                out!("{}", table(&report));
             }
             0
-        }
-        Err(err) => {
-            eprintln!("keepalive-lab bench: {err}");
-            1
-        }
+        }),
+    };
+    outcome.unwrap_or_else(|err| {
+        eprintln!("keepalive-lab bench: {err}");
+        1
+    })
+}
+
+/// A soak run (see the `soak` module): exit 1 when something leaked.
+pub async fn soak(soak: Soak, progress: impl Fn(&str)) -> Result<SoakReport, BenchError> {
+    let streams = procs::raise_fd_limit(soak.streams)?;
+    if streams < soak.streams {
+        progress(&format!(
+            "the open-file limit fits {streams} streams through a proxy, not {}: raise it (ulimit -Hn, as root) for the full count",
+            soak.streams
+        ));
     }
+    let soak = Soak { streams, ..soak };
+    in_scratch(|scratch| async move { soak::run(soak, &scratch, &progress).await }).await
+}
+
+/// Runs `body` with a scratch directory of its own (the origin's log), removed whether the run
+/// succeeded or stopped on an error.
+async fn in_scratch<T, F, Fut>(body: F) -> Result<T, BenchError>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<T, BenchError>>,
+{
+    let scratch = std::env::temp_dir().join(format!("keepalive-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|source| BenchError::Io {
+        action: "create",
+        path: scratch.clone(),
+        source,
+    })?;
+    let outcome = body(scratch.clone()).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    outcome
 }
 
 pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report, BenchError> {
@@ -141,16 +219,7 @@ pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report
         ));
     }
     let plan = Plan { streams, ..plan };
-    let scratch = std::env::temp_dir().join(format!("keepalive-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).map_err(|source| BenchError::Io {
-        action: "create",
-        path: scratch.clone(),
-        source,
-    })?;
-    // Removed whether the run succeeded or stopped on an error.
-    let report = measure_in(&plan, &scratch, &progress).await;
-    let _ = std::fs::remove_dir_all(&scratch);
-    report
+    in_scratch(|scratch| async move { measure_in(&plan, &scratch, &progress).await }).await
 }
 
 /// The run itself, the origin logging into `scratch`; every process it starts is stopped by the

@@ -16,10 +16,12 @@ use super::BenchError;
 /// How long a program may take to start listening.
 const START_WITHIN: Duration = Duration::from_secs(5);
 
-/// A program under measurement and where it listens.
+/// A program under measurement, where it listens and where its /metrics are.
 pub struct Process {
     pub name: &'static str,
     pub addr: SocketAddr,
+    /// The origin's own address; the proxy's admin listener; none for nginx.
+    pub metrics: Option<SocketAddr>,
     program: Program,
 }
 
@@ -49,11 +51,13 @@ fn listening(
     name: &'static str,
     mut program: Program,
     addr: SocketAddr,
+    metrics: Option<SocketAddr>,
 ) -> Result<Process, BenchError> {
     program.listening(addr, START_WITHIN)?;
     Ok(Process {
         name,
         addr,
+        metrics,
         program,
     })
 }
@@ -71,11 +75,14 @@ pub fn origin(log: &Path) -> Result<Process, BenchError> {
         .env("SERVER_ADDR", addr.to_string())
         .env("LOG_FORMAT", "json")
         .env("SERVER_DRAIN_TIMEOUT", "0")
+        // No jobs are measured: nothing on disk, and no lock to share with an origin already
+        // running from the same directory.
+        .env("SERVER_DATA_DIR", ":memory:")
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(log);
     let program = Program::start("origin", command)?;
-    listening("origin", program, addr)
+    listening("origin", program, addr, Some(addr))
 }
 
 /// keepalive-proxy in front of `upstream`, nginx's timers, idle as given.
@@ -98,7 +105,7 @@ pub fn proxy(upstream: SocketAddr, idle: Duration) -> Result<Process, BenchError
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let program = Program::start("keepalive-proxy", command)?;
-    listening("keepalive-proxy", program, addr)
+    listening("keepalive-proxy", program, addr, Some(admin))
 }
 
 /// nginx in front of `upstream` with `workers` worker processes, upstream keep-alive on, and
@@ -134,7 +141,7 @@ pub fn nginx(upstream: SocketAddr, workers: usize, idle: Duration) -> Result<Pro
         source,
     })?;
     match Program::nginx(&path, &dir, Stdio::null()) {
-        Ok(program) => listening("nginx", program.scratch(dir), addr),
+        Ok(program) => listening("nginx", program.scratch(dir), addr, None),
         Err(err) => {
             let _ = std::fs::remove_dir_all(&dir);
             Err(err.into())
@@ -203,13 +210,37 @@ fn parse_stat(stat: &str, ticks_per_second: f64) -> CpuTime {
 }
 
 fn status_rss(pid: u32) -> u64 {
+    status_field(pid, "VmRSS:")
+}
+
+/// A number from `/proc/<pid>/status` (`VmRSS:` in KiB, `Threads:`); 0 once the process is gone.
+fn status_field(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
+        .and_then(|number| number.parse().ok())
         .unwrap_or(0)
+}
+
+/// What a process holds that a leak would grow: open descriptors, threads, resident memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Holdings {
+    pub descriptors: u64,
+    pub threads: u64,
+    pub rss_kib: u64,
+}
+
+/// [`Holdings`] of `pid` now, from `/proc/<pid>/fd` and `/proc/<pid>/status` (the bench runs its
+/// programs as its own children, so it may read their descriptors).
+pub fn holdings(pid: u32) -> Holdings {
+    let descriptors = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count());
+    Holdings {
+        descriptors: descriptors as u64,
+        threads: status_field(pid, "Threads:"),
+        rss_kib: status_rss(pid),
+    }
 }
 
 /// Raises this process's open-file limit (which the children inherit) for `streams` connections,

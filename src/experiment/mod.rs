@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use clap::Args;
 
+use crate::stdout::outln;
 use runner::{NotRun, Outcome};
 use scenarios::{Scale, Scenario};
 
@@ -68,7 +69,7 @@ pub async fn run_scenario(scenario: &'static Scenario, scale: Scale) -> Row {
 pub async fn run(args: ExperimentArgs) -> u8 {
     if args.list {
         for scenario in scenarios::ALL {
-            println!(
+            outln!(
                 "{:<24} {:<12} {}",
                 scenario.name,
                 scenario.family.name(),
@@ -123,7 +124,7 @@ pub async fn run(args: ExperimentArgs) -> u8 {
         rows.push(row);
     }
     let table = table(&rows);
-    println!("\n{table}");
+    outln!("\n{table}");
     let summary = args.out.join("summary.md");
     if let Err(err) = std::fs::write(&summary, &table) {
         eprintln!("cannot write {}: {err}", summary.display());
@@ -133,7 +134,7 @@ pub async fn run(args: ExperimentArgs) -> u8 {
         .iter()
         .filter(|row| !row.passed() && !row.skipped())
         .count();
-    println!(
+    outln!(
         "{} of {} scenarios as expected, {failed} differ, {skipped} could not run here; timelines in {}",
         rows.len() - failed - skipped,
         rows.len(),
