@@ -23,8 +23,12 @@ fn a_bad_address_names_the_variable_the_value_and_the_forms() {
 
 #[test]
 fn a_bad_switch_names_the_variable_the_value_and_the_words() {
-    let output = run_with_settings(LAB, &[], &[("PROXY_FAULT_HEADERS", "sometimes".to_owned())]);
-    assert_refused(&output, "PROXY_FAULT_HEADERS", "sometimes");
+    let output = run_with_settings(
+        LAB,
+        &[],
+        &[("PROXY_BUFFERING_IGNORE_HEADER", "sometimes".to_owned())],
+    );
+    assert_refused(&output, "PROXY_BUFFERING_IGNORE_HEADER", "sometimes");
     let line = String::from_utf8_lossy(&output.stderr);
     assert!(line.contains("1, 0, true, false"), "{line}");
 }
