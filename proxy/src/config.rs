@@ -101,11 +101,13 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_MAX_DURATION", default_value = "preset", value_parser = TimerSetting::parse)]
     pub max_duration: TimerSetting,
 
-    /// Time a client has to send its request head, from accept or its first byte (slowloris)
+    /// Time a client has to send its request head, from accept or its first byte (slowloris). With
+    /// the keep-alive timer off, also the longest idle wait between requests
     #[arg(long, env = "PROXY_HEADER_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
     pub header_timeout: TimerSetting,
 
-    /// Idle client connection between requests; expiry closes it
+    /// Idle client connection between requests; expiry closes it. With the header timer off, also
+    /// the longest wait for a request head, from accept or the end of the previous request
     #[arg(long, env = "PROXY_KEEPALIVE_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
     pub keepalive_timeout: TimerSetting,
 
