@@ -111,6 +111,11 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_KEEPALIVE_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
     pub keepalive_timeout: TimerSetting,
 
+    /// Longest a write to the client may stall (a client that stopped reading); expiry closes the
+    /// client's connection and the upstream's stream with it (nginx's send_timeout)
+    #[arg(long, env = "PROXY_SEND_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
+    pub send_timeout: TimerSetting,
+
     /// How a cut the proxy makes mid-stream (timers, faults) ends for the client: truncate (close
     /// without the last chunk, like nginx; curl exits 18), clean (send the last chunk: the cut looks
     /// like a normal end, curl exits 0) or reset (TCP RST; curl exits 56). HTTP/2: RST_STREAM, or
@@ -196,6 +201,7 @@ impl ProxyConfig {
             max_duration: self.max_duration.or(preset.max_duration),
             header: self.header_timeout.or(preset.header),
             keepalive: self.keepalive_timeout.or(preset.keepalive),
+            send: self.send_timeout.or(preset.send),
         }
     }
 
@@ -244,6 +250,7 @@ impl ProxyConfig {
         self.max_duration = TimerSetting::Set(timers.max_duration);
         self.header_timeout = TimerSetting::Set(timers.header);
         self.keepalive_timeout = TimerSetting::Set(timers.keepalive);
+        self.send_timeout = TimerSetting::Set(timers.send);
         self
     }
 }
@@ -264,6 +271,7 @@ impl Default for ProxyConfig {
             max_duration: TimerSetting::Preset,
             header_timeout: TimerSetting::Preset,
             keepalive_timeout: TimerSetting::Preset,
+            send_timeout: TimerSetting::Preset,
             cut_style: CutStyle::Truncate,
             fault_latency: None,
             fault_bandwidth: None,
@@ -361,6 +369,14 @@ mod tests {
         assert!(line.contains("soon"), "{line}");
         assert!(line.contains("250ms"), "{line}");
         assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn send_timeout_comes_from_the_preset_unless_set() {
+        let nginx = parse(&[]).expect("valid");
+        assert_eq!(nginx.timers().send, Some(Duration::from_secs(60)));
+        let set = parse(&["--preset", "gcp", "--send-timeout", "2s"]).expect("valid");
+        assert_eq!(set.timers().send, Some(Duration::from_secs(2)));
     }
 
     #[test]

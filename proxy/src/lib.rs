@@ -1,6 +1,6 @@
 //! keepalive-proxy: a reverse proxy that behaves like a load balancer towards long streaming
 //! responses. It enforces the timers real balancers have (connect, first byte, idle, total, header,
-//! keep-alive), ends streams the way they do, and logs and counts every firing.
+//! keep-alive, send), ends streams the way they do, and logs and counts every firing.
 //!
 //! [`serve`] runs it on a listener the caller bound, until a shutdown future resolves; [`stack`] is the
 //! whole request path as one tower stack, readable top to bottom.
@@ -121,12 +121,14 @@ pub async fn serve(
         max_duration = %show(timers.max_duration),
         header = %show(timers.header),
         keepalive = %show(timers.keepalive),
+        send = %show(timers.send),
         cut_style = config.cut_style.as_str(),
         "proxy listening",
     );
     let limits = ClientConnLimits {
         header: timers.header,
         keepalive: timers.keepalive,
+        send: timers.send,
     };
     let service = stack(&config, metrics.clone());
     server::run(

@@ -1,9 +1,12 @@
 //! The client side: the accept loop, one task per connection, HTTP/1.1 or h2c as the client speaks
-//! (hyper-util's auto builder), the `header`/`keepalive` watchdog, and a bounded graceful shutdown.
+//! (hyper-util's auto builder), the `header`/`keepalive` watchdog, the `send` timer, and a bounded
+//! graceful shutdown.
 //!
-//! The accept loop and the bounded drain are shared with the upstream (`keepalive_common::accept`); what
-//! is the proxy's own is the per-connection work: the client's address and in-flight guard on every
-//! request, and the watchdog that closes connections idle past the header or keep-alive limit.
+//! The accept loop and the bounded drain are shared with the upstream
+//! (`keepalive_common::accept`); what is the proxy's own is the per-connection work: the client's
+//! address and in-flight guard on every request, the watchdog that closes connections idle past the
+//! header or keep-alive limit, and the timer that closes those whose writes stalled past the send
+//! limit.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,6 +28,8 @@ use crate::faults::reset::{ResetIo, ResetSwitch};
 use crate::forward::ClientAddr;
 use crate::metrics::Metrics;
 use crate::timeouts::client_conn::{watchdog, Activity, ActivityIo, ClientConnLimits};
+use crate::timeouts::send::{stalled, SendIo, Stall};
+use crate::timeouts::TimerExpired;
 
 /// Serves clients from `listener` with `service` until `shutdown` resolves, then drains.
 pub async fn run<S, B>(
@@ -80,10 +85,11 @@ async fn connection<S, B>(
     B::Error: Into<crate::BoxError>,
 {
     let activity = Activity::new();
+    let stall = Stall::new();
     let reset = ResetSwitch::default();
-    let io = TokioIo::new(ActivityIo::new(
-        ResetIo::new(tcp, reset.clone()),
-        Arc::clone(&activity),
+    let io = TokioIo::new(SendIo::new(
+        ActivityIo::new(ResetIo::new(tcp, reset.clone()), Arc::clone(&activity)),
+        Arc::clone(&stall),
     ));
     let service = {
         let activity = Arc::clone(&activity);
@@ -106,22 +112,25 @@ async fn connection<S, B>(
                 }
                 return;
             }
-            expired = watchdog(&activity, limits) => {
-                metrics.timer_fired(expired.timer);
-                let limit = display(expired.limit);
-                tracing::info!(
-                    timer = %expired.timer,
-                    %limit,
-                    %peer,
-                    "{} timer fired: closing the client connection",
-                    expired.timer,
-                );
-                return;
-            }
+            expired = watchdog(&activity, limits) => return closed(expired, peer, &metrics),
+            // Dropping the connection drops its exchanges, whose upstream connections close with them.
+            expired = stalled(&stall, limits.send) => return closed(expired, peer, &metrics),
             () = stopping.requested(), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
         }
     }
+}
+
+fn closed(expired: TimerExpired, peer: SocketAddr, metrics: &Metrics) {
+    metrics.timer_fired(expired.timer);
+    let limit = display(expired.limit);
+    tracing::info!(
+        timer = %expired.timer,
+        %limit,
+        %peer,
+        "{} timer fired: closing the client connection",
+        expired.timer,
+    );
 }

@@ -113,11 +113,13 @@ impl Drop for Guard {
     }
 }
 
-/// The limits the watchdog enforces; `None` disables a timer.
+/// The client connection's timers; `None` disables one. The watchdog enforces `header` and
+/// `keepalive`; `send` is the write-stall timer (`timeouts/send.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientConnLimits {
     pub header: Option<Duration>,
     pub keepalive: Option<Duration>,
+    pub send: Option<Duration>,
 }
 
 /// Which idle timer runs, since when, and the limit it enforces.
@@ -243,6 +245,7 @@ mod tests {
     const LIMITS: ClientConnLimits = ClientConnLimits {
         header: Some(Duration::from_secs(10)),
         keepalive: Some(Duration::from_secs(60)),
+        send: None,
     };
     /// The watchdog, failing the test rather than waiting forever when no timer runs (a paused clock
     /// with nothing scheduled never advances).
@@ -369,6 +372,7 @@ mod tests {
         let off = ClientConnLimits {
             header: None,
             keepalive: None,
+            send: None,
         };
         let outcome =
             tokio::time::timeout(Duration::from_secs(3600), watchdog(&activity, off)).await;
