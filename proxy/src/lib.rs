@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod config;
 pub mod cut_style;
+pub mod descriptors;
 mod edge;
 pub mod faults;
 mod forward;
@@ -24,13 +25,14 @@ use std::future::Future;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use keepalive_common::accept::Listener;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
-pub use config::ProxyConfig;
+pub use config::{MaxConnections, ProxyConfig};
 pub use metrics::Metrics;
 pub use preset::{Preset, TimerSet};
 
@@ -110,6 +112,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let timers = config.timers();
+    let max_connections = max_connections(config.max_connections);
     tracing::info!(
         addr = %listener.local_addr().map_or_else(|err| err.to_string(), |addr| addr.to_string()),
         upstream = %config.upstream,
@@ -122,6 +125,7 @@ pub async fn serve(
         header = %show(timers.header),
         keepalive = %show(timers.keepalive),
         send = %show(timers.send),
+        max_connections,
         cut_style = config.cut_style.as_str(),
         "proxy listening",
     );
@@ -132,7 +136,7 @@ pub async fn serve(
     };
     let service = stack(&config, metrics.clone());
     server::run(
-        listener,
+        Listener::capped(listener, max_connections),
         service,
         limits,
         config.drain_timeout,
@@ -140,6 +144,32 @@ pub async fn serve(
         shutdown,
     )
     .await;
+}
+
+/// `PROXY_MAX_CONNECTIONS` as a number: `auto` from the descriptor limit now in force, and a warning
+/// when a number set by hand leaves no headroom for upstream connections.
+fn max_connections(setting: MaxConnections) -> usize {
+    let fit = match descriptors::soft_limit() {
+        Ok(limit) => descriptors::connections_within(limit),
+        Err(err) => {
+            tracing::warn!(%err, "cannot read RLIMIT_NOFILE: connections are capped only when PROXY_MAX_CONNECTIONS is set");
+            usize::MAX
+        }
+    };
+    match setting {
+        MaxConnections::Auto => fit,
+        MaxConnections::At(max) => {
+            let max = max.get();
+            if max > fit {
+                tracing::warn!(
+                    max_connections = max,
+                    fit,
+                    "PROXY_MAX_CONNECTIONS is above what the descriptor limit leaves room for: a full proxy may fail to reach the upstream",
+                );
+            }
+            max
+        }
+    }
 }
 
 fn show(timer: Option<std::time::Duration>) -> String {

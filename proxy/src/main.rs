@@ -1,10 +1,10 @@
-//! The keepalive-proxy binary: settings from flags and env, both listeners bound, signals wired to
-//! a graceful shutdown. Everything else lives in the library.
+//! The keepalive-proxy binary: settings from flags and env, the descriptor limit raised, both
+//! listeners bound, signals wired to a graceful shutdown. Everything else lives in the library.
 
 use std::process::ExitCode;
 
 use keepalive_common::{config::parse_or_exit, health, logging, shutdown};
-use keepalive_proxy::{admin, Metrics, ProxyConfig};
+use keepalive_proxy::{admin, descriptors, Metrics, ProxyConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +15,10 @@ async fn main() -> ExitCode {
         return health::exit_code("keepalive-proxy", config.admin_addr).await;
     }
     logging::init("keepalive-proxy", config.log_format, "info");
+    match descriptors::raise_soft_limit() {
+        Ok(limit) => tracing::debug!(limit, "descriptor limit (RLIMIT_NOFILE)"),
+        Err(err) => tracing::warn!(%err, "cannot raise the descriptor limit to its hard limit"),
+    }
     let (listener, admin_listener) = match bind(&config).await {
         Ok(listeners) => listeners,
         Err(message) => {

@@ -2,7 +2,7 @@
 //! (hyper-util's auto builder), the `header`/`keepalive` watchdog, the `send` timer, and a bounded
 //! graceful shutdown.
 //!
-//! The accept loop and the bounded drain are shared with the upstream
+//! The accept loop, its connection cap and the bounded drain are shared with the upstream
 //! (`keepalive_common::accept`); what is the proxy's own is the per-connection work: the client's
 //! address and in-flight guard on every request, the watchdog that closes connections idle past the
 //! header or keep-alive limit, and the timer that closes those whose writes stalled past the send
@@ -19,9 +19,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use keepalive_common::accept::{serve_connections, Stopping};
+use keepalive_common::accept::{serve_connections, Listener, Stopping};
 use keepalive_common::duration::display;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tower::{Service, ServiceExt};
 
 use crate::faults::reset::{ResetIo, ResetSwitch};
@@ -33,7 +33,7 @@ use crate::timeouts::TimerExpired;
 
 /// Serves clients from `listener` with `service` until `shutdown` resolves, then drains.
 pub async fn run<S, B>(
-    listener: TcpListener,
+    listener: Listener,
     service: S,
     limits: ClientConnLimits,
     drain_timeout: Duration,
