@@ -104,7 +104,8 @@ fn stack(
 }
 
 /// Proxies clients accepted on `listener` to `config.upstream` until `shutdown` resolves, then drains
-/// open streams for at most `config.drain_timeout`.
+/// open streams for at most `config.drain_timeout`. From `shutdown` on, `metrics` says the proxy is
+/// draining (and the admin `/healthz` answers 503).
 pub async fn serve(
     listener: TcpListener,
     config: ProxyConfig,

@@ -1,5 +1,6 @@
 //! The keepalive-proxy binary: settings from flags and env, the descriptor limit raised, both
-//! listeners bound, signals wired to a graceful shutdown. Everything else lives in the library.
+//! listeners bound, signals wired to a graceful shutdown during which the admin listener stays up
+//! (its `/healthz` answering 503) until the proxy has drained. Everything else lives in the library.
 
 use std::process::ExitCode;
 
@@ -39,14 +40,17 @@ async fn main() -> ExitCode {
             stop.cancel();
         }
     });
+    let drained = CancellationToken::new();
+    let proxy = {
+        let (metrics, drained) = (metrics.clone(), drained.clone());
+        async move {
+            keepalive_proxy::serve(listener, config, metrics, stop.cancelled_owned()).await;
+            drained.cancel();
+        }
+    };
     tokio::join!(
-        keepalive_proxy::serve(
-            listener,
-            config,
-            metrics.clone(),
-            stop.clone().cancelled_owned()
-        ),
-        admin::serve(admin_listener, metrics, stop.cancelled_owned()),
+        proxy,
+        admin::serve(admin_listener, metrics, drained.cancelled_owned()),
     );
     ExitCode::SUCCESS
 }

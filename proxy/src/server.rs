@@ -6,7 +6,8 @@
 //! (`keepalive_common::accept`); what is the proxy's own is the per-connection work: the client's
 //! address and in-flight guard on every request, the watchdog that closes connections idle past the
 //! header or keep-alive limit, and the timer that closes those whose writes stalled past the send
-//! limit.
+//! limit. Shutdown marks the proxy as draining before the listener closes, so that `/healthz` turns
+//! `503` at once.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -53,6 +54,13 @@ pub async fn run<S, B>(
     // close idle keep-alive connections at the header limit.
     builder.http1().header_read_timeout(None);
     let builder = Arc::new(builder);
+    let shutdown = {
+        let metrics = metrics.clone();
+        async move {
+            shutdown.await;
+            metrics.drain_started();
+        }
+    };
     serve_connections(listener, shutdown, drain_timeout, |tcp, peer, stopping| {
         connection(
             tcp,
