@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -29,7 +29,7 @@ use crate::faults::reset::{ResetIo, ResetSwitch};
 use crate::forward::ClientAddr;
 use crate::metrics::Metrics;
 use crate::timeouts::client_conn::{watchdog, Activity, ActivityIo, ClientConnLimits};
-use crate::timeouts::send::{stalled, SendIo, Stall};
+use crate::timeouts::send::{stalled, SendBody, SendIo, Stall};
 use crate::timeouts::TimerExpired;
 
 /// Serves clients from `listener` with `service` until `shutdown` resolves, then drains.
@@ -100,13 +100,22 @@ async fn connection<S, B>(
         Arc::clone(&stall),
     ));
     let service = {
-        let activity = Arc::clone(&activity);
-        service.map_request(move |mut request: Request<Incoming>| {
+        let (activity, stall) = (Arc::clone(&activity), Arc::clone(&stall));
+        tower::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer));
             request.extensions_mut().insert(reset.clone());
             let in_flight = activity.request_started(request.version());
             request.extensions_mut().insert(in_flight);
-            request
+            // An HTTP/2 stream stalls on flow control, out of the socket's sight (timeouts/send.rs).
+            let stall = (request.version() == Version::HTTP_2).then(|| Arc::clone(&stall));
+            let response = service.clone().oneshot(request);
+            async move {
+                let response = response.await?;
+                Ok::<_, Infallible>(response.map(|body| match stall {
+                    Some(stall) => stall.watch(body),
+                    None => SendBody::unwatched(body),
+                }))
+            }
         })
     };
     let conn = builder.serve_connection(io, TowerToHyperService::new(service));

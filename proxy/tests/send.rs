@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use keepalive_kit::client::{get, raw_request};
+use keepalive_kit::h2c;
 use keepalive_kit::metrics::{metric, wait_for_metric};
-use keepalive_kit::servers::start_origin_and_proxy;
+use keepalive_kit::servers::{
+    origin_config, start_origin, start_origin_and_proxy, start_proxy_configured,
+};
 use keepalive_kit::timing::{ms, quiet_timers, wait_until, OFF};
 use keepalive_proxy::TimerSet;
 use tokio::io::AsyncWriteExt;
@@ -114,4 +117,41 @@ async fn send_timer_never_cuts_a_client_that_reads() {
         transcript.ended_at
     );
     assert_eq!(metric(proxy.admin, SEND).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_timer_cuts_an_h2_client_that_stopped_reading_its_stream() {
+    // An h2 client that stops reading a stream stops granting it window: its connection goes on
+    // reading frames, so the proxy's socket never stalls; the stream does. (A 64 KiB buffering hop,
+    // deaf to the origin's X-Accel-Buffering: no, makes the proxy send large DATA frames: the h2
+    // client library answers unread 33-byte frames with ENHANCE_YOUR_CALM long before the stream's
+    // window fills.)
+    let origin = start_origin(origin_config()).await;
+    let proxy = start_proxy_configured(
+        origin.addr,
+        TimerSet {
+            send: ms(500),
+            ..quiet_timers()
+        },
+        |config| {
+            config.buffering = Some(64 * 1024);
+            config.buffering_ignore_header = true;
+        },
+    )
+    .await;
+    let mut sender = h2c::handshake(proxy.addr).await;
+    let response = h2c::send(&mut sender, proxy.addr, FLOOD, &[]).await;
+    assert_eq!(response.status(), 200);
+    wait_for_metric(origin.addr, ACTIVE, 1.0, Duration::from_secs(2)).await;
+    let freed = wait_until(Duration::from_secs(10), || async {
+        metric(origin.addr, ACTIVE).await == 0.0
+    })
+    .await;
+    assert!(
+        freed.is_some(),
+        "the origin's stream is still held 10 s after the h2 client stopped reading it"
+    );
+    assert_eq!(metric(origin.addr, CLIENT_GONE).await, 1.0);
+    assert_eq!(metric(proxy.admin, SEND).await, 1.0);
+    drop(response);
 }
