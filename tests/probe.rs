@@ -21,6 +21,7 @@ fn timers(idle: Option<Duration>, max: Option<Duration>) -> TimerSet {
         max_duration: max,
         header: OFF,
         keepalive: OFF,
+        send: OFF,
     }
 }
 

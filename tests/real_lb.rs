@@ -36,6 +36,7 @@ fn timers() -> TimerSet {
         max_duration: OFF,
         header: ms(5000),
         keepalive: ms(5000),
+        send: ms(5000),
     }
 }
 

@@ -20,6 +20,7 @@ fn timers() -> TimerSet {
         max_duration: OFF,
         header: OFF,
         keepalive: OFF,
+        send: OFF,
     }
 }
 

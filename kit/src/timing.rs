@@ -31,6 +31,7 @@ pub fn quiet_timers() -> TimerSet {
         max_duration: OFF,
         header: ms(5_000),
         keepalive: ms(5_000),
+        send: ms(5_000),
     }
 }
 

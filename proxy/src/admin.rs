@@ -1,14 +1,17 @@
 //! The admin listener (`PROXY_ADMIN_ADDR`): `/metrics` for Prometheus and `/healthz` for orchestrators.
 //! Kept off the proxy port so that a scrape or a health check never goes through the timers it measures.
+//!
+//! From SIGTERM until the drain ends, `/healthz` answers `503`, as Envoy's `/ready` does while it
+//! drains: a balancer in front takes the proxy out of rotation while its open streams finish. So the
+//! binary keeps this listener up until the proxy has drained, not merely until the signal.
 
 use std::convert::Infallible;
 use std::future::Future;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -19,7 +22,8 @@ use crate::metrics::Metrics;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves the admin routes until `shutdown` resolves.
+/// Serves the admin routes until `shutdown` resolves; `/healthz` answers `503` once `metrics` says the
+/// proxy is draining.
 pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: impl Future<Output = ()>) {
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -31,7 +35,7 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: impl Futur
                     let metrics = metrics.clone();
                     connections.spawn(async move {
                         let service = service_fn(move |request| {
-                            std::future::ready(Ok::<_, Infallible>(route(&request, &metrics)))
+                            std::future::ready(Ok::<_, Infallible>(route(request.uri().path(), &metrics)))
                         });
                         if let Err(err) = http1::Builder::new()
                             .serve_connection(TokioIo::new(tcp), service)
@@ -48,9 +52,14 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: impl Futur
     }
 }
 
-fn route(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match request.uri().path() {
+fn route(path: &str, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
         "/metrics" => (StatusCode::OK, OPENMETRICS, metrics.encode()),
+        "/healthz" if metrics.is_draining() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "draining: shutting down, open streams are finishing\n".to_owned(),
+        ),
         "/healthz" => (
             StatusCode::OK,
             "text/plain; charset=utf-8",
@@ -68,4 +77,21 @@ fn route(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthz_answers_503_once_the_proxy_drains() {
+        let metrics = Metrics::new();
+        assert_eq!(route("/healthz", &metrics).status(), StatusCode::OK);
+        metrics.drain_started();
+        assert_eq!(
+            route("/healthz", &metrics).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(route("/metrics", &metrics).status(), StatusCode::OK);
+    }
 }

@@ -3,6 +3,7 @@
 //! preset, so `PROXY_PRESET=heroku PROXY_IDLE_TIMEOUT=5s` is Heroku with a shorter idle window.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
@@ -24,6 +25,33 @@ const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
 const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_DENY_PATHS: &str = "/metrics";
+
+/// `PROXY_MAX_CONNECTIONS`: how many client connections are served at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MaxConnections {
+    /// As many as the descriptor limit leaves room for (`descriptors.rs`).
+    #[default]
+    Auto,
+    At(NonZeroUsize),
+}
+
+/// Why a `PROXY_MAX_CONNECTIONS` value was refused; its `Display` names the value and the form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a number of connections like 10000 (at least 1), or auto to fit the descriptor limit")]
+pub struct MaxConnectionsError(String);
+
+impl MaxConnections {
+    pub fn parse(value: &str) -> Result<Self, MaxConnectionsError> {
+        let trimmed = value.trim();
+        if trimmed.eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        trimmed
+            .parse()
+            .map(Self::At)
+            .map_err(|_| MaxConnectionsError(value.to_owned()))
+    }
+}
 
 /// Whether the proxy is also a compressing hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -111,13 +139,26 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_MAX_DURATION", default_value = "preset", value_parser = TimerSetting::parse)]
     pub max_duration: TimerSetting,
 
-    /// Time a client has to send its request head, from accept or its first byte (slowloris)
+    /// Time a client has to send its request head, from accept or its first byte (slowloris). With
+    /// the keep-alive timer off, also the longest idle wait between requests
     #[arg(long, env = "PROXY_HEADER_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
     pub header_timeout: TimerSetting,
 
-    /// Idle client connection between requests; expiry closes it
+    /// Idle client connection between requests; expiry closes it. With the header timer off, also
+    /// the longest wait for a request head, from accept or the end of the previous request
     #[arg(long, env = "PROXY_KEEPALIVE_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
     pub keepalive_timeout: TimerSetting,
+
+    /// Longest a write to the client may stall (a client that stopped reading); expiry closes the
+    /// client's connection and the upstream's stream with it (nginx's send_timeout)
+    #[arg(long, env = "PROXY_SEND_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
+    pub send_timeout: TimerSetting,
+
+    /// Most client connections served at once; beyond it a new connection is answered 503 and
+    /// closed. auto: what the descriptor limit (RLIMIT_NOFILE, raised to its hard limit at start)
+    /// leaves after 64 in reserve, two for each connection (its own and its upstream's)
+    #[arg(long, env = "PROXY_MAX_CONNECTIONS", default_value = "auto", value_parser = MaxConnections::parse)]
+    pub max_connections: MaxConnections,
 
     /// How a cut the proxy makes mid-stream (timers, faults) ends for the client: truncate (close
     /// without the last chunk, like nginx; curl exits 18), clean (send the last chunk: the cut looks
@@ -210,6 +251,7 @@ impl ProxyConfig {
             max_duration: self.max_duration.or(preset.max_duration),
             header: self.header_timeout.or(preset.header),
             keepalive: self.keepalive_timeout.or(preset.keepalive),
+            send: self.send_timeout.or(preset.send),
         }
     }
 
@@ -258,6 +300,7 @@ impl ProxyConfig {
         self.max_duration = TimerSetting::Set(timers.max_duration);
         self.header_timeout = TimerSetting::Set(timers.header);
         self.keepalive_timeout = TimerSetting::Set(timers.keepalive);
+        self.send_timeout = TimerSetting::Set(timers.send);
         self
     }
 }
@@ -281,6 +324,8 @@ impl Default for ProxyConfig {
             max_duration: TimerSetting::Preset,
             header_timeout: TimerSetting::Preset,
             keepalive_timeout: TimerSetting::Preset,
+            send_timeout: TimerSetting::Preset,
+            max_connections: MaxConnections::Auto,
             cut_style: CutStyle::Truncate,
             fault_latency: None,
             fault_bandwidth: None,
@@ -452,6 +497,35 @@ mod tests {
             "at least 100 bytes a second",
         ] {
             assert!(help.contains(says), "--help lacks {says:?}:\n{help}");
+        }
+    }
+
+    #[test]
+    fn send_timeout_comes_from_the_preset_unless_set() {
+        let nginx = parse(&[]).expect("valid");
+        assert_eq!(nginx.timers().send, Some(Duration::from_secs(60)));
+        let set = parse(&["--preset", "gcp", "--send-timeout", "2s"]).expect("valid");
+        assert_eq!(set.timers().send, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn max_connections_is_auto_or_a_positive_number() {
+        assert_eq!(
+            parse(&[]).expect("valid").max_connections,
+            MaxConnections::Auto
+        );
+        let at = parse(&["--max-connections", "100"]).expect("valid");
+        assert_eq!(
+            at.max_connections,
+            MaxConnections::At(NonZeroUsize::new(100).expect("non-zero"))
+        );
+        for bad in ["0", "1.5", "many"] {
+            let Err(ConfigError::Invalid(line)) = parse(&["--max-connections", bad]) else {
+                panic!("accepted PROXY_MAX_CONNECTIONS={bad}");
+            };
+            assert!(line.contains("PROXY_MAX_CONNECTIONS"), "{line}");
+            assert!(line.contains(bad), "{line}");
+            assert!(line.contains("auto"), "{line}");
         }
     }
 

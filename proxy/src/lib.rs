@@ -1,6 +1,6 @@
 //! keepalive-proxy: a reverse proxy that behaves like a load balancer towards long streaming
 //! responses. It enforces the timers real balancers have (connect, first byte, idle, total, header,
-//! keep-alive), ends streams the way they do, and logs and counts every firing.
+//! keep-alive, send), ends streams the way they do, and logs and counts every firing.
 //!
 //! [`serve`] runs it on a listener the caller bound, until a shutdown future resolves; [`stack`] is the
 //! whole request path as one tower stack, readable top to bottom.
@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod cut_style;
 mod deny;
+pub mod descriptors;
 mod edge;
 pub mod faults;
 mod forward;
@@ -26,13 +27,14 @@ use std::future::Future;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use keepalive_common::accept::Listener;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
-pub use config::ProxyConfig;
+pub use config::{MaxConnections, ProxyConfig};
 pub use metrics::Metrics;
 pub use preset::{Preset, TimerSet};
 
@@ -106,7 +108,8 @@ fn stack(
 }
 
 /// Proxies clients accepted on `listener` to `config.upstream` until `shutdown` resolves, then drains
-/// open streams for at most `config.drain_timeout`.
+/// open streams for at most `config.drain_timeout`. From `shutdown` on, `metrics` says the proxy is
+/// draining (and the admin `/healthz` answers 503).
 pub async fn serve(
     listener: TcpListener,
     config: ProxyConfig,
@@ -114,6 +117,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let timers = config.timers();
+    let max_connections = max_connections(config.max_connections);
     tracing::info!(
         addr = %listener.local_addr().map_or_else(|err| err.to_string(), |addr| addr.to_string()),
         upstream = %config.upstream,
@@ -125,6 +129,8 @@ pub async fn serve(
         max_duration = %show(timers.max_duration),
         header = %show(timers.header),
         keepalive = %show(timers.keepalive),
+        send = %show(timers.send),
+        max_connections,
         cut_style = config.cut_style.as_str(),
         deny_paths = %config.deny_paths,
         "proxy listening",
@@ -132,10 +138,11 @@ pub async fn serve(
     let limits = ClientConnLimits {
         header: timers.header,
         keepalive: timers.keepalive,
+        send: timers.send,
     };
     let service = stack(&config, metrics.clone());
     server::run(
-        listener,
+        Listener::capped(listener, max_connections),
         service,
         limits,
         config.drain_timeout,
@@ -143,6 +150,32 @@ pub async fn serve(
         shutdown,
     )
     .await;
+}
+
+/// `PROXY_MAX_CONNECTIONS` as a number: `auto` from the descriptor limit now in force, and a warning
+/// when a number set by hand leaves no headroom for upstream connections.
+fn max_connections(setting: MaxConnections) -> usize {
+    let fit = match descriptors::soft_limit() {
+        Ok(limit) => descriptors::connections_within(limit),
+        Err(err) => {
+            tracing::warn!(%err, "cannot read RLIMIT_NOFILE: connections are capped only when PROXY_MAX_CONNECTIONS is set");
+            usize::MAX
+        }
+    };
+    match setting {
+        MaxConnections::Auto => fit,
+        MaxConnections::At(max) => {
+            let max = max.get();
+            if max > fit {
+                tracing::warn!(
+                    max_connections = max,
+                    fit,
+                    "PROXY_MAX_CONNECTIONS is above what the descriptor limit leaves room for: a full proxy may fail to reach the upstream",
+                );
+            }
+            max
+        }
+    }
 }
 
 fn show(timer: Option<std::time::Duration>) -> String {

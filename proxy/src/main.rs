@@ -1,10 +1,11 @@
-//! The keepalive-proxy binary: settings from flags and env, both listeners bound, signals wired to
-//! a graceful shutdown. Everything else lives in the library.
+//! The keepalive-proxy binary: settings from flags and env, the descriptor limit raised, both
+//! listeners bound, signals wired to a graceful shutdown during which the admin listener stays up
+//! (its `/healthz` answering 503) until the proxy has drained. Everything else lives in the library.
 
 use std::process::ExitCode;
 
 use keepalive_common::{config::parse_or_exit, health, logging, shutdown};
-use keepalive_proxy::{admin, Metrics, ProxyConfig};
+use keepalive_proxy::{admin, descriptors, Metrics, ProxyConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +16,10 @@ async fn main() -> ExitCode {
         return health::exit_code("keepalive-proxy", config.admin_addr).await;
     }
     logging::init("keepalive-proxy", config.log_format, "info");
+    match descriptors::raise_soft_limit() {
+        Ok(limit) => tracing::debug!(limit, "descriptor limit (RLIMIT_NOFILE)"),
+        Err(err) => tracing::warn!(%err, "cannot raise the descriptor limit to its hard limit"),
+    }
     let (listener, admin_listener) = match bind(&config).await {
         Ok(listeners) => listeners,
         Err(message) => {
@@ -35,14 +40,17 @@ async fn main() -> ExitCode {
             stop.cancel();
         }
     });
+    let drained = CancellationToken::new();
+    let proxy = {
+        let (metrics, drained) = (metrics.clone(), drained.clone());
+        async move {
+            keepalive_proxy::serve(listener, config, metrics, stop.cancelled_owned()).await;
+            drained.cancel();
+        }
+    };
     tokio::join!(
-        keepalive_proxy::serve(
-            listener,
-            config,
-            metrics.clone(),
-            stop.clone().cancelled_owned()
-        ),
-        admin::serve(admin_listener, metrics, stop.cancelled_owned()),
+        proxy,
+        admin::serve(admin_listener, metrics, drained.cancelled_owned()),
     );
     ExitCode::SUCCESS
 }

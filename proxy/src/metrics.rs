@@ -38,6 +38,7 @@ pub struct Metrics {
     registry: std::sync::Arc<Registry>,
     requests: Family<StatusLabel, Counter>,
     streams_active: Gauge,
+    draining: Gauge,
     timeouts: Family<TimerLabel, Counter>,
     client_disconnects: Counter,
     upstream_errors: Family<KindLabel, Counter>,
@@ -59,6 +60,12 @@ impl Metrics {
             "proxy_streams_active",
             "Requests whose response is still being forwarded",
             streams_active.clone(),
+        );
+        let draining = Gauge::default();
+        registry.register(
+            "proxy_draining",
+            "1 from SIGTERM until open streams have drained (/healthz answers 503 meanwhile), else 0",
+            draining.clone(),
         );
         let timeouts = Family::<TimerLabel, Counter>::default();
         registry.register(
@@ -107,6 +114,7 @@ impl Metrics {
             registry: std::sync::Arc::new(registry),
             requests,
             streams_active,
+            draining,
             timeouts,
             client_disconnects,
             upstream_errors,
@@ -129,6 +137,15 @@ impl Metrics {
 
     pub fn stream_closed(&self) {
         self.streams_active.dec();
+    }
+
+    /// Shutdown has begun: from now on the proxy is draining, and says so on `/healthz`.
+    pub fn drain_started(&self) {
+        self.draining.set(1);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get() != 0
     }
 
     pub fn timer_fired(&self, timer: Timer) {

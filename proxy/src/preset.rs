@@ -1,10 +1,12 @@
 //! `PROXY_PRESET`: the timers of real load balancers, one table row each, with where the numbers come
 //! from. Checked against the vendors' documentation and, for nginx and HAProxy, Debian 12's packages
 //! (nginx 1.22, HAProxy 2.6). A timer a vendor does not document is off here, and says so in its note.
+//! `send` (a write to a client that stopped reading) is also a balancer's inactivity timer where its
+//! documentation says that timer counts data the balancer cannot send.
 
 use std::time::Duration;
 
-/// The six timers; `None` is off (the balancer has no such timer, or documents none).
+/// The seven timers; `None` is off (the balancer has no such timer, or documents none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TimerSet {
     pub connect: Option<Duration>,
@@ -13,6 +15,7 @@ pub struct TimerSet {
     pub max_duration: Option<Duration>,
     pub header: Option<Duration>,
     pub keepalive: Option<Duration>,
+    pub send: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,7 +63,8 @@ impl Preset {
     pub fn timers(self) -> TimerSet {
         match self {
             // proxy_connect_timeout, proxy_read_timeout (header wait and between reads, never a
-            // total), client_header_timeout, keepalive_timeout: all nginx's built-in defaults.
+            // total), client_header_timeout, keepalive_timeout, send_timeout (between two writes
+            // to the client): all nginx's built-in defaults.
             Preset::Nginx => TimerSet {
                 connect: secs(60),
                 first_byte: secs(60),
@@ -68,9 +72,11 @@ impl Preset {
                 max_duration: None,
                 header: secs(60),
                 keepalive: secs(75),
+                send: secs(60),
             },
             // Debian's /etc/haproxy/haproxy.cfg: timeout connect 5000, client 50000, server 50000;
-            // http-request and http-keep-alive are unset, so both fall back to timeout client.
+            // http-request and http-keep-alive are unset, so both fall back to timeout client, which
+            // also applies "when the client is expected to acknowledge or send data": the send timer.
             Preset::Haproxy => TimerSet {
                 connect: secs(5),
                 first_byte: secs(50),
@@ -78,9 +84,11 @@ impl Preset {
                 max_duration: None,
                 header: secs(50),
                 keepalive: secs(50),
+                send: secs(50),
             },
             // Cluster connect_timeout 5 s; route timeout 15 s, which covers the whole response
-            // (headers and body); stream_idle_timeout 5 min; request_headers_timeout disabled;
+            // (headers and body); stream_idle_timeout 5 min, which counts "no upstream or downstream
+            // activity", so a client that stopped reading too; request_headers_timeout disabled;
             // HCM idle_timeout 1 h.
             Preset::Envoy => TimerSet {
                 connect: secs(5),
@@ -89,9 +97,11 @@ impl Preset {
                 max_duration: secs(15),
                 header: None,
                 keepalive: secs(3600),
+                send: secs(300),
             },
-            // One 60 s idle timeout for client and target connections alike; 10 s to connect to
-            // a target. client_keep_alive (3600 s) is a connection age, not an idle timer.
+            // One 60 s idle timeout for client and target connections alike ("no data has been sent
+            // or received", so a client that stopped reading too); 10 s to connect to a target.
+            // client_keep_alive (3600 s) is a connection age, not an idle timer.
             Preset::AwsAlb => TimerSet {
                 connect: secs(10),
                 first_byte: secs(60),
@@ -99,9 +109,11 @@ impl Preset {
                 max_duration: None,
                 header: secs(60),
                 keepalive: secs(60),
+                send: secs(60),
             },
             // H19 after 5 s connecting to a dyno; H12 when no response starts within 30 s; then a
-            // rolling 55 s window (H15 from the dyno, H28 from the client). Client keep-alive: not
+            // rolling 55 s window (H15 from the dyno, H28 from the client) that only bytes moving
+            // reset, so a client that stopped reading is cut at 55 s too. Client keep-alive: not
             // documented.
             Preset::Heroku => TimerSet {
                 connect: secs(5),
@@ -110,9 +122,11 @@ impl Preset {
                 max_duration: None,
                 header: secs(55),
                 keepalive: None,
+                send: secs(55),
             },
             // 522 after 19 s connecting; 524 when 125 s pass between two reads from the upstream
-            // (Proxy Read Timeout); HTTP/1.1 keep-alive 400 s. Header timeout: not documented.
+            // (Proxy Read Timeout); HTTP/1.1 keep-alive 400 s. Header and client send timeouts: not
+            // documented (its Proxy Write Timeout is towards the origin).
             Preset::Cloudflare => TimerSet {
                 connect: secs(19),
                 first_byte: secs(125),
@@ -120,10 +134,11 @@ impl Preset {
                 max_duration: None,
                 header: None,
                 keepalive: secs(400),
+                send: None,
             },
             // Backend service timeout 30 s: from the first request byte to the last response
-            // byte, data or not; client HTTP keep-alive 610 s. Connect and header timeouts: not
-            // documented.
+            // byte, data or not; client HTTP keep-alive 610 s. Connect, header and client send
+            // timeouts: not documented.
             Preset::Gcp => TimerSet {
                 connect: None,
                 first_byte: None,
@@ -131,6 +146,7 @@ impl Preset {
                 max_duration: secs(30),
                 header: None,
                 keepalive: secs(610),
+                send: None,
             },
             // `keepalive-lab demo` and `docker compose up`: an idle cut at 5 s, a 504 at 3 s, and a
             // connect timer shorter than the first-byte one (which includes connecting) so that an
@@ -142,6 +158,7 @@ impl Preset {
                 max_duration: None,
                 header: secs(10),
                 keepalive: secs(60),
+                send: secs(10),
             },
         }
     }
@@ -179,6 +196,9 @@ mod tests {
         assert_eq!(Preset::Cloudflare.timers().idle, secs(125));
         assert_eq!(Preset::Gcp.timers().max_duration, secs(30));
         assert_eq!(Preset::Gcp.timers().idle, None);
+        assert_eq!(Preset::Nginx.timers().send, secs(60));
+        assert_eq!(Preset::Haproxy.timers().send, secs(50));
+        assert_eq!(Preset::Cloudflare.timers().send, None);
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! The client side: the accept loop, one task per connection, HTTP/1.1 or h2c as the client speaks
-//! (hyper-util's auto builder), the `header`/`keepalive` watchdog, and a bounded graceful shutdown.
+//! (hyper-util's auto builder), the `header`/`keepalive` watchdog, the `send` timer, and a bounded
+//! graceful shutdown.
 //!
-//! The accept loop and the bounded drain are shared with the upstream (`keepalive_common::accept`); what
-//! is the proxy's own is the per-connection work: the client's address and in-flight guard on every
-//! request, and the watchdog that closes connections idle past the header or keep-alive limit.
+//! The accept loop, its connection cap and the bounded drain are shared with the upstream
+//! (`keepalive_common::accept`); what is the proxy's own is the per-connection work: the client's
+//! address and in-flight guard on every request, the watchdog that closes connections idle past the
+//! header or keep-alive limit, and the timer that closes those whose writes stalled past the send
+//! limit. Shutdown marks the proxy as draining before the listener closes, so that `/healthz` turns
+//! `503` at once.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,24 +15,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use keepalive_common::accept::{serve_connections, Stopping};
+use keepalive_common::accept::{serve_connections, Listener, Stopping};
 use keepalive_common::duration::display;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tower::{Service, ServiceExt};
 
 use crate::faults::reset::{ResetIo, ResetSwitch};
 use crate::forward::ClientAddr;
 use crate::metrics::Metrics;
 use crate::timeouts::client_conn::{watchdog, Activity, ActivityIo, ClientConnLimits};
+use crate::timeouts::send::{stalled, SendBody, SendIo, Stall};
+use crate::timeouts::TimerExpired;
 
 /// Serves clients from `listener` with `service` until `shutdown` resolves, then drains.
 pub async fn run<S, B>(
-    listener: TcpListener,
+    listener: Listener,
     service: S,
     limits: ClientConnLimits,
     drain_timeout: Duration,
@@ -48,6 +54,13 @@ pub async fn run<S, B>(
     // close idle keep-alive connections at the header limit.
     builder.http1().header_read_timeout(None);
     let builder = Arc::new(builder);
+    let shutdown = {
+        let metrics = metrics.clone();
+        async move {
+            shutdown.await;
+            metrics.drain_started();
+        }
+    };
     serve_connections(listener, shutdown, drain_timeout, |tcp, peer, stopping| {
         connection(
             tcp,
@@ -80,19 +93,29 @@ async fn connection<S, B>(
     B::Error: Into<crate::BoxError>,
 {
     let activity = Activity::new();
+    let stall = Stall::new();
     let reset = ResetSwitch::default();
-    let io = TokioIo::new(ActivityIo::new(
-        ResetIo::new(tcp, reset.clone()),
-        Arc::clone(&activity),
+    let io = TokioIo::new(SendIo::new(
+        ActivityIo::new(ResetIo::new(tcp, reset.clone()), Arc::clone(&activity)),
+        Arc::clone(&stall),
     ));
     let service = {
-        let activity = Arc::clone(&activity);
-        service.map_request(move |mut request: Request<Incoming>| {
+        let (activity, stall) = (Arc::clone(&activity), Arc::clone(&stall));
+        tower::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer));
             request.extensions_mut().insert(reset.clone());
             let in_flight = activity.request_started(request.version());
             request.extensions_mut().insert(in_flight);
-            request
+            // An HTTP/2 stream stalls on flow control, out of the socket's sight (timeouts/send.rs).
+            let stall = (request.version() == Version::HTTP_2).then(|| Arc::clone(&stall));
+            let response = service.clone().oneshot(request);
+            async move {
+                let response = response.await?;
+                Ok::<_, Infallible>(response.map(|body| match stall {
+                    Some(stall) => stall.watch(body),
+                    None => SendBody::unwatched(body),
+                }))
+            }
         })
     };
     let conn = builder.serve_connection(io, TowerToHyperService::new(service));
@@ -106,22 +129,25 @@ async fn connection<S, B>(
                 }
                 return;
             }
-            expired = watchdog(&activity, limits) => {
-                metrics.timer_fired(expired.timer);
-                let limit = display(expired.limit);
-                tracing::info!(
-                    timer = %expired.timer,
-                    %limit,
-                    %peer,
-                    "{} timer fired: closing the client connection",
-                    expired.timer,
-                );
-                return;
-            }
+            expired = watchdog(&activity, limits) => return closed(expired, peer, &metrics),
+            // Dropping the connection drops its exchanges, whose upstream connections close with them.
+            expired = stalled(&stall, limits.send) => return closed(expired, peer, &metrics),
             () = stopping.requested(), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
         }
     }
+}
+
+fn closed(expired: TimerExpired, peer: SocketAddr, metrics: &Metrics) {
+    metrics.timer_fired(expired.timer);
+    let limit = display(expired.limit);
+    tracing::info!(
+        timer = %expired.timer,
+        %limit,
+        %peer,
+        "{} timer fired: closing the client connection",
+        expired.timer,
+    );
 }

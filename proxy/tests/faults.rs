@@ -27,6 +27,7 @@ fn no_timers() -> TimerSet {
         max_duration: OFF,
         header: OFF,
         keepalive: OFF,
+        send: OFF,
     }
 }
 

@@ -24,6 +24,7 @@ fn timers() -> TimerSet {
         max_duration: OFF,
         header: ms(5_000),
         keepalive: ms(5_000),
+        send: ms(5_000),
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use keepalive_proxy::{Preset, TimerSet};
 
-/// The README's row for `preset`: the six timer cells, in the table's column order.
+/// The README's row for `preset`: the seven timer cells, in the table's column order.
 fn readme_row(readme: &str, preset: Preset) -> Vec<String> {
     let start = format!("| `{}`", preset.name());
     let row = readme
@@ -14,7 +14,7 @@ fn readme_row(readme: &str, preset: Preset) -> Vec<String> {
         .unwrap_or_else(|| panic!("README has no preset row starting {start:?}"));
     row.split('|')
         .skip(2)
-        .take(6)
+        .take(7)
         .map(|cell| cell.trim().to_owned())
         .collect()
 }
@@ -44,6 +44,7 @@ fn presets_resolve_to_the_readme_table_values() {
             max_duration: cell_value(&cells[3]),
             header: cell_value(&cells[4]),
             keepalive: cell_value(&cells[5]),
+            send: cell_value(&cells[6]),
         };
         assert_eq!(
             preset.timers(),

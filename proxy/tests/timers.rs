@@ -587,3 +587,83 @@ async fn header_timer_runs_from_the_first_byte_of_the_next_request() {
     .await;
     assert_eq!(metric(proxy.admin, &timeouts("keepalive")).await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_header_timer_the_keepalive_timer_closes_a_silent_connection() {
+    // The gcp, envoy and cloudflare presets have no header timer: a client that connects and sends
+    // nothing must still be closed, at the keep-alive limit counted from accept.
+    let (_origin, proxy) = start_origin_and_proxy(TimerSet {
+        header: OFF,
+        keepalive: ms(500),
+        ..quiet_timers()
+    })
+    .await;
+    let conn = RawConn::connect(proxy.addr).await;
+    let transcript = conn.finish(Duration::from_secs(3)).await;
+    assert!(
+        transcript.ending.is_closed(),
+        "a silent connection is closed: {:?} at {:?}",
+        transcript.ending,
+        transcript.ended_at
+    );
+    assert!(transcript.bytes.is_empty(), "{}", transcript.text());
+    assert_around(
+        transcript.ended_at,
+        Duration::from_millis(500),
+        "keepalive close of a silent connection",
+    );
+    wait_for_metric(
+        proxy.admin,
+        &timeouts("keepalive"),
+        1.0,
+        Duration::from_secs(1),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_header_timer_the_keepalive_timer_closes_a_dribbling_client() {
+    let (_origin, proxy) = start_origin_and_proxy(TimerSet {
+        header: OFF,
+        keepalive: ms(500),
+        ..quiet_timers()
+    })
+    .await;
+    let stream = TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect to the proxy");
+    stream.set_nodelay(true).expect("set TCP_NODELAY");
+    let (mut reader, mut writer) = stream.into_split();
+    let started = Instant::now();
+    // A head that keeps coming, a byte every 100 ms, and never ends: its bytes must not hold the
+    // connection open past the keep-alive limit.
+    let dribbler = tokio::spawn(async move {
+        for byte in b"GET / HTTP/1.1\r\nX-Slow: "
+            .iter()
+            .chain([b'a'; 100].iter())
+        {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut received = Vec::new();
+    let (ending, ended_at) = read_to_end_or_deadline(
+        &mut reader,
+        &mut received,
+        started,
+        started + Duration::from_secs(3),
+    )
+    .await;
+    dribbler.abort();
+    assert!(
+        ending.is_closed(),
+        "a dribbling client is closed at the keep-alive limit: {ending:?} at {ended_at:?}"
+    );
+    assert_around(
+        ended_at,
+        Duration::from_millis(500),
+        "keepalive close of a dribbling client",
+    );
+}

@@ -3,6 +3,15 @@
 //! slowloris protection, nginx's `client_header_timeout`. `keepalive` bounds how long a connection may
 //! sit idle between requests, nginx's `keepalive_timeout`.
 //!
+//! A connection that has not completed a request head is always under one of them: when one is off,
+//! the other covers its wait too. With `header` off (the envoy, cloudflare and gcp presets), the
+//! keep-alive limit bounds the whole wait for a head, from accept or the end of the previous request
+//! to the head's last byte, as Envoy's connection `idle_timeout` counts a connection without an active
+//! stream; with `keepalive` off (heroku), the header limit bounds the idle wait between requests, as
+//! HAProxy's `timeout http-request` does when `http-keep-alive` is unset. Otherwise a client that
+//! connects and sends nothing, or a byte a second, holds a descriptor forever. Only both off means
+//! no limit.
+//!
 //! hyper 1.x has `header_read_timeout`, but its clock starts as soon as a connection goes idle, so it
 //! would also close idle keep-alive connections at the header limit; and hyper-util's HTTP version
 //! detection, which runs before it, has no timeout at all (hyper issue 3756: a client that connects and
@@ -104,55 +113,68 @@ impl Drop for Guard {
     }
 }
 
-/// The limits the watchdog enforces; `None` disables a timer.
+/// The client connection's timers; `None` disables one. The watchdog enforces `header` and
+/// `keepalive`; `send` is the write-stall timer (`timeouts/send.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientConnLimits {
     pub header: Option<Duration>,
     pub keepalive: Option<Duration>,
+    pub send: Option<Duration>,
 }
 
-/// Resolves when the connection has been idle past a limit, naming the timer; never while a request
-/// is in flight.
-pub async fn watchdog(activity: &Activity, limits: ClientConnLimits) -> TimerExpired {
-    loop {
-        let notified = activity.changed.notified();
-        let deadline = if activity.in_flight.load(Ordering::Acquire) > 0 {
-            None
-        } else {
-            match activity.head_started.load(Ordering::Acquire) {
-                NO_HEAD => limits.keepalive.map(|limit| {
-                    let since = activity.idle_since.load(Ordering::Acquire);
-                    (since, limit, Timer::Keepalive)
-                }),
-                since => limits.header.map(|limit| (since, limit, Timer::Header)),
-            }
-        };
-        match deadline {
-            None => notified.await,
-            Some((since, limit, timer)) => {
-                let at = activity.epoch + Duration::from_millis(since) + limit;
-                tokio::select! {
-                    () = notified => {}
-                    () = tokio::time::sleep_until(at) => {
-                        if still_idle(activity, since, timer) {
-                            return TimerExpired::new(timer, limit);
-                        }
-                    }
-                }
-            }
+/// Which idle timer runs, since when, and the limit it enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Deadline {
+    timer: Timer,
+    limit: Duration,
+    at: Instant,
+}
+
+impl Activity {
+    /// The deadline the connection's current state is under; `None` while a request is in flight or
+    /// when both idle timers are off.
+    fn deadline(&self, limits: ClientConnLimits) -> Option<Deadline> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
         }
+        let idle_since = self.idle_since.load(Ordering::Acquire);
+        let waiting = limits
+            .keepalive
+            .map(|limit| (Timer::Keepalive, limit))
+            .or(limits.header.map(|limit| (Timer::Header, limit)))
+            .map(|(timer, limit)| (idle_since, timer, limit));
+        let (since, timer, limit) = match self.head_started.load(Ordering::Acquire) {
+            NO_HEAD => waiting?,
+            head_started => limits
+                .header
+                .map(|limit| (head_started, Timer::Header, limit))
+                .or(waiting)?,
+        };
+        Some(Deadline {
+            timer,
+            limit,
+            at: self.epoch + Duration::from_millis(since) + limit,
+        })
     }
 }
 
-fn still_idle(activity: &Activity, since: u64, timer: Timer) -> bool {
-    let state_unchanged = match timer {
-        Timer::Header => activity.head_started.load(Ordering::Acquire) == since,
-        _ => {
-            activity.head_started.load(Ordering::Acquire) == NO_HEAD
-                && activity.idle_since.load(Ordering::Acquire) == since
+/// Resolves when the connection has waited for a request head past a limit, naming the timer; never
+/// while a request is in flight.
+pub async fn watchdog(activity: &Activity, limits: ClientConnLimits) -> TimerExpired {
+    loop {
+        let notified = activity.changed.notified();
+        match activity.deadline(limits) {
+            None => notified.await,
+            Some(deadline) if deadline.at <= Instant::now() => {
+                return TimerExpired::new(deadline.timer, deadline.limit);
+            }
+            // When the sleep ends, the loop looks at the state again: a request may have started.
+            Some(deadline) => tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline.at) => {}
+            },
         }
-    };
-    state_unchanged && activity.in_flight.load(Ordering::Acquire) == 0
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -223,13 +245,30 @@ mod tests {
     const LIMITS: ClientConnLimits = ClientConnLimits {
         header: Some(Duration::from_secs(10)),
         keepalive: Some(Duration::from_secs(60)),
+        send: None,
+    };
+    /// The watchdog, failing the test rather than waiting forever when no timer runs (a paused clock
+    /// with nothing scheduled never advances).
+    async fn bounded(activity: &Activity, limits: ClientConnLimits) -> TimerExpired {
+        tokio::time::timeout(Duration::from_secs(24 * 3600), watchdog(activity, limits))
+            .await
+            .expect("the watchdog fires within a day")
+    }
+
+    const NO_HEADER_TIMER: ClientConnLimits = ClientConnLimits {
+        header: None,
+        ..LIMITS
+    };
+    const NO_KEEPALIVE_TIMER: ClientConnLimits = ClientConnLimits {
+        keepalive: None,
+        ..LIMITS
     };
 
     #[tokio::test(start_paused = true)]
     async fn silent_connection_hits_the_header_timer() {
         let activity = Activity::new();
         let start = Instant::now();
-        let expired = watchdog(&activity, LIMITS).await;
+        let expired = bounded(&activity, LIMITS).await;
         assert_eq!(expired.timer, Timer::Header);
         assert_eq!(start.elapsed(), Duration::from_secs(10));
     }
@@ -239,7 +278,7 @@ mod tests {
         let activity = Activity::new();
         drop(activity.request_started(Version::HTTP_11));
         let start = Instant::now();
-        let expired = watchdog(&activity, LIMITS).await;
+        let expired = bounded(&activity, LIMITS).await;
         assert_eq!(expired.timer, Timer::Keepalive);
         assert_eq!(start.elapsed(), Duration::from_secs(60));
     }
@@ -260,7 +299,7 @@ mod tests {
         drop(activity.request_started(Version::HTTP_11));
         let watching = {
             let activity = Arc::clone(&activity);
-            tokio::spawn(async move { watchdog(&activity, LIMITS).await })
+            tokio::spawn(async move { bounded(&activity, LIMITS).await })
         };
         tokio::time::sleep(Duration::from_secs(5)).await;
         activity.on_bytes_read();
@@ -276,7 +315,7 @@ mod tests {
         drop(activity.request_started(Version::HTTP_2));
         let watching = {
             let activity = Arc::clone(&activity);
-            tokio::spawn(async move { watchdog(&activity, LIMITS).await })
+            tokio::spawn(async move { bounded(&activity, LIMITS).await })
         };
         let start = Instant::now();
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -284,5 +323,59 @@ mod tests {
         let expired = watching.await.expect("watchdog task");
         assert_eq!(expired.timer, Timer::Keepalive);
         assert_eq!(start.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_header_timer_a_silent_connection_hits_the_keepalive_timer() {
+        let activity = Activity::new();
+        let start = Instant::now();
+        let expired = bounded(&activity, NO_HEADER_TIMER).await;
+        assert_eq!(expired.timer, Timer::Keepalive);
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_header_timer_a_trickled_head_is_bounded_by_the_keepalive_timer() {
+        let activity = Activity::new();
+        drop(activity.request_started(Version::HTTP_11));
+        let start = Instant::now();
+        let watching = {
+            let activity = Arc::clone(&activity);
+            tokio::spawn(async move {
+                let expired = bounded(&activity, NO_HEADER_TIMER).await;
+                (expired, start.elapsed())
+            })
+        };
+        // A byte every second never completes the head; none of them moves the deadline.
+        while !watching.is_finished() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            activity.on_bytes_read();
+        }
+        let (expired, elapsed) = watching.await.expect("watchdog task");
+        assert_eq!(expired.timer, Timer::Keepalive);
+        assert_eq!(elapsed, Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_keepalive_timer_an_idle_connection_hits_the_header_timer() {
+        let activity = Activity::new();
+        drop(activity.request_started(Version::HTTP_11));
+        let start = Instant::now();
+        let expired = bounded(&activity, NO_KEEPALIVE_TIMER).await;
+        assert_eq!(expired.timer, Timer::Header);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_both_timers_off_nothing_fires() {
+        let activity = Activity::new();
+        let off = ClientConnLimits {
+            header: None,
+            keepalive: None,
+            send: None,
+        };
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(3600), watchdog(&activity, off)).await;
+        assert!(outcome.is_err(), "watchdog fired with both timers off");
     }
 }

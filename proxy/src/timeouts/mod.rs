@@ -1,7 +1,8 @@
 //! The proxy's timers, named by what they measure (pingora's habit), one file per place they act:
 //! `connect` (the TCP connect to the upstream), `stream` (`first_byte`, `idle` and `max_duration`, the
-//! three limits of one exchange, enforced together) and `client_conn` (the client connection's
-//! `header`/`keepalive` timers).
+//! three limits of one exchange, enforced together), `client_conn` (the client connection's
+//! `header`/`keepalive` timers) and `send` (a write to the client that stalls: a client that stopped
+//! reading).
 //!
 //! Like linkerd2-proxy's stream timeouts, a timer that fires does not build a response itself: it
 //! returns a [`TimerExpired`] error, and the edge (`edge.rs`) turns it into a 504, a truncated body or a
@@ -9,6 +10,7 @@
 
 pub mod client_conn;
 pub mod connect;
+pub mod send;
 pub mod stream;
 
 use std::fmt;
@@ -24,16 +26,18 @@ pub enum Timer {
     MaxDuration,
     Header,
     Keepalive,
+    Send,
 }
 
 impl Timer {
-    pub const ALL: [Timer; 6] = [
+    pub const ALL: [Timer; 7] = [
         Timer::Connect,
         Timer::FirstByte,
         Timer::Idle,
         Timer::MaxDuration,
         Timer::Header,
         Timer::Keepalive,
+        Timer::Send,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +48,7 @@ impl Timer {
             Timer::MaxDuration => "max_duration",
             Timer::Header => "header",
             Timer::Keepalive => "keepalive",
+            Timer::Send => "send",
         }
     }
 }

@@ -127,6 +127,7 @@ impl Timers {
             max_duration: self.total.map(|timer| timer.at(scale)),
             header: None,
             keepalive: None,
+            send: None,
         }
     }
 }

@@ -1,0 +1,63 @@
+//! The descriptor budget behind `PROXY_MAX_CONNECTIONS=auto`. Each proxied stream holds two
+//! descriptors, the client's socket and its upstream connection, so a proxy that accepts until
+//! `accept` fails with EMFILE has none left to reach the upstream: silent sockets hold every
+//! descriptor and real requests time out. The cap keeps headroom instead: half of what the limit
+//! leaves after a reserve for everything that is not a client.
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+/// Descriptors kept out of the budget: both listeners, the runtime's epoll and eventfds, stdio,
+/// admin scrapes, and upstream connections idle in the pool.
+pub const RESERVED: u64 = 64;
+
+/// A client connection and the upstream connection of the stream it carries.
+pub const PER_CONNECTION: u64 = 2;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, as Go's runtime does at start: the soft default
+/// (1024 on most distributions) is there for programs that use select(2), and an epoll server has no
+/// reason to keep it. Returns the soft limit in force afterwards.
+pub fn raise_soft_limit() -> Result<u64, nix::Error> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= hard {
+        return Ok(soft);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(hard)
+}
+
+/// The soft `RLIMIT_NOFILE` in force.
+pub fn soft_limit() -> Result<u64, nix::Error> {
+    getrlimit(Resource::RLIMIT_NOFILE).map(|(soft, _)| soft)
+}
+
+/// How many client connections fit in `limit` descriptors: [`PER_CONNECTION`] each after
+/// [`RESERVED`], and at least one.
+pub fn connections_within(limit: u64) -> usize {
+    let fit = limit.saturating_sub(RESERVED) / PER_CONNECTION;
+    usize::try_from(fit).unwrap_or(usize::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_connection_gets_two_descriptors_after_the_reserve() {
+        assert_eq!(connections_within(1024), 480);
+        assert_eq!(connections_within(20_000), 9_968);
+    }
+
+    #[test]
+    fn a_tiny_limit_still_serves_one_connection() {
+        assert_eq!(connections_within(0), 1);
+        assert_eq!(connections_within(RESERVED + 1), 1);
+    }
+
+    #[test]
+    fn raising_never_lowers_the_soft_limit() {
+        let before = soft_limit().expect("getrlimit");
+        let after = raise_soft_limit().expect("setrlimit up to the hard limit is allowed");
+        assert!(after >= before, "{before} -> {after}");
+        assert_eq!(soft_limit().expect("getrlimit"), after);
+    }
+}
