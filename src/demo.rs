@@ -36,7 +36,7 @@ use crate::stdout::{out, Narration};
     mut_arg("admin_addr", |arg| arg.default_value("127.0.0.1:9090")),
     mut_arg("preset", |arg| arg.default_value("demo")),
     mut_arg("drain_timeout", |arg| arg.default_value("1s")),
-    mut_arg("upstream", |arg| arg.hide(true)),
+    mut_arg("upstream", |arg| arg.hide(true).env(None::<&str>)),
     mut_arg("log_format", |arg| arg.hide(true)),
     mut_arg("healthcheck", |arg| arg.hide(true)),
 )]
@@ -77,6 +77,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         proxy: mut proxy_config,
     } = args;
     init_narration();
+    // PROXY_MAX_CONNECTIONS=auto counts on the hard limit, as in the proxy binary.
+    if let Err(err) = keepalive_proxy::descriptors::raise_soft_limit() {
+        tracing::warn!(%err, "cannot raise the descriptor limit to its hard limit");
+    }
     let (origin, origin_addr) = bind(origin_addr, "origin (SERVER_ADDR)").await?;
     let (proxy, proxy_addr) = bind(proxy_config.addr, "proxy (PROXY_ADDR)").await?;
     let (admin_listener, admin_addr) =
@@ -121,15 +125,19 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         }
     };
     let metrics = Metrics::new();
+    // As the proxy binary does: the admin listener outlives the drain, answering 503 on /healthz.
+    let drained = CancellationToken::new();
+    let proxy = {
+        let (metrics, drained, stop) = (metrics.clone(), drained.clone(), stop.clone());
+        async move {
+            keepalive_proxy::serve(proxy, proxy_config, metrics, stop.cancelled_owned()).await;
+            drained.cancel();
+        }
+    };
     let (origin_outcome, (), ()) = tokio::join!(
         origin,
-        keepalive_proxy::serve(
-            proxy,
-            proxy_config,
-            metrics.clone(),
-            stop.clone().cancelled_owned()
-        ),
-        admin::serve(admin_listener, metrics, stop.clone().cancelled_owned()),
+        proxy,
+        admin::serve(admin_listener, metrics, drained.cancelled_owned()),
     );
     origin_outcome.map_err(DemoError::Origin)
 }

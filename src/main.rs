@@ -41,7 +41,8 @@ enum Command {
     /// expected vs seen, a timeline SVG each; exit 1 if any differs. --list names them
     Experiment(experiment::ExperimentArgs),
     /// Benchmark keepalive-proxy against nginx and a direct connection on this machine: throughput,
-    /// 10,000 heartbeated streams, idle-cut precision, disconnect propagation (needs nginx and wrk)
+    /// 10,000 heartbeated streams, idle-cut precision, disconnect propagation (needs nginx and wrk);
+    /// or, with --soak DURATION, hold streams through keepalive-proxy and look for leaks
     Bench(bench::BenchArgs),
 }
 

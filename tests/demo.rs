@@ -29,7 +29,7 @@ const ANY_PORTS: [&str; 6] = [
 /// The demo, stopped gracefully when dropped, and the lines it printed on stdout, read on a thread so
 /// the pipe never fills up.
 struct Demo {
-    _program: Program,
+    program: Program,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
@@ -57,10 +57,14 @@ impl Demo {
             }
         });
         Self {
-            _program: program,
+            program,
             lines,
             seen: Vec::new(),
         }
+    }
+
+    fn pid(&self) -> u32 {
+        self.program.pid()
     }
 
     /// The first line (already seen or arriving within `within`) that contains `needle`.
@@ -235,4 +239,38 @@ async fn demo_takes_localhost_a_bare_port_and_bare_switches() {
     )
     .await;
     assert_eq!(transcript.response().status, 200, "{}", transcript.text());
+}
+
+/// The status `/healthz` at `admin` answers with, or `None` when nothing answers.
+async fn healthz(admin: SocketAddr) -> Option<u16> {
+    tokio::net::TcpStream::connect(admin).await.ok()?;
+    let transcript = raw_request(
+        admin,
+        &get("/healthz", "Connection: close\r\n"),
+        Duration::from_secs(2),
+    )
+    .await;
+    keepalive_kit::response::RawResponse::parse(&transcript.bytes).map(|response| response.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_answers_503_on_healthz_while_its_streams_drain() {
+    let mut demo = Demo::start(&ANY_PORTS, &[("PROXY_DRAIN_TIMEOUT", "2s")]);
+    let proxy = address_in(&demo.line_with("proxy   http://", Duration::from_secs(20)));
+    let metrics = demo.line_with("metrics http://", Duration::from_secs(5));
+    let admin = address_in(&metrics);
+    demo.line_with("proxy listening", Duration::from_secs(5));
+    assert_eq!(healthz(admin).await, Some(200));
+
+    let stream =
+        keepalive_kit::client::open_stream(proxy, "/polls/streamed?sleep=10&heartbeat=100ms").await;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(demo.pid()).expect("a pid fits an i32"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM the demo");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        healthz(admin).await,
+        Some(503),
+        "a draining demo tells a balancer in front at once"
+    );
+    drop(stream);
 }

@@ -155,11 +155,16 @@ pub async fn serve_connections<F, Fut>(
 /// Answers a connection beyond the cap and closes it, without waiting for anything: what the client
 /// already sent is read and dropped first, as closing a socket with unread data resets it, and a
 /// reset could destroy the 503 before the client reads it. A fresh socket's send buffer is empty, so
-/// the answer fits without blocking.
+/// the answer fits without blocking. The calls go to the socket itself: tokio's `try_read` and
+/// `try_write` refuse to try on a socket the reactor has not yet seen ready, which a socket accepted
+/// a moment ago is not.
 fn refuse(tcp: &TcpStream, peer: SocketAddr) {
+    use std::io::{Read, Write};
+    let socket = socket2::SockRef::from(tcp);
+    let mut socket: &socket2::Socket = &socket;
     let mut discard = [0u8; 4096];
-    while matches!(tcp.try_read(&mut discard), Ok(n) if n > 0) {}
-    if let Err(err) = tcp.try_write(FULL) {
+    while matches!(socket.read(&mut discard), Ok(n) if n > 0) {}
+    if let Err(err) = socket.write_all(FULL) {
         tracing::debug!(%peer, %err, "cannot answer a connection beyond the limit");
     }
 }

@@ -1,5 +1,5 @@
-//! On/off settings. On the command line a switch is a plain flag (`--fault-headers`), or takes its
-//! value after `=` (`--fault-headers=false`) to turn off one that is on by default; in an env var,
+//! On/off settings. On the command line a switch is a plain flag (`--buffering-ignore-header`), or takes its
+//! value after `=` (`--buffering-ignore-header=false`) to turn off one that is on by default; in an env var,
 //! where there is no bare flag, it takes the words compose files and systemd units use.
 
 /// The accepted form, quoted in every error.

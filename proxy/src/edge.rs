@@ -32,6 +32,7 @@ use crate::faults::reset::ResetSwitch;
 use crate::faults::{BadFaultHeader, Fault, FaultCut};
 use crate::forward::ClientError;
 use crate::metrics::Metrics;
+use crate::server::ConnectionCut;
 use crate::timeouts::client_conn::InFlight;
 use crate::timeouts::{Timer, TimerExpired};
 use crate::BoxError;
@@ -138,6 +139,7 @@ struct Exchange {
     cut_style: CutStyle,
     /// The client connection's reset switch: HTTP/1 only, where a reset ends the whole connection.
     reset: Option<ResetSwitch>,
+    cut: Option<ConnectionCut>,
     _in_flight: Option<InFlight>,
 }
 
@@ -160,6 +162,7 @@ impl Exchange {
                 .get::<ResetSwitch>()
                 .filter(|_| request.version() < http::Version::HTTP_2)
                 .cloned(),
+            cut: request.extensions().get::<ConnectionCut>().cloned(),
             _in_flight: request.extensions().get::<InFlight>().cloned(),
         }
     }
@@ -509,7 +512,12 @@ impl Body for EdgeBody {
 
 impl Drop for EdgeBody {
     fn drop(&mut self) {
-        if self.state == State::Streaming {
+        let by_proxy = self
+            .exchange
+            .cut
+            .as_ref()
+            .is_some_and(ConnectionCut::by_proxy);
+        if self.state == State::Streaming && !by_proxy {
             let exchange = &self.exchange;
             exchange.metrics.client_disconnected();
             let elapsed = display(exchange.started.elapsed());

@@ -12,6 +12,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,15 +100,19 @@ async fn connection<S, B>(
         ActivityIo::new(ResetIo::new(tcp, reset.clone()), Arc::clone(&activity)),
         Arc::clone(&stall),
     ));
+    let cut = ConnectionCut::default();
     let service = {
-        let (activity, stall) = (Arc::clone(&activity), Arc::clone(&stall));
+        let (activity, stall, cut) = (Arc::clone(&activity), Arc::clone(&stall), cut.clone());
         tower::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer));
+            request.extensions_mut().insert(cut.clone());
             request.extensions_mut().insert(reset.clone());
             let in_flight = activity.request_started(request.version());
             request.extensions_mut().insert(in_flight);
             // An HTTP/2 stream stalls on flow control, out of the socket's sight (timeouts/send.rs).
-            let stall = (request.version() == Version::HTTP_2).then(|| Arc::clone(&stall));
+            // Watched only when the timer is on: nothing else would forget the closed streams.
+            let stall = (request.version() == Version::HTTP_2 && limits.send.is_some())
+                .then(|| Arc::clone(&stall));
             let response = service.clone().oneshot(request);
             async move {
                 let response = response.await?;
@@ -129,9 +134,9 @@ async fn connection<S, B>(
                 }
                 return;
             }
-            expired = watchdog(&activity, limits) => return closed(expired, peer, &metrics),
+            expired = watchdog(&activity, limits) => return closed(expired, peer, &metrics, &cut),
             // Dropping the connection drops its exchanges, whose upstream connections close with them.
-            expired = stalled(&stall, limits.send) => return closed(expired, peer, &metrics),
+            expired = stalled(&stall, limits.send) => return closed(expired, peer, &metrics, &cut),
             () = stopping.requested(), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
@@ -140,7 +145,8 @@ async fn connection<S, B>(
     }
 }
 
-fn closed(expired: TimerExpired, peer: SocketAddr, metrics: &Metrics) {
+fn closed(expired: TimerExpired, peer: SocketAddr, metrics: &Metrics, cut: &ConnectionCut) {
+    cut.0.store(true, Ordering::Release);
     metrics.timer_fired(expired.timer);
     let limit = display(expired.limit);
     tracing::info!(
@@ -150,4 +156,15 @@ fn closed(expired: TimerExpired, peer: SocketAddr, metrics: &Metrics) {
         "{} timer fired: closing the client connection",
         expired.timer,
     );
+}
+
+/// Set when the proxy itself closes a client connection on one of its timers, so that the exchanges
+/// dropped with it are not also reported as clients that went away: the timer was counted and logged.
+#[derive(Clone, Default)]
+pub(crate) struct ConnectionCut(Arc<AtomicBool>);
+
+impl ConnectionCut {
+    pub(crate) fn by_proxy(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }

@@ -13,7 +13,7 @@ use keepalive_proxy::MaxConnections;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn connections_beyond_the_cap_are_answered_503_and_closed() {
     let origin = start_origin(origin_config()).await;
     let proxy = start_proxy_configured(origin.addr, quiet_timers(), |config| {

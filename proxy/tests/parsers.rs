@@ -74,7 +74,7 @@ fn quoted(value: &HeaderValue) -> String {
 }
 
 /// Every setting of the proxy that takes a value, by flag and env var.
-const SETTINGS: [(&str, &str); 23] = [
+const SETTINGS: [(&str, &str); 26] = [
     ("--addr", "PROXY_ADDR"),
     ("--upstream", "PROXY_UPSTREAM"),
     ("--admin-addr", "PROXY_ADMIN_ADDR"),
@@ -101,6 +101,9 @@ const SETTINGS: [(&str, &str); 23] = [
     ),
     ("--fault-headers", "PROXY_FAULT_HEADERS"),
     ("--drain-timeout", "PROXY_DRAIN_TIMEOUT"),
+    ("--send-timeout", "PROXY_SEND_TIMEOUT"),
+    ("--max-connections", "PROXY_MAX_CONNECTIONS"),
+    ("--deny-paths", "PROXY_DENY_PATHS"),
 ];
 
 /// Each value parser on its own, its refusal as text.

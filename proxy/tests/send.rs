@@ -70,6 +70,11 @@ async fn send_timer_cuts_a_client_that_stopped_reading_and_ends_the_origins_stre
         Duration::from_secs(1),
     )
     .await;
+    // The proxy cut this client: the cut is the send timer's, not a client that went away.
+    assert_eq!(
+        metric(proxy.admin, "proxy_client_disconnects_total").await,
+        0.0
+    );
     drop(client);
 }
 

@@ -25,7 +25,7 @@ use super::value::FaultValueError;
 pub const MAX_LATENCY: Duration = Duration::from_secs(60);
 
 /// The latest `x-keepalive-fault-reset-after` or `-blackhole-after` a request may ask for: the longest
-/// pause the origin allows by default (`SERVER_MAX_SLEEP`).
+/// pause an upstream allows by default (keepalive-server's `SERVER_MAX_SLEEP`).
 pub const MAX_AFTER: Duration = Duration::from_secs(3600);
 
 /// The lowest `x-keepalive-fault-bandwidth` a request may ask for: a few lines of the poem a second,

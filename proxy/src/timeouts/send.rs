@@ -86,10 +86,11 @@ impl Stall {
     /// frame: a client that opened its stream with no window never lets hyper ask.
     pub fn watch<B>(self: &Arc<Self>, body: B) -> SendBody<B> {
         let waiting = Arc::new(AtomicU64::new(self.millis()));
-        self.streams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::downgrade(&waiting));
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        // Closed streams go here too, so that a long connection's list stays as long as its open streams.
+        streams.retain(|stream| stream.strong_count() > 0);
+        streams.push(Arc::downgrade(&waiting));
+        drop(streams);
         // The watcher, idle while nothing is open, starts looking at the streams.
         self.started.notify_one();
         SendBody {
