@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use keepalive_common::duration::{display, parse_timer, DurationError};
+use keepalive_common::switch::{self, SwitchError};
 
 use super::policy::MAX_BUFFERING;
 
@@ -16,8 +17,8 @@ pub enum FaultValueError {
     Size { value: String },
     #[error("{value:?} is not a probability from 0 to 1, like 0.5")]
     Probability { value: String },
-    #[error("{value:?} is not 1 or 0 (true or false)")]
-    Switch { value: String },
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
     #[error("{value:?} is not {form}")]
     Choice { value: String, form: &'static str },
     #[error(transparent)]
@@ -73,13 +74,7 @@ pub fn parse_probability(value: &str) -> Result<f64, FaultValueError> {
 
 /// `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`.
 pub fn parse_switch(value: &str) -> Result<bool, FaultValueError> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(FaultValueError::Switch {
-            value: value.to_owned(),
-        }),
-    }
+    Ok(switch::parse_switch(value)?)
 }
 
 /// A timer (`250ms`, `0`/`off` disables) no longer than `limit`, for a request.
