@@ -64,17 +64,28 @@ pub async fn send(
     target: &str,
     headers: &[(&str, &str)],
 ) -> http::Response<Incoming> {
+    let response = try_send(sender, addr, target, headers)
+        .await
+        .expect("an h2c response");
+    assert_eq!(response.version(), Version::HTTP_2);
+    response
+}
+
+/// [`send`], handing back the stream's error (a reset) in place of the response.
+async fn try_send(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Result<http::Response<Incoming>, hyper::Error> {
     let mut request = Request::get(format!("http://{addr}{target}"));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
     let request = request.body(Empty::new()).expect("a request");
-    let response = timeout(WITHIN, sender.send_request(request))
+    timeout(WITHIN, sender.send_request(request))
         .await
-        .expect("response headers within 3 s")
-        .expect("an h2c response");
-    assert_eq!(response.version(), Version::HTTP_2);
-    response
+        .expect("response headers or a reset within 3 s")
 }
 
 /// GETs a `/polls/streamed` `target`; asserts a 200 whose first DATA frame is the poem's first line,
@@ -149,16 +160,9 @@ pub async fn bytes_before_early_reset(
     sender: &mut SendRequest<Empty<Bytes>>,
     addr: SocketAddr,
     target: &str,
-    (name, value): (&str, &str),
+    header: (&str, &str),
 ) -> usize {
-    let request = Request::get(format!("http://{addr}{target}"))
-        .header(name, value)
-        .body(Empty::new())
-        .expect("a request");
-    let response = timeout(WITHIN, sender.send_request(request))
-        .await
-        .expect("response headers or a reset within 3 s");
-    match response {
+    match try_send(sender, addr, target, &[header]).await {
         Ok(response) => read_to_reset(&mut response.into_body()).await,
         Err(err) => {
             assert_reset(&err);
