@@ -15,3 +15,4 @@ pub mod program;
 pub mod response;
 pub mod servers;
 pub mod timing;
+pub mod tls;
