@@ -1,5 +1,5 @@
 //! What the proxy and the lab share about TLS: one crypto provider, PEM files read with errors that
-//! name the file and what was wrong with it, and the roots a client trusts.
+//! name the file and what was wrong with it, and how a client decides whom it trusts.
 //!
 //! The provider is named rather than left to rustls's process default: the default is only chosen
 //! automatically while exactly one provider is compiled in, and any dependency turning on another
@@ -8,10 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{verify_server_name, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::RootCertStore;
+use rustls::server::ParsedCertificate;
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 /// The crypto every TLS configuration here is built with: ring.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -69,12 +72,10 @@ impl CertFile {
     pub fn roots(&self) -> Result<RootCertStore, PemError> {
         let mut roots = RootCertStore::empty();
         for cert in self.certs.iter() {
-            roots
-                .add(cert.clone())
-                .map_err(|err| PemError::Anchor {
-                    path: self.path.clone(),
-                    reason: err.to_string(),
-                })?;
+            roots.add(cert.clone()).map_err(|err| PemError::Anchor {
+                path: self.path.clone(),
+                reason: err.to_string(),
+            })?;
         }
         Ok(roots)
     }
@@ -133,6 +134,100 @@ pub fn roots(ca: Option<&CertFile>) -> Result<RootCertStore, PemError> {
     ca.map_or_else(|| Ok(public_roots()), CertFile::roots)
 }
 
+/// Why a client's certificate check could not be built.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VerifierError {
+    #[error(transparent)]
+    Roots(#[from] PemError),
+    #[error("cannot check certificates against these roots: {0}")]
+    Build(String),
+}
+
+/// How a client checks a server's certificate: against `ca` when given (curl's `--cacert`), else
+/// against the public roots.
+///
+/// One case goes beyond webpki: a self-signed certificate that is its own CA (what `openssl req
+/// -x509` makes) and is also the server's certificate. webpki refuses a CA used as an end entity;
+/// OpenSSL, hence curl and nginx, accept a certificate that is itself in the trust store. A lab's
+/// balancer usually has exactly such a certificate, so when webpki refuses it for that reason only,
+/// and it is byte for byte one of `ca`'s, it is accepted for the names it carries.
+pub fn verifier(
+    ca: Option<&CertFile>,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, VerifierError> {
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider)
+        .build()
+        .map_err(|err| VerifierError::Build(err.to_string()))?;
+    Ok(match ca {
+        Some(ca) => Arc::new(Pinned {
+            webpki,
+            certs: Arc::clone(&ca.certs),
+        }),
+        None => webpki,
+    })
+}
+
+#[derive(Debug)]
+struct Pinned {
+    webpki: Arc<WebPkiServerVerifier>,
+    certs: Arc<Vec<CertificateDer<'static>>>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(other)))
+                if matches!(
+                    other.0.downcast_ref::<webpki::Error>(),
+                    Some(webpki::Error::CaUsedAsEndEntity)
+                ) && self
+                    .certs
+                    .iter()
+                    .any(|cert| cert.as_ref() == end_entity.as_ref()) =>
+            {
+                verify_server_name(&ParsedCertificate::try_from(end_entity)?, server_name)?;
+                Ok(ServerCertVerified::assertion())
+            }
+            verified => verified,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +266,61 @@ mod tests {
         assert!(matches!(
             KeyFile::read(&key).expect("key").key(),
             PrivateKeyDer::Pkcs8(_)
+        ));
+    }
+
+    /// A self-signed certificate for `localhost` that is its own CA, as `openssl req -x509` makes.
+    fn ca_for_localhost() -> (CertificateDer<'static>, PathBuf) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        let path = temp_file(&format!("ca-{}.pem", next_id()), &cert.pem());
+        (cert.der().clone(), path)
+    }
+
+    /// Distinct file names for certificates made in one test process.
+    fn next_id() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn check(verifier: &dyn ServerCertVerifier, cert: &CertificateDer<'_>, name: &str) -> bool {
+        let name = ServerName::try_from(name.to_owned()).expect("a name");
+        verifier
+            .verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+            .is_ok()
+    }
+
+    #[test]
+    fn a_self_signed_ca_given_as_cacert_is_trusted_as_the_server_s_own_certificate() {
+        let (cert, path) = ca_for_localhost();
+        let ca = CertFile::read(&path).expect("read");
+        let pinned = verifier(Some(&ca), provider()).expect("verifier");
+        assert!(check(pinned.as_ref(), &cert, "localhost"));
+        assert!(
+            !check(pinned.as_ref(), &cert, "other.example"),
+            "its names only"
+        );
+        let (other, other_path) = ca_for_localhost();
+        assert!(
+            !check(pinned.as_ref(), &other, "localhost"),
+            "that certificate only"
+        );
+        let public = verifier(None, provider()).expect("verifier");
+        assert!(
+            !check(public.as_ref(), &cert, "localhost"),
+            "not without --cacert"
+        );
+        let other_ca = CertFile::read(&other_path).expect("read");
+        assert!(check(
+            verifier(Some(&other_ca), provider())
+                .expect("verifier")
+                .as_ref(),
+            &other,
+            "localhost"
         ));
     }
 
