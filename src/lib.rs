@@ -1,7 +1,8 @@
 //! keepalive-lab: the lab around the origin and the proxy. The binary's subcommands live here so
-//! that the tests run them in-process: `demo`, `watch`, `probe`, `experiment`, `bench`.
+//! that the tests run them in-process: `demo`, `watch`, `probe`, `experiment`, `bench`, and the HTTP client they share.
 
 pub mod bench;
+pub mod client;
 pub mod demo;
 pub mod expect;
 pub mod experiment;

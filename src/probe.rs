@@ -27,14 +27,15 @@ use tokio::time::Instant;
 use keepalive_kit::servers::FIRST_LINE;
 use keepalive_server::end_marker_line;
 
+use crate::client::{Client, ClientArgs, ClientError, Transport};
 use crate::expect::Expectation;
 use crate::stdout::outln;
-use crate::watch::{observe_owing, ClientError, Observation, Verdict};
+use crate::watch::{observe_owing, Observation, Verdict};
 
 #[derive(Debug, Clone, Args)]
 pub struct ProbeArgs {
     /// The balancer's URL for keepalive-server's /polls/streamed, e.g. https://lb.example/polls/streamed
-    /// (http:// only: run the probe where it reaches the balancer without TLS)
+    /// (with --connect-to lb.example:443:10.0.0.5:443 to probe one balancer address by name)
     url: Uri,
 
     /// Longest a timer is looked for; one not hit by then is reported as null. Real balancers'
@@ -45,6 +46,14 @@ pub struct ProbeArgs {
     /// Print exactly one JSON object as the last line
     #[arg(long)]
     json: bool,
+
+    /// Extra request header for every trial, `Name: value`; repeatable. `-H 'Host: name'` replaces
+    /// the URL's host (HTTP/2: the :authority)
+    #[arg(short = 'H', long = "header", value_parser = crate::watch::parse_header)]
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 /// What one trial saw: the balancer acted (cut or answered an error) after `at`, or not at all. A
@@ -85,6 +94,10 @@ pub struct Findings {
     pub recommended_heartbeat_s: Option<f64>,
     pub max_s: f64,
     pub took_s: f64,
+    /// What the trials spoke: `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'static str,
+    /// `TLSv1.3`, `TLSv1.2`, or `null` over plain TCP.
+    pub tls: Option<&'static str>,
 }
 
 /// Why the probe could not measure.
@@ -145,7 +158,7 @@ fn seen(observation: Observation, from: Duration) -> Result<Seen, ProbeError> {
             at: since(observation.ended_at),
             how: "clean",
         }),
-        Verdict::Reset => Ok(Seen::Cut {
+        Verdict::Reset(_) => Ok(Seen::Cut {
             at: since(observation.ended_at),
             how: "reset",
         }),
@@ -169,11 +182,32 @@ fn same(a: Duration, b: Duration) -> bool {
 /// sent at once.
 const CHECK_WITHIN: Duration = Duration::from_secs(10);
 
+/// How every trial reaches the balancer: the client (TLS, HTTP version, `--connect-to`) and the
+/// user's headers.
+#[derive(Clone, Default)]
+pub struct Trials {
+    pub client: Client,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl Trials {
+    /// One trial of at most `max`, judged against what the poem owes for `url`.
+    async fn run(&self, url: &Uri, max: Duration) -> Observation {
+        let owed = Expectation::of_poem(url);
+        self.observe(url, max, Some(owed)).await
+    }
+
+    async fn observe(&self, url: &Uri, max: Duration, owed: Option<Expectation>) -> Observation {
+        observe_owing(&self.client, url, &self.headers, Some(max), owed, |_| {}).await
+    }
+}
+
 /// Checks that `url` answers like keepalive-server's `/polls/streamed`: asked for one line and the
-/// end marker, it sends the poem's first line and the marker, and ends.
-async fn check_stream(url: &Uri, max: Duration) -> Result<(), ProbeError> {
+/// end marker, it sends the poem's first line and the marker, and ends. What the connection spoke
+/// is what every trial will speak.
+async fn check_stream(trials: &Trials, url: &Uri, max: Duration) -> Result<Transport, ProbeError> {
     let check = url_with(url, "sleep=0&lines=1&end=marker")?;
-    let seen = observe_owing(&check, &[], Some(max.min(CHECK_WITHIN)), None, |_| {}).await;
+    let seen = trials.observe(&check, max.min(CHECK_WITHIN), None).await;
     let body: Vec<u8> = seen
         .chunks
         .iter()
@@ -184,7 +218,12 @@ async fn check_stream(url: &Uri, max: Duration) -> Result<(), ProbeError> {
     let got = match seen.verdict {
         Verdict::Failed(err) => return Err(err.into()),
         Verdict::Http(status) => return Err(ProbeError::NotTheOrigin(status)),
-        Verdict::Completed if text == owed => return Ok(()),
+        Verdict::Completed if text == owed => {
+            if let Some(transport) = seen.transport {
+                return Ok(transport);
+            }
+            format!("{} without a connection", seen.verdict.name())
+        }
         _ if !text.starts_with(FIRST_LINE) => {
             let first: String = text
                 .lines()
@@ -214,12 +253,14 @@ async fn check_stream(url: &Uri, max: Duration) -> Result<(), ProbeError> {
 
 /// Runs the trials; `progress` gets a sentence as each starts and ends.
 pub async fn measure(
+    trials: &Trials,
     url: &Uri,
     max: Duration,
     mut progress: impl FnMut(&str),
 ) -> Result<Findings, ProbeError> {
     let started = Instant::now();
-    check_stream(url, max).await?;
+    let transport = check_stream(trials, url, max).await?;
+    progress(&format!("speaking {transport}"));
     // Each trial asks for a little more than `max`, so that "not hit by max" is the client's own
     // timeout and never the origin ending the stream.
     let patience = max + Duration::from_millis(500);
@@ -230,22 +271,8 @@ pub async fn measure(
         display(max),
         display(max)
     ));
-    let (first_byte, idle) = tokio::join!(
-        observe_owing(
-            &first_byte_url,
-            &[],
-            Some(max),
-            Some(Expectation::of_poem(&first_byte_url)),
-            |_| {}
-        ),
-        observe_owing(
-            &idle_url,
-            &[],
-            Some(max),
-            Some(Expectation::of_poem(&idle_url)),
-            |_| {}
-        ),
-    );
+    let (first_byte, idle) =
+        tokio::join!(trials.run(&first_byte_url, max), trials.run(&idle_url, max));
     let first_byte = seen(first_byte, Duration::ZERO)?;
     let first_byte_cut = first_byte.look();
     // The origin sends the first line as soon as the request reaches it, and the balancer's idle
@@ -303,14 +330,7 @@ pub async fn measure(
         "heartbeats: the same silence with a heartbeat every {}",
         display(interval)
     ));
-    let heartbeat = observe_owing(
-        &heartbeat_url,
-        &[],
-        Some(max),
-        Some(Expectation::of_poem(&heartbeat_url)),
-        |_| {},
-    )
-    .await;
+    let heartbeat = trials.run(&heartbeat_url, max).await;
     let heartbeat = seen(heartbeat, Duration::ZERO)?;
     let heartbeat_look = heartbeat.look();
     let (mut idle_timeout, mut survives, mut max_duration) = (idle_cut, true, None);
@@ -335,14 +355,7 @@ pub async fn measure(
                 display(interval)
             ));
             let lines_url = url_with(url, &format!("sleep={}", millis(interval)))?;
-            let lines = observe_owing(
-                &lines_url,
-                &[],
-                Some(max),
-                Some(Expectation::of_poem(&lines_url)),
-                |_| {},
-            )
-            .await;
+            let lines = trials.run(&lines_url, max).await;
             let lines = seen(lines, Duration::ZERO)?;
             match lines {
                 Seen::Cut { at: lines_at, .. } | Seen::Error { at: lines_at, .. }
@@ -386,6 +399,8 @@ pub async fn measure(
         recommended_heartbeat_s: recommended,
         max_s: seconds(max),
         took_s: seconds(started.elapsed()),
+        protocol: transport.protocol.as_str(),
+        tls: transport.tls,
     })
 }
 
@@ -441,7 +456,21 @@ fn explain(findings: &Findings) -> Vec<String> {
 /// Runs `probe`: progress on stderr, the findings explained (or as JSON) on stdout.
 pub async fn run(args: ProbeArgs) -> u8 {
     let json = args.json;
-    let findings = measure(&args.url, args.max, |line| eprintln!("probe: {line}")).await;
+    let client = match Client::new(&args.client) {
+        Ok(client) => client,
+        Err(err) => {
+            eprintln!("keepalive-lab probe: {err}");
+            return 2;
+        }
+    };
+    let trials = Trials {
+        client,
+        headers: args.headers,
+    };
+    let findings = measure(&trials, &args.url, args.max, |line| {
+        eprintln!("probe: {line}")
+    })
+    .await;
     match findings {
         Ok(findings) => {
             if json {

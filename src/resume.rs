@@ -11,8 +11,9 @@ use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::client::{Client, FetchError};
 use crate::stdout::outln;
-use crate::watch::{fetch, observe, FetchError, Verdict};
+use crate::watch::{observe, Event, Verdict};
 
 /// Connections in a row that may end without a new line (a balancer answering 502 while the origin
 /// restarts) before following stops.
@@ -188,6 +189,7 @@ impl SseParser {
 /// every cut; gives up at `max_time` or on `409 history lost`. `reconnect` overrides the origin's
 /// `retry:` (the experiments use a short one); `on_progress` sees each line and each cut.
 pub async fn follow_job(
+    client: &Client,
     url: &Uri,
     headers: &[(HeaderName, HeaderValue)],
     max_time: Option<Duration>,
@@ -220,7 +222,10 @@ pub async fn follow_job(
         parser.reset();
         let mut ended = false;
         let lines_before = resumed.lines.len();
-        let seen = observe(url, &request_headers, left, |chunk| {
+        let seen = observe(client, url, &request_headers, left, |event| {
+            let Event::Chunk(chunk) = event else {
+                return;
+            };
             parser.push(&chunk.data, |event| match event {
                 SseEvent::Line { id, data } => {
                     let line = JobLine {
@@ -242,7 +247,7 @@ pub async fn follow_job(
         // Over, and this client had it all (the end event, or 204 on a reconnect): what the job
         // wrote and was asked for comes from the job itself.
         if ended || seen.status == Some(StatusCode::NO_CONTENT) {
-            match job_info(url).await {
+            match job_info(client, url, headers).await {
                 Ok(job) => {
                     resumed.job_state = Some(job.state);
                     resumed.job_lines = Some(job.lines_written);
@@ -320,10 +325,14 @@ struct JobStanding {
 }
 
 /// The job whose stream is `stream_url`, from its JSON.
-async fn job_info(stream_url: &Uri) -> Result<JobStanding, ResumeError> {
+async fn job_info(
+    client: &Client,
+    stream_url: &Uri,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Result<JobStanding, ResumeError> {
     let path = stream_url.path().trim_end_matches("/stream");
     let job_url = with_path(stream_url, path)?;
-    let (status, body) = fetch(http::Method::GET, &job_url).await?;
+    let (status, body) = client.fetch(http::Method::GET, &job_url, headers).await?;
     if !status.is_success() {
         return Err(ResumeError::Status {
             path: path.to_owned(),
@@ -391,6 +400,7 @@ struct Summary<'a> {
 
 /// Runs `watch --resume`: exit 0 when the job was assembled exactly, 1 otherwise.
 pub async fn run(
+    client: &Client,
     url: &Uri,
     headers: &[(HeaderName, HeaderValue)],
     max_time: Option<Duration>,
@@ -406,7 +416,7 @@ pub async fn run(
     if !json {
         outln!("following the job at {url}, resuming after every cut");
     }
-    let resumed = follow_job(&url, headers, max_time, None, |progress| {
+    let resumed = follow_job(client, &url, headers, max_time, None, |progress| {
         if json {
             return;
         }

@@ -8,22 +8,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
-use http::uri::Authority;
-use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http_body_util::BodyExt;
 use keepalive_common::duration::parse_timer;
 use serde::Serialize;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::client::tls::TlsEnd;
+use crate::client::{Client, ClientArgs, ClientError, Protocol, Transport};
 use crate::expect::{Expectation, Shortfall};
 use crate::stdout::{out, outln};
 
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
-    /// The stream to watch: an http:// URL, e.g. http://127.0.0.1:8080/polls/streamed?sleep=8
+    /// The stream to watch: an http:// or https:// URL, e.g.
+    /// http://127.0.0.1:8080/polls/streamed?sleep=8
     url: Uri,
 
     /// Give up after this long (verdict `timeout`); 0 or off waits for the end
@@ -43,6 +42,9 @@ pub struct WatchArgs {
     /// (exit 0) or say what was lost or repeated (exit 1)
     #[arg(long)]
     resume: bool,
+
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 /// A `-H` argument that is not a header; each names the whole argument as typed.
@@ -56,7 +58,7 @@ pub enum HeaderArgError {
     Value { arg: String, value: String },
 }
 
-fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), HeaderArgError> {
+pub fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), HeaderArgError> {
     let (name, value) = text
         .split_once(':')
         .ok_or_else(|| HeaderArgError::NoColon(text.to_owned()))?;
@@ -72,38 +74,6 @@ fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), HeaderArgError>
     Ok((header_name, header_value))
 }
 
-/// Why a request got no answer, or its answer could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The URL, as given.
-    #[error("{0} has no host")]
-    NoHost(String),
-    #[error("{0}: only http:// URLs are supported")]
-    NotHttp(String),
-    #[error("cannot connect to {authority}: {source}")]
-    Connect {
-        authority: Authority,
-        source: std::io::Error,
-    },
-    #[error("HTTP handshake failed: {0}")]
-    Handshake(#[source] hyper::Error),
-    #[error("cannot build the request: {0}")]
-    Request(#[from] http::Error),
-    #[error("no response: {0}")]
-    NoResponse(#[source] hyper::Error),
-    #[error("body failed: {0}")]
-    Body(#[source] hyper::Error),
-}
-
-/// [`fetch`] failed: which request, and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{method} {url}: {source}")]
-pub struct FetchError {
-    pub method: Method,
-    pub url: String,
-    pub source: ClientError,
-}
-
 /// How a stream ended, as its client saw it.
 #[derive(Debug)]
 pub enum Verdict {
@@ -114,8 +84,8 @@ pub enum Verdict {
     /// The body ended as HTTP says it should, but short of what the origin owed (see
     /// [`crate::expect`]): a cut made to look like an end.
     SilentlyTruncated(Shortfall),
-    /// The connection was reset (TCP RST).
-    Reset,
+    /// The connection was reset (TCP RST), or the HTTP/2 stream (RST_STREAM) or connection (GOAWAY).
+    Reset(Reset),
     /// `--max-time` passed with the stream still open.
     Timeout,
     /// The answer was not a 2xx: the body is the error page.
@@ -130,6 +100,7 @@ impl PartialEq for Verdict {
         match (self, other) {
             (Verdict::SilentlyTruncated(a), Verdict::SilentlyTruncated(b)) => a == b,
             (Verdict::Http(a), Verdict::Http(b)) => a == b,
+            (Verdict::Reset(a), Verdict::Reset(b)) => a == b,
             (Verdict::Failed(a), Verdict::Failed(b)) => a.to_string() == b.to_string(),
             (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
         }
@@ -146,10 +117,11 @@ impl Verdict {
             Verdict::Truncated => 18,
             // curl has no code for it (it exits 0 here): sysexits' "input data was incorrect".
             Verdict::SilentlyTruncated(_) => 65,
-            Verdict::Reset => 56,
+            // curl says 92 for an HTTP/2 stream reset; one code for "reset", whatever the protocol.
+            Verdict::Reset(_) => 56,
             Verdict::Timeout => 28,
             Verdict::Http(_) => 22,
-            Verdict::Failed(_) => 7,
+            Verdict::Failed(err) => err.exit_code(),
         }
     }
 
@@ -158,14 +130,14 @@ impl Verdict {
             Verdict::Completed => "completed".to_owned(),
             Verdict::Truncated => "truncated".to_owned(),
             Verdict::SilentlyTruncated(_) => "silently truncated".to_owned(),
-            Verdict::Reset => "reset".to_owned(),
+            Verdict::Reset(_) => "reset".to_owned(),
             Verdict::Timeout => "timeout".to_owned(),
             Verdict::Http(status) => format!("http {}", status.as_u16()),
             Verdict::Failed(_) => "failed".to_owned(),
         }
     }
 
-    fn explain(&self) -> String {
+    pub fn explain(&self) -> String {
         match self {
             Verdict::Completed => "the body ended properly".to_owned(),
             Verdict::Truncated => {
@@ -176,12 +148,48 @@ impl Verdict {
                 "the body ended cleanly, but the origin owes {}; received {}: cut on the way and made to look like an end (curl exits 0)",
                 short.expected, short.received
             ),
-            Verdict::Reset => "the connection was reset (TCP RST; curl exits 56)".to_owned(),
+            Verdict::Reset(Reset::Tcp) => {
+                "the connection was reset (TCP RST; curl exits 56)".to_owned()
+            }
+            Verdict::Reset(Reset::Stream(reason)) => format!(
+                "the HTTP/2 stream was reset (RST_STREAM {reason:?}; curl exits 92)"
+            ),
+            Verdict::Reset(Reset::GoAway(reason)) => format!(
+                "the HTTP/2 connection was closed under the stream (GOAWAY {reason:?}; curl exits 16)"
+            ),
             Verdict::Timeout => "still open when --max-time passed".to_owned(),
             Verdict::Http(status) => format!("the answer was {status}, not a stream"),
             Verdict::Failed(err) => err.to_string(),
         }
     }
+}
+
+/// What reset a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// A TCP RST: the whole connection.
+    Tcp,
+    /// An HTTP/2 RST_STREAM: this stream only, with its error code.
+    Stream(h2::Reason),
+    /// An HTTP/2 GOAWAY: the whole connection, with its error code.
+    GoAway(h2::Reason),
+}
+
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp => f.write_str("TCP RST"),
+            Self::Stream(reason) => write!(f, "RST_STREAM {reason:?}"),
+            Self::GoAway(reason) => write!(f, "GOAWAY {reason:?}"),
+        }
+    }
+}
+
+/// What [`observe`] reports as it goes.
+pub enum Event<'a> {
+    /// Connected (and, over TLS, handshaken): what the connection speaks.
+    Connected(&'a Transport),
+    Chunk(&'a Chunk),
 }
 
 /// One body chunk as it arrived.
@@ -206,9 +214,38 @@ pub struct Observation {
     pub chunks: Vec<Chunk>,
     pub verdict: Verdict,
     pub ended_at: Duration,
+    /// What the connection spoke; `None` when there was none.
+    pub transport: Option<Transport>,
+    /// How the server ended TLS, once it did (HTTP/1.1 over TLS).
+    pub tls_end: Option<TlsEnd>,
 }
 
 impl Observation {
+    /// The verdict explained, with what the wire said about the end: END_STREAM over HTTP/2,
+    /// whether a TLS close_notify came before an HTTP/1.1 connection closed mid-body.
+    pub fn explain(&self) -> String {
+        let mut text = self.verdict.explain();
+        let http2 = self
+            .transport
+            .as_ref()
+            .is_some_and(|transport| transport.protocol == Protocol::Http2);
+        let wire = match (&self.verdict, http2, self.tls_end) {
+            (Verdict::Completed | Verdict::SilentlyTruncated(_), true, _) => " (END_STREAM)",
+            (Verdict::Truncated, true, _) => {
+                "; the connection closed under the HTTP/2 stream without RST_STREAM or GOAWAY"
+            }
+            (Verdict::Truncated, false, Some(TlsEnd::CloseNotify)) => {
+                "; TLS close_notify came first: TLS ended properly, only HTTP's framing shows the cut"
+            }
+            (Verdict::Truncated, false, Some(TlsEnd::NoCloseNotify)) => {
+                "; no TLS close_notify: the connection was closed under TLS"
+            }
+            _ => "",
+        };
+        text.push_str(wire);
+        text
+    }
+
     pub fn body_bytes(&self) -> usize {
         self.chunks.iter().map(|chunk| chunk.bytes).sum()
     }
@@ -227,25 +264,28 @@ pub fn is_heartbeat(data: &[u8]) -> bool {
             .all(|line| line.trim().is_empty() || line.starts_with(':'))
 }
 
-/// Requests `url` and follows its body to the end, calling `on_chunk` as each chunk arrives.
+/// Requests `url` and follows its body to the end, calling `on_event` once connected and as each
+/// chunk arrives.
 pub async fn observe(
+    client: &Client,
     url: &Uri,
     headers: &[(HeaderName, HeaderValue)],
     max_time: Option<Duration>,
-    on_chunk: impl FnMut(&Chunk),
+    on_event: impl FnMut(Event<'_>),
 ) -> Observation {
     let owed = Expectation::of(url, headers);
-    observe_owing(url, headers, max_time, owed, on_chunk).await
+    observe_owing(client, url, headers, max_time, owed, on_event).await
 }
 
 /// [`observe`], judging a clean end against `owed` rather than against what the URL says (the
 /// probe knows what it asked for, whatever path a balancer puts the origin under).
 pub async fn observe_owing(
+    client: &Client,
     url: &Uri,
     headers: &[(HeaderName, HeaderValue)],
     max_time: Option<Duration>,
     owed: Option<Expectation>,
-    mut on_chunk: impl FnMut(&Chunk),
+    mut on_event: impl FnMut(Event<'_>),
 ) -> Observation {
     let started = Instant::now();
     let deadline = max_time.map(|max_time| started + max_time);
@@ -256,15 +296,34 @@ pub async fn observe_owing(
         chunks: Vec::new(),
         verdict: Verdict::Completed,
         ended_at: Duration::ZERO,
+        transport: None,
+        tls_end: None,
     };
     let outcome = match deadline {
         Some(deadline) => tokio::time::timeout_at(
             deadline,
-            follow(url, headers, started, &mut observation, &mut on_chunk),
+            follow(
+                client,
+                url,
+                headers,
+                started,
+                &mut observation,
+                &mut on_event,
+            ),
         )
         .await
         .unwrap_or(Verdict::Timeout),
-        None => follow(url, headers, started, &mut observation, &mut on_chunk).await,
+        None => {
+            follow(
+                client,
+                url,
+                headers,
+                started,
+                &mut observation,
+                &mut on_event,
+            )
+            .await
+        }
     };
     observation.ended_at = started.elapsed();
     observation.verdict = match outcome {
@@ -292,35 +351,29 @@ pub async fn observe_owing(
 }
 
 async fn follow(
+    client: &Client,
     url: &Uri,
     headers: &[(HeaderName, HeaderValue)],
     started: Instant,
     observation: &mut Observation,
-    on_chunk: &mut impl FnMut(&Chunk),
+    on_event: &mut impl FnMut(Event<'_>),
 ) -> Verdict {
-    let Connection {
-        mut sender,
-        driver,
-        host,
-    } = match connect(url).await {
+    let mut connection = match client.connect(url).await {
         Ok(connection) => connection,
         Err(err) => return Verdict::Failed(err),
     };
-    let path = url.path_and_query().map_or("/", |path| path.as_str());
-    let mut request = Request::get(path).header(http::header::HOST, host);
-    for (name, value) in headers {
-        request = request.header(name, value);
-    }
-    let request = match request.body(Empty::<Bytes>::new()) {
+    on_event(Event::Connected(&connection.transport));
+    observation.transport = Some(connection.transport.clone());
+    let request = match connection.request(Method::GET, url, headers) {
         Ok(request) => request,
-        Err(err) => return Verdict::Failed(ClientError::Request(err)),
+        Err(err) => return Verdict::Failed(err),
     };
-    let response = match sender.send_request(request).await {
+    let response = match connection.send(request).await {
         Ok(response) => response,
         Err(err) => {
             // Closed before any response head: nothing was truncated, there was no answer.
             return match ending_of(&err) {
-                Some(Verdict::Reset) => Verdict::Reset,
+                Some(Verdict::Reset(reset)) => Verdict::Reset(reset),
                 _ => Verdict::Failed(ClientError::NoResponse(err)),
             };
         }
@@ -343,7 +396,7 @@ async fn follow(
                     heartbeat: is_heartbeat(&data),
                     data,
                 };
-                on_chunk(&chunk);
+                on_event(Event::Chunk(&chunk));
                 observation.chunks.push(chunk);
             }
             Some(Err(err)) => {
@@ -351,109 +404,46 @@ async fn follow(
             }
         }
     };
-    drop(driver);
+    // The connection's task noted TLS's end before hyper passed the end of the body on.
+    observation.tls_end = connection.tls_end();
+    drop(connection);
     match verdict {
         Verdict::Completed if !status.is_success() => Verdict::Http(status),
         verdict => verdict,
     }
 }
 
-/// An HTTP/1.1 connection to a URL's host, and the `Host` its requests carry.
-struct Connection {
-    sender: SendRequest<Empty<Bytes>>,
-    /// Dropped with the request's future too (a `--max-time` timeout), so the connection closes.
-    driver: AbortOnDrop,
-    host: String,
-}
-
-async fn connect(url: &Uri) -> Result<Connection, ClientError> {
-    let authority = url
-        .authority()
-        .ok_or_else(|| ClientError::NoHost(url.to_string()))?;
-    if url.scheme_str().is_some_and(|scheme| scheme != "http") {
-        return Err(ClientError::NotHttp(url.to_string()));
-    }
-    let port = authority.port_u16().unwrap_or(80);
-    // `[::1]` in a URL is `::1` to the resolver; the Host header keeps the brackets, never user info.
-    let host = authority.host();
-    let host_header = match authority.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let stream = TcpStream::connect((host, port))
-        .await
-        .map_err(|source| ClientError::Connect {
-            authority: authority.clone(),
-            source,
-        })?;
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(ClientError::Handshake)?;
-    Ok(Connection {
-        sender,
-        driver: AbortOnDrop(tokio::spawn(connection)),
-        host: host_header,
-    })
-}
-
-/// One request with an empty body, its whole answer read: for small answers (a job's JSON, an
-/// origin's metrics), not for streams, which [`observe`] follows.
-pub async fn fetch(method: Method, url: &Uri) -> Result<(StatusCode, Bytes), FetchError> {
-    exchange(&method, url).await.map_err(|source| FetchError {
-        method,
-        url: url.to_string(),
-        source,
-    })
-}
-
-async fn exchange(method: &Method, url: &Uri) -> Result<(StatusCode, Bytes), ClientError> {
-    let Connection {
-        mut sender,
-        driver: _driver,
-        host,
-    } = connect(url).await?;
-    let path = url.path_and_query().map_or("/", |path| path.as_str());
-    let request = Request::builder()
-        .method(method.clone())
-        .uri(path)
-        .header(http::header::HOST, host)
-        .body(Empty::<Bytes>::new())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(ClientError::NoResponse)?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(ClientError::Body)?
-        .to_bytes();
-    Ok((status, body))
-}
-
-/// The task driving the connection, aborted when the request is done with it.
-struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// A reset or a premature close, read from hyper's error and its causes: hyper reports a chunked
-/// body cut short as an `UnexpectedEof` I/O error, a reset as `ConnectionReset`.
+/// body cut short as an `UnexpectedEof` I/O error, a reset as `ConnectionReset`; over HTTP/2, h2's
+/// error says whether a RST_STREAM or a GOAWAY came, or the connection's I/O failed.
 fn ending_of(err: &hyper::Error) -> Option<Verdict> {
+    let of_io = |io: &std::io::Error| match io.kind() {
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+            Some(Verdict::Reset(Reset::Tcp))
+        }
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::BrokenPipe => {
+            Some(Verdict::Truncated)
+        }
+        _ => None,
+    };
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(current) = cause {
         if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            match io.kind() {
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
-                    return Some(Verdict::Reset)
+            if let Some(verdict) = of_io(io) {
+                return Some(verdict);
+            }
+        }
+        if let Some(h2) = current.downcast_ref::<h2::Error>() {
+            if let Some(io) = h2.get_io() {
+                return Some(of_io(io).unwrap_or(Verdict::Truncated));
+            }
+            match h2.reason() {
+                Some(reason) if h2.is_go_away() => {
+                    return Some(Verdict::Reset(Reset::GoAway(reason)))
                 }
-                std::io::ErrorKind::UnexpectedEof => return Some(Verdict::Truncated),
+                Some(reason) if h2.is_reset() => {
+                    return Some(Verdict::Reset(Reset::Stream(reason)))
+                }
                 _ => {}
             }
         }
@@ -482,69 +472,108 @@ struct VerdictLine {
     chunks: usize,
     heartbeats: usize,
     bytes: usize,
+    /// `HTTP/1.1` or `HTTP/2`; `null` when no connection was made.
+    protocol: Option<&'static str>,
+    /// `TLSv1.3`, `TLSv1.2`; `null` over plain TCP.
+    tls: Option<&'static str>,
+    alpn: Option<String>,
+    /// HTTP/1.1 over TLS, once the server closed: whether a close_notify came first.
+    close_notify: Option<bool>,
+    /// What reset the stream: `TCP RST`, `RST_STREAM <code>`, `GOAWAY <code>`.
+    reset: Option<String>,
 }
 
 /// Runs `watch`; the exit code is the verdict's.
 pub async fn run(args: WatchArgs) -> u8 {
+    let client = match Client::new(&args.client) {
+        Ok(client) => client,
+        Err(err) => {
+            eprintln!("keepalive-lab watch: {err}");
+            return 2;
+        }
+    };
     if args.resume {
-        return crate::resume::run(&args.url, &args.headers, args.max_time, args.json).await;
+        return crate::resume::run(&client, &args.url, &args.headers, args.max_time, args.json)
+            .await;
     }
     let json = args.json;
     if !json {
         outln!("watching {}", args.url);
     }
+    let started = Instant::now();
     let mut last_at = Duration::ZERO;
     let mut heartbeat_run = 0usize;
-    let observation = observe(&args.url, &args.headers, args.max_time, |chunk| {
-        let gap = chunk.at.saturating_sub(last_at);
-        last_at = chunk.at;
-        if json {
-            let line = ChunkLine {
-                at_s: chunk.at.as_secs_f64(),
-                gap_s: gap.as_secs_f64(),
-                bytes: chunk.bytes,
-                heartbeat: chunk.heartbeat,
-                text: String::from_utf8_lossy(&chunk.data),
-            };
-            outln!("{}", serde_json::to_string(&line).unwrap_or_default());
-            return;
-        }
-        // Heartbeats as dots on one line, so that minutes of them stay readable.
-        if chunk.heartbeat {
-            if heartbeat_run == 0 {
-                out!("{:>9.3}s {:>+9.3}s  heartbeats ", secs(chunk.at), secs(gap));
+    let observation = observe(
+        &client,
+        &args.url,
+        &args.headers,
+        args.max_time,
+        |event| match event {
+            Event::Connected(transport) if !json => {
+                outln!("{:>9.3}s  connected: {transport}", secs(started.elapsed()));
             }
-            heartbeat_run += 1;
-            out!(".");
-        } else {
-            if heartbeat_run > 0 {
-                outln!();
-                heartbeat_run = 0;
+            Event::Connected(_) => {}
+            Event::Chunk(chunk) => {
+                let gap = chunk.at.saturating_sub(last_at);
+                last_at = chunk.at;
+                if json {
+                    let line = ChunkLine {
+                        at_s: chunk.at.as_secs_f64(),
+                        gap_s: gap.as_secs_f64(),
+                        bytes: chunk.bytes,
+                        heartbeat: chunk.heartbeat,
+                        text: String::from_utf8_lossy(&chunk.data),
+                    };
+                    outln!("{}", serde_json::to_string(&line).unwrap_or_default());
+                    return;
+                }
+                // Heartbeats as dots on one line, so that minutes of them stay readable.
+                if chunk.heartbeat {
+                    if heartbeat_run == 0 {
+                        out!("{:>9.3}s {:>+9.3}s  heartbeats ", secs(chunk.at), secs(gap));
+                    }
+                    heartbeat_run += 1;
+                    out!(".");
+                } else {
+                    if heartbeat_run > 0 {
+                        outln!();
+                        heartbeat_run = 0;
+                    }
+                    let text = String::from_utf8_lossy(&chunk.data);
+                    outln!(
+                        "{:>9.3}s {:>+9.3}s  {:>5} B  {}",
+                        secs(chunk.at),
+                        secs(gap),
+                        chunk.bytes,
+                        text.trim_end()
+                            .replace('\n', "\n                              ")
+                    );
+                }
             }
-            let text = String::from_utf8_lossy(&chunk.data);
-            outln!(
-                "{:>9.3}s {:>+9.3}s  {:>5} B  {}",
-                secs(chunk.at),
-                secs(gap),
-                chunk.bytes,
-                text.trim_end()
-                    .replace('\n', "\n                              ")
-            );
-        }
-    })
+        },
+    )
     .await;
     let verdict = &observation.verdict;
     if json {
+        let transport = observation.transport.as_ref();
         let line = VerdictLine {
             verdict: verdict.name(),
             exit_code: verdict.exit_code(),
-            detail: verdict.explain(),
+            detail: observation.explain(),
             status: observation.status.map(|status| status.as_u16()),
             headers_at_s: observation.headers_at.map(|at| at.as_secs_f64()),
             ended_at_s: observation.ended_at.as_secs_f64(),
             chunks: observation.chunks.len(),
             heartbeats: observation.heartbeats(),
             bytes: observation.body_bytes(),
+            protocol: transport.map(|transport| transport.protocol.as_str()),
+            tls: transport.and_then(|transport| transport.tls),
+            alpn: transport.and_then(|transport| transport.alpn.clone()),
+            close_notify: observation.tls_end.map(|end| end == TlsEnd::CloseNotify),
+            reset: match verdict {
+                Verdict::Reset(reset) => Some(reset.to_string()),
+                _ => None,
+            },
         };
         outln!("{}", serde_json::to_string(&line).unwrap_or_default());
     } else {
@@ -555,7 +584,7 @@ pub async fn run(args: WatchArgs) -> u8 {
             "{:>9.3}s  {}: {} ({} bytes in {} chunks, {} of them heartbeats)",
             secs(observation.ended_at),
             verdict.name(),
-            verdict.explain(),
+            observation.explain(),
             observation.body_bytes(),
             observation.chunks.len(),
             observation.heartbeats()
@@ -586,7 +615,11 @@ mod tests {
     fn verdicts_exit_like_curl() {
         assert_eq!(Verdict::Completed.exit_code(), 0);
         assert_eq!(Verdict::Truncated.exit_code(), 18);
-        assert_eq!(Verdict::Reset.exit_code(), 56);
+        assert_eq!(Verdict::Reset(Reset::Tcp).exit_code(), 56);
+        assert_eq!(
+            Verdict::Reset(Reset::Stream(h2::Reason::INTERNAL_ERROR)).exit_code(),
+            56
+        );
         assert_eq!(Verdict::Timeout.exit_code(), 28);
         assert_eq!(
             Verdict::Http(StatusCode::GATEWAY_TIMEOUT).name(),

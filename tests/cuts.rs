@@ -12,8 +12,9 @@ use keepalive_kit::servers::{
     start_proxy_configured, Running, FIRST_LINE,
 };
 use keepalive_kit::timing::{assert_around, cutting_timers, ms, OFF};
+use keepalive_lab::client::Client;
 use keepalive_lab::expect::Shortfall;
-use keepalive_lab::probe::{measure, Findings};
+use keepalive_lab::probe::{measure, Findings, Trials};
 use keepalive_lab::watch::{observe, Observation, Verdict};
 use keepalive_proxy::config::Compression;
 use keepalive_proxy::cut_style::{CutStyle, CUT_STYLE_HEADER};
@@ -33,6 +34,7 @@ async fn watch(addr: SocketAddr, target: &str, style: Option<&'static str>) -> O
         .into_iter()
         .collect();
     observe(
+        &Client::default(),
         &url(addr, target),
         &headers,
         Some(Duration::from_secs(3)),
@@ -88,6 +90,7 @@ async fn probe(origin: &Running, style: CutStyle) -> Findings {
     };
     let proxy = start_cutting_proxy(origin.addr, timers, style).await;
     measure(
+        &Trials::default(),
         &url(proxy.addr, "/polls/streamed"),
         Duration::from_secs(4),
         |_| {},
@@ -134,7 +137,16 @@ async fn watch_counts_only_whole_lines_and_whole_end_events() {
     let observe_limited = |target: &'static str, bytes: &'static str| {
         let url = url(proxy.addr, target);
         let headers = limited(bytes);
-        async move { observe(&url, &headers, Some(Duration::from_secs(3)), |_| {}).await }
+        async move {
+            observe(
+                &Client::default(),
+                &url,
+                &headers,
+                Some(Duration::from_secs(3)),
+                |_| {},
+            )
+            .await
+        }
     };
     // 70 bytes: the first line (33) and most of the second (42).
     let mid_line = observe_limited("/polls/streamed?lines=2&sleep=50ms", "70").await;
@@ -145,6 +157,7 @@ async fn watch_counts_only_whole_lines_and_whole_end_events() {
     );
     // Both SSE lines and the start of the end event, cut inside it.
     let whole = observe(
+        &Client::default(),
         &url(proxy.addr, "/polls/streamed?lines=2&sleep=0&format=sse"),
         &[],
         Some(Duration::from_secs(3)),
@@ -158,7 +171,14 @@ async fn watch_counts_only_whole_lines_and_whole_end_events() {
         LIMIT_BYTES_HEADER,
         HeaderValue::try_from(cut_inside_end).expect("a header value"),
     )];
-    let mid_event = observe(&url, &headers, Some(Duration::from_secs(3)), |_| {}).await;
+    let mid_event = observe(
+        &Client::default(),
+        &url,
+        &headers,
+        Some(Duration::from_secs(3)),
+        |_| {},
+    )
+    .await;
     assert!(
         matches!(mid_event.verdict, Verdict::SilentlyTruncated(_)),
         "{:?}",
@@ -181,6 +201,7 @@ async fn watch_calls_a_whole_compressed_stream_complete() {
         HeaderValue::from_static("gzip"),
     )];
     let complete = observe(
+        &Client::default(),
         &url(proxy.addr, "/polls/streamed?lines=2&sleep=0"),
         &gzip,
         Some(Duration::from_secs(3)),

@@ -10,7 +10,7 @@ use keepalive_kit::echo::start_echo;
 use keepalive_kit::program::{clear_settings, run_to_exit};
 use keepalive_kit::servers::{origin_config, start_origin, start_proxy, start_proxy_configured};
 use keepalive_kit::timing::{ms, OFF};
-use keepalive_lab::probe::{measure, Findings};
+use keepalive_lab::probe::{measure, Findings, Trials};
 use keepalive_proxy::TimerSet;
 
 fn timers(idle: Option<Duration>, max: Option<Duration>) -> TimerSet {
@@ -29,7 +29,9 @@ async fn probe(addr: SocketAddr, max: Duration) -> Findings {
     let url = format!("http://{addr}/polls/streamed")
         .parse()
         .expect("a URL");
-    measure(&url, max, |_| {}).await.expect("the probe ran")
+    measure(&Trials::default(), &url, max, |_| {})
+        .await
+        .expect("the probe ran")
 }
 
 fn near(measured: Option<f64>, want: f64, what: &str, findings: &Findings) {

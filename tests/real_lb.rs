@@ -22,7 +22,7 @@ use keepalive_kit::servers::{
     origin_config, start_origin, start_proxy, Proxy, Running, FIRST_LINE,
 };
 use keepalive_kit::timing::{assert_around, ms, OFF};
-use keepalive_lab::probe::measure;
+use keepalive_lab::probe::{measure, Trials};
 use keepalive_proxy::TimerSet;
 
 const IDLE: Duration = Duration::from_millis(1000);
@@ -236,7 +236,7 @@ async fn probe_measures_the_idle_timer(kind: Kind) {
     let url = format!("http://{}/polls/streamed", balancer.addr)
         .parse()
         .expect("a URL");
-    let findings = measure(&url, Duration::from_secs(3), |_| {})
+    let findings = measure(&Trials::default(), &url, Duration::from_secs(3), |_| {})
         .await
         .unwrap_or_else(|err| panic!("{kind:?}: {err}"));
     let idle = findings.idle_timeout_s.expect("an idle timeout");

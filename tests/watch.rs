@@ -5,10 +5,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode, Uri};
+use keepalive_kit::echo::{echoed_headers, start_echo, values};
 use keepalive_kit::program::run_to_exit;
 use keepalive_kit::servers::start_origin_and_proxy;
 use keepalive_kit::timing::{assert_around, ms, OFF};
-use keepalive_lab::watch::{observe, Verdict};
+use keepalive_lab::client::{Client, ClientArgs, ClientError, Protocol};
+use keepalive_lab::watch::{observe, Reset, Verdict};
 use keepalive_proxy::faults::RESET_AFTER_HEADER;
 use keepalive_proxy::TimerSet;
 
@@ -32,6 +34,7 @@ fn url(addr: std::net::SocketAddr, target: &str) -> Uri {
 async fn a_finite_stream_is_completed_chunk_by_chunk() {
     let (_origin, proxy) = start_origin_and_proxy(timers()).await;
     let seen = observe(
+        &Client::default(),
         &url(proxy.addr, "/polls/streamed?sleep=100ms&lines=3"),
         &[],
         Some(Duration::from_secs(5)),
@@ -53,6 +56,7 @@ async fn a_finite_stream_is_completed_chunk_by_chunk() {
 async fn an_idle_cut_is_truncated_and_heartbeats_are_told_apart() {
     let (_origin, proxy) = start_origin_and_proxy(timers()).await;
     let cut = observe(
+        &Client::default(),
         &url(proxy.addr, "/polls/streamed?sleep=2s"),
         &[],
         None,
@@ -68,6 +72,7 @@ async fn an_idle_cut_is_truncated_and_heartbeats_are_told_apart() {
     );
 
     let kept = observe(
+        &Client::default(),
         &url(proxy.addr, "/polls/streamed?sleep=1s&heartbeat=150ms"),
         &[],
         Some(Duration::from_millis(1600)),
@@ -89,13 +94,14 @@ async fn an_injected_reset_is_a_reset() {
     let (_origin, proxy) = start_origin_and_proxy(timers()).await;
     let header = (RESET_AFTER_HEADER, HeaderValue::from_static("300ms"));
     let seen = observe(
+        &Client::default(),
         &url(proxy.addr, "/polls/streamed?sleep=100ms"),
         &[header],
         Some(Duration::from_secs(3)),
         |_| {},
     )
     .await;
-    assert_eq!(seen.verdict, Verdict::Reset);
+    assert_eq!(seen.verdict, Verdict::Reset(Reset::Tcp));
     assert_eq!(seen.verdict.exit_code(), 56);
 }
 
@@ -103,6 +109,7 @@ async fn an_injected_reset_is_a_reset() {
 async fn a_504_is_an_http_verdict() {
     let (_origin, proxy) = start_origin_and_proxy(timers()).await;
     let seen = observe(
+        &Client::default(),
         &url(proxy.addr, "/polls/streamed?delay=2s"),
         &[],
         None,
@@ -130,4 +137,110 @@ async fn the_cli_prints_the_verdict_and_exits_with_its_code() {
         serde_json::from_str(stdout.lines().last().expect("a verdict line")).expect("JSON");
     assert_eq!(last["verdict"], "truncated", "{stdout}");
     assert_eq!(last["bytes"], 33, "{stdout}");
+}
+
+/// The body of one request for `url` with `headers`, as the echo upstream saw it.
+async fn echoed(client: &Client, url: &Uri, headers: &[(http::HeaderName, HeaderValue)]) -> String {
+    let seen = observe(client, url, headers, Some(Duration::from_secs(5)), |_| {}).await;
+    assert_eq!(seen.verdict, Verdict::Completed, "{seen:?}");
+    let body: Vec<u8> = seen
+        .chunks
+        .iter()
+        .flat_map(|chunk| chunk.data.to_vec())
+        .collect();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_header_replaces_the_url_s_host_on_the_wire() {
+    // Probing a balancer by address: nginx answers two Host headers with 400.
+    let echo = start_echo().await;
+    let url = url(echo.addr, "/x");
+    let host = [(http::header::HOST, HeaderValue::from_static("lb.example"))];
+    let body = echoed(&Client::default(), &url, &host).await;
+    assert_eq!(
+        values(&echoed_headers(&body), "host"),
+        ["lb.example"],
+        "{body}"
+    );
+    let body = echoed(&Client::default(), &url, &[]).await;
+    let own = echo.addr.to_string();
+    assert_eq!(
+        values(&echoed_headers(&body), "host"),
+        [own.as_str()],
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_reaches_an_address_while_host_keeps_the_name() {
+    let echo = start_echo().await;
+    let args = ClientArgs {
+        connect_to: vec![keepalive_lab::client::route::ConnectTo::parse(&format!(
+            "lb.example:80:127.0.0.1:{}",
+            echo.addr.port()
+        ))
+        .expect("a rule")],
+        ..ClientArgs::default()
+    };
+    let client = Client::new(&args).expect("a client");
+    let body = echoed(&client, &"http://lb.example/x".parse().expect("URL"), &[]).await;
+    assert_eq!(
+        values(&echoed_headers(&body), "host"),
+        ["lb.example"],
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_http_is_h2c_and_an_idle_cut_is_a_stream_reset() {
+    let (_origin, proxy) = start_origin_and_proxy(timers()).await;
+    let client = Client::new(&ClientArgs {
+        http2: true,
+        ..ClientArgs::default()
+    })
+    .expect("a client");
+    let seen = observe(
+        &client,
+        &url(proxy.addr, "/polls/streamed?sleep=2s"),
+        &[],
+        Some(Duration::from_secs(5)),
+        |_| {},
+    )
+    .await;
+    let transport = seen.transport.as_ref().expect("connected");
+    assert_eq!(transport.protocol, Protocol::Http2);
+    assert_eq!(transport.tls, None);
+    assert_eq!(
+        seen.verdict,
+        Verdict::Reset(Reset::Stream(h2::Reason::INTERNAL_ERROR)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.explain().contains("RST_STREAM INTERNAL_ERROR"),
+        "{}",
+        seen.explain()
+    );
+    assert_around(seen.ended_at, Duration::from_millis(500), "h2c idle cut");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_to_a_plain_server_fails_its_tls_handshake() {
+    let (_origin, proxy) = start_origin_and_proxy(timers()).await;
+    let url: Uri = format!("https://{}/polls/", proxy.addr)
+        .parse()
+        .expect("URL");
+    let seen = observe(
+        &Client::default(),
+        &url,
+        &[],
+        Some(Duration::from_secs(5)),
+        |_| {},
+    )
+    .await;
+    assert!(
+        matches!(seen.verdict, Verdict::Failed(ClientError::Tls { .. })),
+        "{seen:?}"
+    );
+    assert_eq!(seen.verdict.exit_code(), 35);
 }

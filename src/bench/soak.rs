@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::load::Heartbeated;
 use super::procs::{self, Holdings, Process};
 use super::BenchError;
-use crate::watch::fetch;
+use crate::client::Client;
 
 /// Descriptors a program may hold after the streams beyond its baseline: its own bookkeeping (a log
 /// file reopened, an epoll instance, a pooled upstream connection), never one per stream.
@@ -302,10 +302,13 @@ async fn now(process: &Process) -> Sample {
 /// The open-streams gauge on the /metrics at `addr` (the proxy's or the origin's, whichever answers).
 async fn streams_active(addr: SocketAddr) -> Option<f64> {
     let url = format!("http://{addr}/metrics").parse().ok()?;
-    let (_, body) = tokio::time::timeout(Duration::from_secs(5), fetch(Method::GET, &url))
-        .await
-        .ok()?
-        .ok()?;
+    let (_, body) = tokio::time::timeout(
+        Duration::from_secs(5),
+        Client::default().fetch(Method::GET, &url, &[]),
+    )
+    .await
+    .ok()?
+    .ok()?;
     let text = String::from_utf8_lossy(&body);
     ["proxy_streams_active", "origin_streams_active"]
         .into_iter()

@@ -12,7 +12,7 @@ use keepalive_server::jobs::Storage;
 use keepalive_server::ServerConfig;
 use tokio::time::Instant;
 
-use crate::watch::fetch;
+use crate::client::Client;
 
 use keepalive_kit::metrics::sample;
 pub use keepalive_kit::servers::{Proxy, Running};
@@ -55,10 +55,13 @@ pub struct OriginCounts {
 
 pub async fn origin_counts(origin: SocketAddr) -> Option<OriginCounts> {
     let url = format!("http://{origin}/metrics").parse().ok()?;
-    let (_, body) = tokio::time::timeout(Duration::from_secs(2), fetch(Method::GET, &url))
-        .await
-        .ok()?
-        .ok()?;
+    let (_, body) = tokio::time::timeout(
+        Duration::from_secs(2),
+        Client::default().fetch(Method::GET, &url, &[]),
+    )
+    .await
+    .ok()?
+    .ok()?;
     let text = String::from_utf8_lossy(&body);
     Some(OriginCounts {
         active: sample(&text, "origin_streams_active")?,

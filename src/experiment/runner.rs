@@ -19,8 +19,9 @@ use super::lab::{origin_counts, origin_end, start_origin, start_proxy, OriginCou
 use super::netns::NetnsError;
 use super::scenarios::{self, Millis, Scale, Scenario, Setup, Step, Timers};
 use super::timeline::{Event, Mark, Timeline};
+use crate::client::{Client, FetchError};
 use crate::resume::Resumed;
-use crate::watch::{observe, FetchError, Observation, Verdict};
+use crate::watch::{observe, Observation, Verdict};
 
 /// What a run showed: the client's and the origin's view in a sentence each, what differed from
 /// the expectation (nothing, when it passed), and the picture.
@@ -142,6 +143,7 @@ async fn watch(scenario: &Scenario, scale: Scale, max: Millis) -> Result<Seen, S
     let before = counts(origin.addr).await?;
     let started = Instant::now();
     let client = observe(
+        &Client::default(),
         &url(front, &setup.target.path(scale))?,
         &headers(setup, scale)?,
         Some(max.at(scale)),

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::{
     Ending, Expect, Family, Millis, Scale, Scenario, Setup, Step, Stream, Target, Timers, When,
 };
+use crate::client::Client;
 use crate::experiment::lab::{origin_end, start_origin, undrained_origin_config};
 use crate::experiment::runner::{
     client_lane, counts, describe, first_line, front, headers, origin_lane, origin_said, raw_get,
@@ -175,7 +176,9 @@ pub(crate) async fn origin_killed(
     let target = url(front, &setup.target.path(scale))?;
     let headers = headers(setup, scale)?;
     let started = Instant::now();
-    let watching = tokio::spawn(async move { observe(&target, &headers, Some(max), |_| {}).await });
+    let watching = tokio::spawn(async move {
+        observe(&Client::default(), &target, &headers, Some(max), |_| {}).await
+    });
     tokio::time::sleep(after.at(scale)).await;
     origin.stop();
     let killed_at = started.elapsed();
@@ -212,11 +215,25 @@ pub(crate) async fn origin_down(
     let target = url(front, &setup.target.path(scale))?;
     let headers = headers(setup, scale)?;
     let started = Instant::now();
-    let down = observe(&target, &headers, Some(max.at(scale)), |_| {}).await;
+    let down = observe(
+        &Client::default(),
+        &target,
+        &headers,
+        Some(max.at(scale)),
+        |_| {},
+    )
+    .await;
     tokio::time::sleep(after.at(scale)).await;
     let _origin = origin_on(socket.listen(64)?, undrained_origin_config())?;
     let back_at = started.elapsed();
-    let up = observe(&target, &headers, Some(max.at(scale)), |_| {}).await;
+    let up = observe(
+        &Client::default(),
+        &target,
+        &headers,
+        Some(max.at(scale)),
+        |_| {},
+    )
+    .await;
     let mut timeline = Timeline::new(scenario.title(scale));
     client_lane(&mut timeline, "client", &down, Duration::ZERO);
     client_lane(&mut timeline, "client", &up, back_at);

@@ -8,11 +8,11 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::{Ending, Expect, Family, Header, Millis, Scale, Scenario, Setup, Step, Target, Timers};
+use crate::client::Client;
 use crate::experiment::lab::start_origin;
 use crate::experiment::runner::{front, headers, url, Seen, SetupError};
 use crate::experiment::timeline::{Event, Mark, Timeline};
 use crate::resume::{self, Progress};
-use crate::watch::fetch;
 
 const IDLE: Millis = Millis(300);
 
@@ -82,7 +82,9 @@ pub(crate) async fn follow_job(scenario: &Scenario, scale: Scale) -> Result<Seen
     let origin = start_origin().await?;
     let (_front, front) = front(origin.addr, setup, scale).await?;
     let start = url(origin.addr, &setup.target.path(scale))?;
-    let (status, body) = fetch(http::Method::POST, &start).await?;
+    let (status, body) = Client::default()
+        .fetch(http::Method::POST, &start, &[])
+        .await?;
     let job: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let stream = match (status, job["stream"].as_str()) {
         (StatusCode::CREATED, Some(stream)) => stream.to_owned(),
@@ -92,6 +94,7 @@ pub(crate) async fn follow_job(scenario: &Scenario, scale: Scale) -> Result<Seen
         sleep.at(scale) * u32::try_from(lines).unwrap_or(u32::MAX) * 4 + Duration::from_secs(5);
     let mut events = Vec::new();
     let resumed = resume::follow_job(
+        &Client::default(),
         &url(front, &stream)?,
         &headers(setup, scale)?,
         Some(budget),

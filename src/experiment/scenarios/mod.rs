@@ -308,7 +308,7 @@ impl Ending {
             (Ending::Completed, Verdict::Completed)
             | (Ending::Truncated, Verdict::Truncated)
             | (Ending::SilentlyTruncated, Verdict::SilentlyTruncated(_))
-            | (Ending::Reset, Verdict::Reset)
+            | (Ending::Reset, Verdict::Reset(_))
             | (Ending::Timeout, Verdict::Timeout) => true,
             (Ending::Http(want), Verdict::Http(status)) => want == *status,
             _ => false,
@@ -404,13 +404,18 @@ pub(crate) fn ms(duration: Duration) -> String {
 mod tests {
     use super::*;
     use crate::expect::Shortfall;
+    use crate::watch::Reset;
 
     #[test]
     fn endings_are_named_as_verdicts_are() {
         let pairs = [
             (Ending::Completed, Verdict::Completed),
             (Ending::Truncated, Verdict::Truncated),
-            (Ending::Reset, Verdict::Reset),
+            (Ending::Reset, Verdict::Reset(Reset::Tcp)),
+            (
+                Ending::Reset,
+                Verdict::Reset(Reset::Stream(h2::Reason::INTERNAL_ERROR)),
+            ),
             (Ending::Timeout, Verdict::Timeout),
             (
                 Ending::SilentlyTruncated,
@@ -430,7 +435,7 @@ mod tests {
         }
         assert!(!Ending::Http(StatusCode::BAD_GATEWAY)
             .matches(&Verdict::Http(StatusCode::GATEWAY_TIMEOUT)));
-        assert!(!Ending::Truncated.matches(&Verdict::Reset));
+        assert!(!Ending::Truncated.matches(&Verdict::Reset(Reset::Tcp)));
     }
 
     #[test]
