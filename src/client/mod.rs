@@ -408,7 +408,7 @@ impl Connection {
                     .map_err(ClientError::Handshake)?;
                 (
                     Sender::Http1(sender),
-                    tokio::spawn(async move { connection.await }),
+                    tokio::spawn(connection),
                 )
             }
             Protocol::Http2 => {
@@ -418,7 +418,7 @@ impl Connection {
                         .map_err(ClientError::Handshake)?;
                 (
                     Sender::Http2(sender),
-                    tokio::spawn(async move { connection.await }),
+                    tokio::spawn(connection),
                 )
             }
         };
