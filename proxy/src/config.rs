@@ -2,14 +2,17 @@
 //! `PROXY_PRESET` (nginx's defaults unless told otherwise); an explicitly set timer wins over the
 //! preset, so `PROXY_PRESET=heroku PROXY_IDLE_TIMEOUT=5s` is Heroku with a shorter idle window.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
 use keepalive_common::duration::{parse_duration, parse_timer, DurationError};
 use keepalive_common::logging::LogFormat;
+use keepalive_common::tls::{CertFile, KeyFile};
 
 use crate::cut_style::CutStyle;
 use crate::deny::DenyPaths;
@@ -101,11 +104,13 @@ impl TimerSetting {
         does: a chunked body without its last chunk (curl exits 18), an HTTP/2 stream reset."
 )]
 pub struct ProxyConfig {
-    /// Address to accept clients on (HTTP/1.1 and h2c)
+    /// Address to accept clients on: HTTP/1.1 and h2c, or HTTPS (HTTP/1.1 and HTTP/2) with the TLS
+    /// settings below
     #[arg(long, env = "PROXY_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: SocketAddr,
 
-    /// The upstream every request goes to; the proxy forwards nowhere else
+    /// The upstream every request goes to: http://HOST:PORT, or https://HOST:PORT to speak TLS to
+    /// it (see PROXY_UPSTREAM_CA); the proxy forwards nowhere else
     #[arg(long, env = "PROXY_UPSTREAM", default_value = DEFAULT_UPSTREAM)]
     pub upstream: Upstream,
 
@@ -123,7 +128,8 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_PRESET", value_enum, default_value = "nginx")]
     pub preset: Preset,
 
-    /// TCP connect to the upstream; expiry answers 504 (a refused connect answers 502)
+    /// TCP connect to the upstream, and its TLS handshake for an https:// upstream; expiry answers
+    /// 504 (a refused connect answers 502)
     #[arg(long, env = "PROXY_CONNECT_TIMEOUT", default_value = "preset", value_parser = TimerSetting::parse)]
     pub connect_timeout: TimerSetting,
 
@@ -166,6 +172,29 @@ pub struct ProxyConfig {
     /// END_STREAM for clean
     #[arg(long, env = "PROXY_CUT_STYLE", value_enum, default_value = "truncate")]
     pub cut_style: CutStyle,
+
+    /// Serve clients over TLS (HTTPS; HTTP/2 or HTTP/1.1 as the client offers by ALPN) with the
+    /// certificate chain in this PEM file, the server's certificate first. Needs PROXY_TLS_KEY.
+    /// Unset: plain HTTP and h2c
+    #[arg(long, env = "PROXY_TLS_CERT", value_parser = CertFile::parse, help_heading = "TLS")]
+    pub tls_cert: Option<CertFile>,
+
+    /// The private key of PROXY_TLS_CERT's certificate, a PEM file (PKCS#8, PKCS#1 or SEC1). A key
+    /// that is not the certificate's stops the proxy at start
+    #[arg(long, env = "PROXY_TLS_KEY", value_parser = KeyFile::parse, help_heading = "TLS")]
+    pub tls_key: Option<KeyFile>,
+
+    /// Serve TLS with a self-signed certificate made at each start for localhost, 127.0.0.1 and ::1,
+    /// and write that certificate (never its key) to this file, its directory created, for clients
+    /// to trust: curl --cacert FILE. Instead of PROXY_TLS_CERT; empty or off: no
+    #[arg(long, env = "PROXY_TLS_SELF_SIGNED", value_name = "FILE", default_value = "off", value_parser = parse_self_signed, help_heading = "TLS")]
+    pub tls_self_signed: std::option::Option<PathBuf>,
+
+    /// For an https:// PROXY_UPSTREAM: trust exactly the CAs in this PEM file for the upstream's
+    /// certificate, instead of the public roots built in. The certificate must be valid for the
+    /// upstream's host name, which is also sent as SNI
+    #[arg(long, env = "PROXY_UPSTREAM_CA", value_name = "FILE", value_parser = CertFile::parse, help_heading = "TLS")]
+    pub upstream_ca: Option<CertFile>,
 
     /// Fault: hold every body chunk this long before forwarding it (holding at most 1MiB: beyond,
     /// the upstream waits, as behind a slow link)
@@ -238,6 +267,16 @@ pub struct ProxyConfig {
     /// answers 200, 1 otherwise (a container HEALTHCHECK that needs no curl)
     #[arg(long)]
     pub healthcheck: bool,
+}
+
+/// `PROXY_TLS_SELF_SIGNED`: a file, or off. Empty is off too, so that a compose file can pass the
+/// variable through unset (`${PROXY_TLS_SELF_SIGNED:-}`).
+fn parse_self_signed(value: &str) -> Result<Option<PathBuf>, Infallible> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() || trimmed.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    Ok(Some(PathBuf::from(trimmed)))
 }
 
 impl ProxyConfig {
@@ -327,6 +366,10 @@ impl Default for ProxyConfig {
             send_timeout: TimerSetting::Preset,
             max_connections: MaxConnections::Auto,
             cut_style: CutStyle::Truncate,
+            tls_cert: None,
+            tls_key: None,
+            tls_self_signed: None,
+            upstream_ca: None,
             fault_latency: None,
             fault_bandwidth: None,
             fault_limit_bytes: None,
@@ -531,9 +574,55 @@ mod tests {
 
     #[test]
     fn bad_upstream_is_refused() {
-        let Err(ConfigError::Invalid(line)) = parse(&["--upstream", "https://example.test"]) else {
-            panic!("accepted an https upstream");
+        let Err(ConfigError::Invalid(line)) = parse(&["--upstream", "ftp://example.test"]) else {
+            panic!("accepted an ftp upstream");
         };
         assert!(line.contains("PROXY_UPSTREAM"), "{line}");
+        assert!(line.contains("https://"), "{line}");
+    }
+
+    #[test]
+    fn self_signed_tls_is_a_file_or_off_and_empty_is_off() {
+        assert_eq!(parse(&[]).expect("valid").tls_self_signed, None);
+        for off in ["", "off", "OFF", " "] {
+            let config = parse(&[&format!("--tls-self-signed={off}")]).expect(off);
+            assert_eq!(config.tls_self_signed, None, "{off:?}");
+        }
+        let on = parse(&["--tls-self-signed", "certs/proxy-cert.pem"]).expect("valid");
+        assert_eq!(
+            on.tls_self_signed,
+            Some(PathBuf::from("certs/proxy-cert.pem"))
+        );
+    }
+
+    #[test]
+    fn a_missing_certificate_file_is_refused_naming_the_variable_and_the_file() {
+        let Err(ConfigError::Invalid(line)) = parse(&["--tls-cert", "/nonexistent/proxy-cert.pem"])
+        else {
+            panic!("accepted a certificate that is not there");
+        };
+        assert!(line.contains("PROXY_TLS_CERT"), "{line}");
+        assert!(line.contains("/nonexistent/proxy-cert.pem"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn help_puts_the_tls_settings_under_their_heading_and_says_how_to_trust_the_certificate() {
+        let help = <ProxyConfig as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        let tls = &help[help.find("TLS:").expect("a TLS heading")..];
+        for env in [
+            "PROXY_TLS_CERT",
+            "PROXY_TLS_KEY",
+            "PROXY_TLS_SELF_SIGNED",
+            "PROXY_UPSTREAM_CA",
+        ] {
+            assert!(
+                tls.contains(&format!("[env: {env}")),
+                "{env} is not under the TLS heading:\n{help}"
+            );
+        }
+        assert!(tls.contains("curl --cacert FILE"), "{help}");
     }
 }

@@ -35,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::server::ConnectionCut;
 use crate::timeouts::client_conn::InFlight;
 use crate::timeouts::{Timer, TimerExpired};
+use crate::tls::upstream::UpstreamTlsError;
 use crate::BoxError;
 
 /// Names the proxy timer behind a response the proxy made itself, so tools can tell it from an upstream's.
@@ -215,6 +216,15 @@ impl Exchange {
                     "502 Bad Gateway: the upstream refused the connection\n".to_owned(),
                 )
             }
+            Failure::UpstreamTls => {
+                self.metrics.upstream_error("tls_handshake");
+                tracing::warn!(%elapsed, request_id = self.request_id(), error = %chain(err), "TLS handshake with the upstream failed: answering 502");
+                (
+                    StatusCode::BAD_GATEWAY,
+                    None,
+                    "502 Bad Gateway: TLS handshake with the upstream failed\n".to_owned(),
+                )
+            }
             Failure::Connect => {
                 self.metrics.upstream_error("connect_failed");
                 tracing::warn!(%elapsed, request_id = self.request_id(), error = %chain(err), "cannot connect to the upstream: answering 502");
@@ -326,6 +336,8 @@ enum Failure<'e> {
     /// wrapped in the upstream client's error).
     Client(&'e ClientError),
     Refused,
+    /// The TCP connect to an https upstream went through, its TLS handshake did not.
+    UpstreamTls,
     Connect,
     Upstream,
 }
@@ -346,6 +358,9 @@ impl<'e> Failure<'e> {
             }
             if let Some(client) = err.downcast_ref::<ClientError>() {
                 return Failure::Client(client);
+            }
+            if err.is::<UpstreamTlsError>() {
+                return Failure::UpstreamTls;
             }
             if let Some(io) = err.downcast_ref::<io::Error>() {
                 if io.kind() == io::ErrorKind::ConnectionRefused {

@@ -24,17 +24,26 @@ use crate::deny::DenyPaths;
 use crate::headers::{append_via, set_forwarded, settle_host, strip_hop_by_hop, HostError};
 use crate::request_body::{RequestBody, ResponseTie, UpstreamBody};
 use crate::timeouts::connect::ConnectTimeout;
+use crate::tls::upstream::UpstreamConnector;
 use crate::BoxError;
 
-/// The upstream this proxy forwards to: plain HTTP, one authority.
+/// The upstream this proxy forwards to: one authority, over plain HTTP or over TLS (`https://`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
+    scheme: Scheme,
     authority: Authority,
+}
+
+impl Upstream {
+    /// Whether the proxy speaks TLS to the upstream.
+    pub fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
 }
 
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}", self.authority)
+        write!(f, "{}://{}", self.scheme, self.authority)
     }
 }
 
@@ -42,17 +51,20 @@ impl std::str::FromStr for Upstream {
     type Err = String;
 
     fn from_str(value: &str) -> Result<Self, String> {
-        const FORM: &str =
-            "expected an http:// URL with a host and port, like http://127.0.0.1:8000";
+        const FORM: &str = "expected an http:// or https:// URL with a host and port, like http://127.0.0.1:8000 or https://origin.example:8443";
         let uri: Uri = value.parse().map_err(|_| FORM.to_owned())?;
-        if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err(format!(
-                "only plain http:// upstreams are supported; {FORM}"
-            ));
-        }
+        let scheme = match uri.scheme() {
+            Some(scheme) if *scheme == Scheme::HTTP || *scheme == Scheme::HTTPS => scheme.clone(),
+            _ => {
+                return Err(format!(
+                    "only http:// and https:// upstreams are supported; {FORM}"
+                ))
+            }
+        };
         let path_is_root = uri.path_and_query().is_none_or(|p| p.as_str() == "/");
         match uri.authority() {
             Some(authority) if path_is_root => Ok(Self {
+                scheme,
                 authority: authority.clone(),
             }),
             _ => Err(FORM.to_owned()),
@@ -63,6 +75,11 @@ impl std::str::FromStr for Upstream {
 /// The client's address, put in each request's extensions by the connection that received it.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// Put in a request's extensions when its connection is TLS the proxy terminated: the upstream is
+/// told `X-Forwarded-Proto: https`, as nginx's `$scheme` would say.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTls;
 
 /// A request the proxy refuses because of what the client sent. Its own words are what the client
 /// reads; the cause (hyper's account of a broken body) goes to the log only.
@@ -107,13 +124,17 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct Forward {
-    client: Client<ConnectTimeout, RequestBody>,
+    client: Client<ConnectTimeout<UpstreamConnector>, RequestBody>,
     upstream: Upstream,
     deny: DenyPaths,
 }
 
 impl Forward {
-    pub fn new(upstream: Upstream, connector: ConnectTimeout, deny: DenyPaths) -> Self {
+    pub fn new(
+        upstream: Upstream,
+        connector: ConnectTimeout<UpstreamConnector>,
+        deny: DenyPaths,
+    ) -> Self {
         // An idle pooled connection is let go before an upstream would close it (keepalive-server
         // after 60 s, nginx's keepalive_timeout 75 s): reusing one just as the upstream closes it
         // fails a request that never reached the upstream.
@@ -151,13 +172,15 @@ impl Forward {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut target = http::uri::Parts::default();
-        target.scheme = Some(Scheme::HTTP);
+        // The scheme is what tells the connector to speak TLS to the upstream.
+        target.scheme = Some(self.upstream.scheme.clone());
         target.authority = Some(self.upstream.authority.clone());
         target.path_and_query = Some(path);
         parts.uri = Uri::from_parts(target)?;
         strip_hop_by_hop(&mut parts.headers);
         if let Some(ClientAddr(client)) = parts.extensions.get::<ClientAddr>() {
-            set_forwarded(&mut parts.headers, client.ip());
+            let over_tls = parts.extensions.get::<ClientTls>().is_some();
+            set_forwarded(&mut parts.headers, client.ip(), over_tls);
         }
         append_via(&mut parts.headers, parts.version);
         parts.version = Version::HTTP_11;
@@ -196,14 +219,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upstream_must_be_a_plain_http() {
+    fn upstream_is_an_http_or_https_authority() {
         let upstream: Upstream = "http://127.0.0.1:8000".parse().expect("valid");
         assert_eq!(upstream.to_string(), "http://127.0.0.1:8000");
+        assert!(!upstream.is_https());
         assert!("http://server:8000/".parse::<Upstream>().is_ok());
+        let https: Upstream = "https://origin.example:8443".parse().expect("valid");
+        assert_eq!(https.to_string(), "https://origin.example:8443");
+        assert!(https.is_https());
         for bad in [
-            "https://a:1",
+            "ftp://a:1",
             "127.0.0.1:8000",
             "http://a:1/prefix",
+            "https://a:1/prefix",
             "not a url",
             "",
         ] {

@@ -128,10 +128,11 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
     headers.append(VIA, HeaderValue::from_static(hop));
 }
 
-/// Sets the forwarding fields for a request that `client` sent over plain HTTP, once its `Host` is
-/// settled. `X-Forwarded-For` keeps the chain a previous proxy started; `-Proto` and `-Host` describe
-/// this hop's client side, which this proxy knows first-hand; `-Host` is always the `Host` forwarded.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr) {
+/// Sets the forwarding fields for a request that `client` sent, over TLS the proxy terminated when
+/// `over_tls`, once its `Host` is settled. `X-Forwarded-For` keeps the chain a previous proxy
+/// started; `-Proto` and `-Host` describe this hop's client side, which this proxy knows first-hand;
+/// `-Host` is always the `Host` forwarded.
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, over_tls: bool) {
     let chain = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
@@ -146,7 +147,8 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr) {
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(&X_FORWARDED_FOR, value);
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if over_tls { "https" } else { "http" };
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match headers.get(HOST).cloned() {
         Some(host) => {
             headers.insert(&X_FORWARDED_HOST, host);
@@ -296,17 +298,17 @@ mod tests {
     #[test]
     fn forwarded_host_is_the_host_forwarded() {
         let mut map = headers(&[("x-forwarded-host", "spoofed.test"), ("host", "a.test")]);
-        set_forwarded(&mut map, "127.0.0.1".parse().expect("ip"));
+        set_forwarded(&mut map, "127.0.0.1".parse().expect("ip"), false);
         assert_eq!(map["x-forwarded-host"], "a.test");
         let mut map = headers(&[("x-forwarded-host", "spoofed.test")]);
-        set_forwarded(&mut map, "127.0.0.1".parse().expect("ip"));
+        set_forwarded(&mut map, "127.0.0.1".parse().expect("ip"), false);
         assert!(map.get("x-forwarded-host").is_none(), "{map:?}");
     }
 
     #[test]
     fn extends_an_existing_forwarded_for_chain() {
         let mut map = headers(&[("x-forwarded-for", "203.0.113.7"), ("host", "example.test")]);
-        set_forwarded(&mut map, "127.0.0.1".parse().expect("ip"));
+        set_forwarded(&mut map, "127.0.0.1".parse().expect("ip"), false);
         assert_eq!(map["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(map["x-forwarded-proto"], "http");
         assert_eq!(map["x-forwarded-host"], "example.test");

@@ -3,7 +3,9 @@
 //! keep-alive, send), ends streams the way they do, and logs and counts every firing.
 //!
 //! [`serve`] runs it on a listener the caller bound, until a shutdown future resolves; [`stack`] is the
-//! whole request path as one tower stack, readable top to bottom.
+//! whole request path as one tower stack, readable top to bottom. Clients may be served over TLS, and
+//! the upstream may be `https://` (`tls`); [`prepare`] finds what is wrong with those settings before
+//! anyone is accepted.
 
 // Public: what the binary, the lab and the tests configure and start. The request path itself (edge,
 // forwarding, headers, timers) is this crate's business and reached only through `serve`.
@@ -21,6 +23,7 @@ mod preset;
 mod request_body;
 mod server;
 mod timeouts;
+mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,6 +40,7 @@ use tracing::Level;
 pub use config::{MaxConnections, ProxyConfig};
 pub use metrics::Metrics;
 pub use preset::{Preset, TimerSet};
+pub use tls::SetupError;
 
 use edge::EdgeLayer;
 use faults::FaultLayer;
@@ -44,6 +48,8 @@ use forward::Forward;
 use timeouts::client_conn::ClientConnLimits;
 use timeouts::connect::ConnectTimeout;
 use timeouts::stream::{StreamTimeouts, StreamTimeoutsLayer};
+use tls::termination::Termination;
+use tls::upstream::UpstreamConnector;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -52,6 +58,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// measure the upstream, the faults shape what the client receives.
 fn stack(
     config: &ProxyConfig,
+    connector: UpstreamConnector,
     metrics: Metrics,
 ) -> impl Service<
     Request<Incoming>,
@@ -102,54 +109,103 @@ fn stack(
         }))
         .service(Forward::new(
             config.upstream.clone(),
-            ConnectTimeout::new(timers.connect),
+            ConnectTimeout::new(connector, timers.connect),
             config.deny_paths.clone(),
         ))
 }
 
 /// Proxies clients accepted on `listener` to `config.upstream` until `shutdown` resolves, then drains
 /// open streams for at most `config.drain_timeout`. From `shutdown` on, `metrics` says the proxy is
-/// draining (and the admin `/healthz` answers 503).
+/// draining (and the admin `/healthz` answers 503). Fails before accepting anyone when the TLS
+/// settings cannot be used ([`prepare`]).
 pub async fn serve(
     listener: TcpListener,
     config: ProxyConfig,
     metrics: Metrics,
     shutdown: impl Future<Output = ()>,
-) {
-    let timers = config.timers();
-    let max_connections = max_connections(config.max_connections);
-    tracing::info!(
-        addr = %listener.local_addr().map_or_else(|err| err.to_string(), |addr| addr.to_string()),
-        upstream = %config.upstream,
-        preset = config.preset.name(),
-        preset_source = config.preset.source(),
-        connect = %show(timers.connect),
-        first_byte = %show(timers.first_byte),
-        idle = %show(timers.idle),
-        max_duration = %show(timers.max_duration),
-        header = %show(timers.header),
-        keepalive = %show(timers.keepalive),
-        send = %show(timers.send),
-        max_connections,
-        cut_style = config.cut_style.as_str(),
-        deny_paths = %config.deny_paths,
-        "proxy listening",
-    );
-    let limits = ClientConnLimits {
-        header: timers.header,
-        keepalive: timers.keepalive,
-        send: timers.send,
-    };
-    let service = stack(&config, metrics.clone());
-    server::run(
-        Listener::capped(listener, max_connections),
-        service,
-        limits,
-        config.drain_timeout,
-        metrics,
-        shutdown,
-    )
-    .await;
+) -> Result<(), SetupError> {
+    prepare(config)?.serve(listener, metrics, shutdown).await;
+    Ok(())
+}
+
+/// Builds what the settings only describe: the TLS configuration towards clients (making and writing
+/// a self-signed certificate) and the connector towards the upstream. A certificate and a key that
+/// do not match, half a pair, an unwritable certificate path or unusable upstream CAs fail here, so
+/// that a program can refuse to start instead of failing every handshake.
+pub fn prepare(config: ProxyConfig) -> Result<Prepared, SetupError> {
+    let tls = Termination::from_settings(
+        config.tls_cert.as_ref(),
+        config.tls_key.as_ref(),
+        config.tls_self_signed.as_ref(),
+    )?;
+    let connector = UpstreamConnector::new(config.upstream_ca.as_ref())?;
+    Ok(Prepared {
+        config,
+        tls,
+        connector,
+    })
+}
+
+/// A proxy whose settings have all been found usable ([`prepare`]), ready to [`Prepared::serve`].
+pub struct Prepared {
+    config: ProxyConfig,
+    tls: Option<Termination>,
+    connector: UpstreamConnector,
+}
+
+impl Prepared {
+    /// [`serve`], once prepared.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        metrics: Metrics,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let Self {
+            config,
+            tls,
+            connector,
+        } = self;
+        let timers = config.timers();
+        let max_connections = max_connections(config.max_connections);
+        if config.upstream_ca.is_some() && !config.upstream.is_https() {
+            tracing::warn!(upstream = %config.upstream, "PROXY_UPSTREAM_CA is set but the upstream is plain http://: it is not used");
+        }
+        tracing::info!(
+            addr = %listener.local_addr().map_or_else(|err| err.to_string(), |addr| addr.to_string()),
+            tls = %tls.as_ref().map_or_else(|| "off".to_owned(), |tls| tls.source().to_string()),
+            upstream = %config.upstream,
+            preset = config.preset.name(),
+            preset_source = config.preset.source(),
+            connect = %show(timers.connect),
+            first_byte = %show(timers.first_byte),
+            idle = %show(timers.idle),
+            max_duration = %show(timers.max_duration),
+            header = %show(timers.header),
+            keepalive = %show(timers.keepalive),
+            send = %show(timers.send),
+            max_connections,
+            cut_style = config.cut_style.as_str(),
+            deny_paths = %config.deny_paths,
+            "proxy listening",
+        );
+        let limits = ClientConnLimits {
+            header: timers.header,
+            keepalive: timers.keepalive,
+            send: timers.send,
+        };
+        let service = stack(&config, connector, metrics.clone());
+        server::run(
+            Listener::capped(listener, max_connections),
+            service,
+            tls,
+            limits,
+            config.drain_timeout,
+            metrics,
+            shutdown,
+        )
+        .await;
+    }
 }
 
 /// `PROXY_MAX_CONNECTIONS` as a number: `auto` from the descriptor limit now in force, and a warning

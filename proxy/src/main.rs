@@ -1,7 +1,12 @@
 //! The keepalive-proxy binary: settings from flags and env, the descriptor limit raised, both
 //! listeners bound, signals wired to a graceful shutdown during which the admin listener stays up
 //! (its `/healthz` answering 503) until the proxy has drained. Everything else lives in the library.
+//!
+//! Settings the library can only judge by using them (a TLS key that is not its certificate's, a
+//! self-signed certificate's path that cannot be written) stop it before it accepts anyone, with exit
+//! code 2 and one line, as a bad value does.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use keepalive_common::{config::parse_or_exit, health, logging, shutdown};
@@ -20,7 +25,15 @@ async fn main() -> ExitCode {
         Ok(limit) => tracing::debug!(limit, "descriptor limit (RLIMIT_NOFILE)"),
         Err(err) => tracing::warn!(%err, "cannot raise the descriptor limit to its hard limit"),
     }
-    let (listener, admin_listener) = match bind(&config).await {
+    let (addr, admin_addr) = (config.addr, config.admin_addr);
+    let proxy = match keepalive_proxy::prepare(config) {
+        Ok(proxy) => proxy,
+        Err(err) => {
+            eprintln!("keepalive-proxy: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let (listener, admin_listener) = match bind(addr, admin_addr).await {
         Ok(listeners) => listeners,
         Err(message) => {
             eprintln!("keepalive-proxy: {message}");
@@ -44,7 +57,7 @@ async fn main() -> ExitCode {
     let proxy = {
         let (metrics, drained) = (metrics.clone(), drained.clone());
         async move {
-            keepalive_proxy::serve(listener, config, metrics, stop.cancelled_owned()).await;
+            proxy.serve(listener, metrics, stop.cancelled_owned()).await;
             drained.cancel();
         }
     };
@@ -55,15 +68,15 @@ async fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn bind(config: &ProxyConfig) -> Result<(TcpListener, TcpListener), String> {
-    let listener = TcpListener::bind(config.addr)
+async fn bind(
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+) -> Result<(TcpListener, TcpListener), String> {
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|err| format!("cannot listen on PROXY_ADDR={}: {err}", config.addr))?;
-    let admin = TcpListener::bind(config.admin_addr).await.map_err(|err| {
-        format!(
-            "cannot listen on PROXY_ADMIN_ADDR={}: {err}",
-            config.admin_addr
-        )
-    })?;
+        .map_err(|err| format!("cannot listen on PROXY_ADDR={addr}: {err}"))?;
+    let admin = TcpListener::bind(admin_addr)
+        .await
+        .map_err(|err| format!("cannot listen on PROXY_ADMIN_ADDR={admin_addr}: {err}"))?;
     Ok((listener, admin))
 }

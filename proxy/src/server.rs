@@ -1,6 +1,6 @@
-//! The client side: the accept loop, one task per connection, HTTP/1.1 or h2c as the client speaks
-//! (hyper-util's auto builder), the `header`/`keepalive` watchdog, the `send` timer, and a bounded
-//! graceful shutdown.
+//! The client side: the accept loop, one task per connection, HTTP/1.1 or HTTP/2 as the client speaks
+//! (hyper-util's auto builder), over TLS when the proxy terminates it, the `header`/`keepalive`
+//! watchdog, the `send` timer, and a bounded graceful shutdown.
 //!
 //! The accept loop, its connection cap and the bounded drain are shared with the upstream
 //! (`keepalive_common::accept`); what is the proxy's own is the per-connection work: the client's
@@ -8,6 +8,9 @@
 //! header or keep-alive limit, and the timer that closes those whose writes stalled past the send
 //! limit. Shutdown marks the proxy as draining before the listener closes, so that `/healthz` turns
 //! `503` at once.
+//!
+//! TLS wraps the connection's IO wrappers from above (`tls` says why), and its handshake runs here,
+//! in the connection's task, under the same watchdog as the request head that follows it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,19 +27,23 @@ use hyper_util::service::TowerToHyperService;
 use keepalive_common::accept::{serve_connections, Listener, Stopping};
 use keepalive_common::duration::display;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tower::{Service, ServiceExt};
 
 use crate::faults::reset::{ResetIo, ResetSwitch};
-use crate::forward::ClientAddr;
+use crate::forward::{ClientAddr, ClientTls};
 use crate::metrics::Metrics;
 use crate::timeouts::client_conn::{watchdog, Activity, ActivityIo, ClientConnLimits};
 use crate::timeouts::send::{stalled, SendBody, SendIo, Stall};
 use crate::timeouts::TimerExpired;
+use crate::tls::close_notify::ClosingTls;
+use crate::tls::termination::Termination;
 
 /// Serves clients from `listener` with `service` until `shutdown` resolves, then drains.
 pub async fn run<S, B>(
     listener: Listener,
     service: S,
+    tls: Option<Termination>,
     limits: ClientConnLimits,
     drain_timeout: Duration,
     metrics: Metrics,
@@ -54,7 +61,11 @@ pub async fn run<S, B>(
     // The watchdog enforces the header timer (see timeouts/client_conn.rs); hyper's own would also
     // close idle keep-alive connections at the header limit.
     builder.http1().header_read_timeout(None);
-    let builder = Arc::new(builder);
+    let serving = Serving {
+        builder: Arc::new(builder),
+        tls,
+        limits,
+    };
     let shutdown = {
         let metrics = metrics.clone();
         async move {
@@ -66,9 +77,8 @@ pub async fn run<S, B>(
         connection(
             tcp,
             peer,
-            Arc::clone(&builder),
+            serving.clone(),
             service.clone(),
-            limits,
             metrics.clone(),
             stopping,
         )
@@ -76,12 +86,19 @@ pub async fn run<S, B>(
     .await;
 }
 
+/// What every connection is served with: made once, shared by all.
+#[derive(Clone)]
+struct Serving {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<Termination>,
+    limits: ClientConnLimits,
+}
+
 async fn connection<S, B>(
     tcp: TcpStream,
     peer: SocketAddr,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    serving: Serving,
     service: S,
-    limits: ClientConnLimits,
     metrics: Metrics,
     mut stopping: Stopping,
 ) where
@@ -93,18 +110,46 @@ async fn connection<S, B>(
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<crate::BoxError>,
 {
+    let Serving {
+        builder,
+        tls,
+        limits,
+    } = serving;
     let activity = Activity::new();
     let stall = Stall::new();
     let reset = ResetSwitch::default();
-    let io = TokioIo::new(SendIo::new(
+    let io = SendIo::new(
         ActivityIo::new(ResetIo::new(tcp, reset.clone()), Arc::clone(&activity)),
         Arc::clone(&stall),
-    ));
+    );
     let cut = ConnectionCut::default();
+    let io = match tls {
+        None => Either::Left(io),
+        // The watchdog runs from accept: a handshake that never ends is closed at the header limit.
+        Some(tls) => tokio::select! {
+            handshake = tls.accept(io) => match handshake {
+                Ok(stream) => {
+                    let stream = ClosingTls::new(stream, reset.clone());
+                    tracing::debug!(%peer, alpn = %String::from_utf8_lossy(stream.alpn().unwrap_or(b"-")), "TLS handshake done");
+                    Either::Right(stream)
+                }
+                Err(err) => return handshake_failed(&err, peer, &metrics),
+            },
+            expired = watchdog(&activity, limits) => return closed(expired, peer, &metrics, &cut),
+            expired = stalled(&stall, limits.send) => return closed(expired, peer, &metrics, &cut),
+            // No request has begun: nothing to drain.
+            () = stopping.requested() => return,
+        },
+    };
+    let over_tls = matches!(io, Either::Right(_));
+    let io = TokioIo::new(io);
     let service = {
         let (activity, stall, cut) = (Arc::clone(&activity), Arc::clone(&stall), cut.clone());
         tower::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer));
+            if over_tls {
+                request.extensions_mut().insert(ClientTls);
+            }
             request.extensions_mut().insert(cut.clone());
             request.extensions_mut().insert(reset.clone());
             let in_flight = activity.request_started(request.version());
@@ -142,6 +187,17 @@ async fn connection<S, B>(
                 conn.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+fn handshake_failed(err: &std::io::Error, peer: SocketAddr, metrics: &Metrics) {
+    metrics.client_error("tls_handshake");
+    // A connection closed before it said anything (a port probe) is no news; a client that refused
+    // the certificate, or spoke plain HTTP to the TLS port, is what an operator looks for.
+    if err.kind() == std::io::ErrorKind::UnexpectedEof {
+        tracing::debug!(%peer, %err, "TLS handshake failed: closing the client connection");
+    } else {
+        tracing::info!(%peer, %err, "TLS handshake failed: closing the client connection");
     }
 }
 

@@ -22,7 +22,9 @@ impl ResetSwitch {
         self.0.store(true, Ordering::Release);
     }
 
-    fn is_flipped(&self) -> bool {
+    /// Whether the connection is to end with a reset (and nothing orderly before it, TLS's
+    /// close_notify included).
+    pub(crate) fn is_flipped(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
 }

@@ -1,9 +1,10 @@
-//! `connect`: how long a TCP connect to the upstream may take.
+//! `connect`: how long connecting to the upstream may take: the TCP connect, and for an `https://`
+//! upstream the TLS handshake after it, as nginx's `proxy_connect_timeout` counts both.
 //!
 //! hyper-util's `HttpConnector` has a connect timeout of its own, but it reports expiry as an
-//! `io::Error` that cannot be told apart from other connect failures without matching on message text.
-//! Wrapping the connector keeps the typed [`TimerExpired`] all the way to the edge, which answers 504
-//! for "timed out" and 502 for "refused", as nginx does.
+//! `io::Error` that cannot be told apart from other connect failures without matching on message text,
+//! and it would not cover the handshake. Wrapping the whole connector keeps the typed [`TimerExpired`]
+//! all the way to the edge, which answers 504 for "timed out" and 502 for "refused", as nginx does.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,33 +12,32 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tower::Service;
 
 use super::{Timer, TimerExpired};
 use crate::BoxError;
 
-/// An `HttpConnector` whose connects give up after `limit` (never, when `None`).
+/// A connector (`C`) whose connects give up after `limit` (never, when `None`).
 #[derive(Clone)]
-pub struct ConnectTimeout {
-    inner: HttpConnector,
+pub struct ConnectTimeout<C> {
+    inner: C,
     limit: Option<Duration>,
 }
 
-impl ConnectTimeout {
-    pub fn new(limit: Option<Duration>) -> Self {
-        let mut inner = HttpConnector::new();
-        // Streams are latency-sensitive: a heartbeat must not wait for Nagle.
-        inner.set_nodelay(true);
-        inner.enforce_http(true);
+impl<C> ConnectTimeout<C> {
+    pub fn new(inner: C, limit: Option<Duration>) -> Self {
         Self { inner, limit }
     }
 }
 
-impl Service<Uri> for ConnectTimeout {
-    type Response = TokioIo<TcpStream>;
+impl<C> Service<Uri> for ConnectTimeout<C>
+where
+    C: Service<Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+    C::Response: Send + 'static,
+{
+    type Response = C::Response;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -57,5 +57,44 @@ impl Service<Uri> for ConnectTimeout {
                 },
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connector whose connects never end, like a TLS handshake with a peer that never answers.
+    #[derive(Clone)]
+    struct Never;
+
+    impl Service<Uri> for Never {
+        type Response = ();
+        type Error = BoxError;
+        type Future = std::future::Pending<Result<(), BoxError>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _uri: Uri) -> Self::Future {
+            std::future::pending()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_that_never_ends_expires_at_the_limit_with_the_connect_timer() {
+        let start = tokio::time::Instant::now();
+        let mut connector = ConnectTimeout::new(Never, Some(Duration::from_secs(5)));
+        let err = connector
+            .call(Uri::from_static("https://upstream.test"))
+            .await
+            .expect_err("a connect that never ends");
+        let expired = err.downcast_ref::<TimerExpired>().expect("a typed expiry");
+        assert_eq!(
+            *expired,
+            TimerExpired::new(Timer::Connect, Duration::from_secs(5))
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 }

@@ -1,0 +1,107 @@
+//! TLS towards an `https://` upstream: hyper-rustls's `HttpsConnector` around hyper-util's
+//! `HttpConnector`, trusting the public roots built into the binary, or exactly the CAs of
+//! `PROXY_UPSTREAM_CA` (as curl's `--cacert` does). The server name (SNI, and the name the
+//! certificate must be valid for) is the upstream's host. ALPN offers `http/1.1` alone: towards
+//! origins the proxy keeps pooled HTTP/1.1 connections, as nginx does.
+//!
+//! The connect timer wraps this whole connector, so that it bounds the TCP connect and the handshake
+//! together, as nginx's `proxy_connect_timeout` does. What failed is told apart here, where it is
+//! known, rather than guessed from messages at the edge: a failed TCP connect comes out as it always
+//! did (refused: 502, as before), and anything after it, the handshake, as an [`UpstreamTlsError`],
+//! which the edge answers with a 502 that says so.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use keepalive_common::tls::{provider, roots, CertFile};
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+use tower::Service;
+
+use super::SetupError;
+use crate::BoxError;
+
+/// The handshake with an https upstream failed (its certificate is not trusted or not valid for its
+/// name, it does not speak TLS, it closed); the source says how.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake with the upstream failed")]
+pub struct UpstreamTlsError(#[source] BoxError);
+
+/// Connects to the upstream: plain TCP for `http://`, TCP then a TLS handshake for `https://`.
+#[derive(Clone)]
+pub struct UpstreamConnector {
+    inner: HttpsConnector<Tcp>,
+}
+
+impl UpstreamConnector {
+    /// `ca`: the CAs to trust instead of the public roots (`PROXY_UPSTREAM_CA`).
+    pub fn new(ca: Option<&CertFile>) -> Result<Self, SetupError> {
+        let mut tcp = HttpConnector::new();
+        // Streams are latency-sensitive: a heartbeat must not wait for Nagle.
+        tcp.set_nodelay(true);
+        // The scheme decides TLS one level up; this connector only connects.
+        tcp.enforce_http(false);
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|err| SetupError::Provider(err.to_string()))?
+            .with_root_certificates(roots(ca).map_err(SetupError::UpstreamCa)?)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            inner: HttpsConnector::from((Tcp(tcp), config)),
+        })
+    }
+}
+
+impl Service<Uri> for UpstreamConnector {
+    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        Box::pin(async move {
+            connecting
+                .await
+                .map_err(|err| match err.downcast::<TcpFailed>() {
+                    // The connect's own error, as it would be without TLS.
+                    Ok(tcp) => tcp.0,
+                    Err(other) => UpstreamTlsError(other).into(),
+                })
+        })
+    }
+}
+
+/// The TCP connect under the handshake, its failures marked as its own.
+#[derive(Clone)]
+struct Tcp(HttpConnector);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TcpFailed(BoxError);
+
+impl Service<Uri> for Tcp {
+    type Response = TokioIo<TcpStream>;
+    type Error = TcpFailed;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, TcpFailed>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TcpFailed>> {
+        self.0
+            .poll_ready(cx)
+            .map_err(|err| TcpFailed(Box::new(err)))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move { connecting.await.map_err(|err| TcpFailed(Box::new(err))) })
+    }
+}
