@@ -1,13 +1,16 @@
-//! A raw HTTP/1.1 client: bytes over a `TcpStream`, with a clock, reporting everything that arrived,
-//! when, and how the connection ended. Raw on purpose: what the tests prove is what a client on the
-//! wire sees (a chunked body without its `0\r\n\r\n`, a FIN at the idle limit, a RST), which an HTTP
-//! client library would hide behind an error or a retry.
+//! A raw HTTP/1.1 client: bytes over a `TcpStream` (or a TLS stream over one, `kit::tls`), with a
+//! clock, reporting everything that arrived, when, and how the connection ended. Raw on purpose: what
+//! the tests prove is what a client on the wire sees (a chunked body without its `0\r\n\r\n`, a FIN
+//! at the idle limit, a RST), which an HTTP client library would hide behind an error or a retry.
+//!
+//! Over TLS, an orderly close (close_notify, then FIN) ends as [`Ending::Eof`], and a FIN without
+//! close_notify as `Ending::Error(UnexpectedEof)`, which is how a TLS client tells them apart.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -87,9 +90,14 @@ pub async fn read_to_end_or_deadline<R: AsyncRead + Unpin>(
     }
 }
 
+/// What a [`RawConn`] speaks over: a TCP stream, or a TLS stream over one.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
 /// One client connection spoken to in raw bytes, with a clock started by the first `send`.
 pub struct RawConn {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     clock: Instant,
     clock_started: bool,
     received: Vec<u8>,
@@ -105,8 +113,14 @@ impl RawConn {
             .await
             .unwrap_or_else(|err| panic!("connect to {addr}: {err}"));
         stream.set_nodelay(true).expect("set TCP_NODELAY");
+        Self::over(stream)
+    }
+
+    /// A connection over `stream`, already connected (a TLS stream after its handshake); the clock
+    /// starts now and restarts at the first `send`.
+    pub fn over(stream: impl Stream + 'static) -> Self {
         Self {
-            stream,
+            stream: Box::new(stream),
             clock: Instant::now(),
             clock_started: false,
             received: Vec::new(),
@@ -205,7 +219,11 @@ pub fn get(target: &str, extra_headers: &str) -> String {
 /// Sends `GET target` (a `/polls/streamed` stream) on a new connection to `addr`, and returns the
 /// connection once the stream's first line has arrived (3 s at most, asserted).
 pub async fn open_stream(addr: SocketAddr, target: &str) -> RawConn {
-    let mut conn = RawConn::connect(addr).await;
+    open_stream_on(RawConn::connect(addr).await, target).await
+}
+
+/// [`open_stream`] on a connection already made (over TLS, say).
+pub async fn open_stream_on(mut conn: RawConn, target: &str) -> RawConn {
     conn.send(get(target, "").as_bytes()).await;
     let first_line = FIRST_LINE.as_bytes();
     assert!(

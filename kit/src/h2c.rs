@@ -1,7 +1,10 @@
-//! HTTP/2 over cleartext (h2c, prior knowledge) from the client's side, frame by frame: what an h2
-//! client receives when the proxy cuts a stream. A cut must reach it as RST_STREAM, or as END_STREAM
-//! only in the clean style; hyper reports the first as a body error, which [`assert_reset`] traces
-//! back to the h2 error it wraps.
+//! HTTP/2 from the client's side, frame by frame, over cleartext (h2c, prior knowledge) or over TLS
+//! (`kit::tls` makes the connection): what an h2 client receives when the proxy cuts a stream. A cut
+//! must reach it as RST_STREAM, or as END_STREAM only in the clean style; hyper reports the first as
+//! a body error, which [`reset_reason`] and [`assert_reset`] trace back to the h2 error it wraps.
+//!
+//! Requests are addressed by a [`Base`]: an address alone is `http://` (h2c), `kit::tls::Https` is
+//! `https://`, so that `:scheme` says what the connection is.
 
 use std::error::Error;
 use std::net::SocketAddr;
@@ -13,11 +16,29 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 
 use crate::servers::FIRST_LINE;
+
+/// The RST_STREAM error codes a test looks for (`Reason::INTERNAL_ERROR`: hyper's for a body that
+/// failed, the proxy's cut).
+pub use h2::Reason;
+
+/// Where requests go: the scheme and authority their URI starts with.
+pub trait Base: Copy {
+    /// The absolute URI of `target` (a path and query).
+    fn uri(self, target: &str) -> String;
+}
+
+/// An address alone is h2c's: `http://{addr}`.
+impl Base for SocketAddr {
+    fn uri(self, target: &str) -> String {
+        format!("http://{self}{target}")
+    }
+}
 
 /// How long a test waits for any one thing an h2 peer owes it.
 const WITHIN: Duration = Duration::from_secs(3);
@@ -31,6 +52,17 @@ pub async fn connection(
     let tcp = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|err| panic!("connect to {addr}: {err}"));
+    connection_over(tcp, ping).await
+}
+
+/// [`connection`] over `io`, a connection already made (a TLS stream whose ALPN said `h2`).
+pub async fn connection_over<IO>(
+    io: IO,
+    ping: bool,
+) -> (SendRequest<Empty<Bytes>>, oneshot::Receiver<Instant>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
     if ping {
@@ -40,9 +72,9 @@ pub async fn connection(
             .keep_alive_while_idle(true);
     }
     let (sender, connection) = builder
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(io))
         .await
-        .expect("an h2c handshake");
+        .expect("an HTTP/2 handshake");
     let (closed, on_closed) = oneshot::channel();
     tokio::spawn(async move {
         // How it ended does not matter here, only when.
@@ -60,7 +92,7 @@ pub async fn handshake(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
 /// GETs `target` at `addr` on `sender` with `headers`; asserts an h2 response arrives within 3 s.
 pub async fn send(
     sender: &mut SendRequest<Empty<Bytes>>,
-    addr: SocketAddr,
+    addr: impl Base,
     target: &str,
     headers: &[(&str, &str)],
 ) -> http::Response<Incoming> {
@@ -74,11 +106,11 @@ pub async fn send(
 /// [`send`], handing back the stream's error (a reset) in place of the response.
 async fn try_send(
     sender: &mut SendRequest<Empty<Bytes>>,
-    addr: SocketAddr,
+    addr: impl Base,
     target: &str,
     headers: &[(&str, &str)],
 ) -> Result<http::Response<Incoming>, hyper::Error> {
-    let mut request = Request::get(format!("http://{addr}{target}"));
+    let mut request = Request::get(addr.uri(target));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -92,7 +124,7 @@ async fn try_send(
 /// and returns the body after it and when the request went.
 pub async fn first_line(
     sender: &mut SendRequest<Empty<Bytes>>,
-    addr: SocketAddr,
+    addr: impl Base,
     target: &str,
 ) -> (Incoming, Instant) {
     let sent = Instant::now();
@@ -124,28 +156,42 @@ pub async fn ending(body: &mut Incoming) -> Result<(), hyper::Error> {
     }
 }
 
-/// Asserts that `err` is an RST_STREAM the proxy sent.
-#[track_caller]
-pub fn assert_reset(err: &hyper::Error) {
+/// The h2 error behind `err`, if it is one.
+fn h2_error(err: &hyper::Error) -> Option<&h2::Error> {
     let mut cause: Option<&(dyn Error + 'static)> = Some(err);
     while let Some(current) = cause {
         if let Some(h2) = current.downcast_ref::<h2::Error>() {
-            assert!(
-                h2.is_reset() && h2.is_remote(),
-                "the proxy reset the stream (RST_STREAM): {h2:?}"
-            );
-            return;
+            return Some(h2);
         }
         cause = current.source();
     }
-    panic!("not an HTTP/2 error: {err:?}");
+    None
+}
+
+/// The error code of the RST_STREAM the peer sent, when `err` is one.
+pub fn reset_reason(err: &hyper::Error) -> Option<Reason> {
+    h2_error(err)
+        .filter(|h2| h2.is_reset() && h2.is_remote())
+        .and_then(h2::Error::reason)
+}
+
+/// Asserts that `err` is an RST_STREAM the proxy sent.
+#[track_caller]
+pub fn assert_reset(err: &hyper::Error) {
+    match h2_error(err) {
+        Some(h2) => assert!(
+            h2.is_reset() && h2.is_remote(),
+            "the proxy reset the stream (RST_STREAM): {h2:?}"
+        ),
+        None => panic!("not an HTTP/2 error: {err:?}"),
+    }
 }
 
 /// GETs `target` with one `header` on `sender`, reads its body until the proxy resets the stream
 /// (asserted: never a clean end), and returns how many body bytes came first.
 pub async fn bytes_before_reset(
     sender: &mut SendRequest<Empty<Bytes>>,
-    addr: SocketAddr,
+    addr: impl Base,
     target: &str,
     header: (&str, &str),
 ) -> usize {
@@ -158,7 +204,7 @@ pub async fn bytes_before_reset(
 /// HEADERS too. Then no byte arrived: 0.
 pub async fn bytes_before_early_reset(
     sender: &mut SendRequest<Empty<Bytes>>,
-    addr: SocketAddr,
+    addr: impl Base,
     target: &str,
     header: (&str, &str),
 ) -> usize {

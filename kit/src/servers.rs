@@ -114,8 +114,10 @@ impl Drop for Proxy {
 }
 
 /// keepalive-proxy in front of `upstream` on a fresh loopback port, with its admin listener on
-/// another, a 100 ms drain, whatever `configure` changes (faults, cut style, buffering), and then
-/// exactly `timers`: the timers given always win over a preset `configure` might pick.
+/// another, a 100 ms drain, whatever `configure` changes (faults, cut style, buffering, TLS: e.g.
+/// `config.tls_cert = Some(cert.cert_file())` with its key, or an `https://` upstream), and then
+/// exactly `timers`: the timers given always win over a preset `configure` might pick. Settings the
+/// proxy refuses to start with ([`keepalive_proxy::SetupError`]) fail here, as `InvalidInput`.
 pub async fn proxy(
     upstream: SocketAddr,
     timers: TimerSet,
@@ -135,15 +137,11 @@ pub async fn proxy(
         ..ProxyConfig::default()
     };
     configure(&mut config);
-    let config = config.with_timers(timers);
+    let prepared = keepalive_proxy::prepare(config.with_timers(timers))
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
     let metrics = Metrics::new();
     let stop = CancellationToken::new();
-    tokio::spawn(keepalive_proxy::serve(
-        listener,
-        config,
-        metrics.clone(),
-        stop.clone().cancelled_owned(),
-    ));
+    tokio::spawn(prepared.serve(listener, metrics.clone(), stop.clone().cancelled_owned()));
     tokio::spawn(admin::serve(
         admin_listener,
         metrics,
