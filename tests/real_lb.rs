@@ -5,6 +5,11 @@
 //! probe's numbers. Plus nginx's default `proxy_buffering on` with gzip, which holds heartbeats back
 //! unless the origin's `X-Accel-Buffering: no` is honoured.
 //!
+//! Over HTTPS, nginx with `ssl http2` (`lb/nginx/tls.conf`) and keepalive-proxy terminating TLS are
+//! held to the same through the lab's own client: over HTTP/1.1 the idle cut is a truncated body,
+//! over HTTP/2 a RST_STREAM, heartbeats keep an HTTP/2 stream alive, and the probe, reaching the
+//! balancer by name at its address (`--connect-to`), measures the idle timer.
+//!
 //! The tests of nginx and HAProxy (their names say which) are ignored by plain `cargo test`, which
 //! lists them with what they need; `cargo test -- --include-ignored` (`scripts/test-all`, hence CI)
 //! runs them, and fails them where the program is not installed. The programs are stopped
@@ -19,10 +24,15 @@ use keepalive_kit::client::{get, raw_request, Ending, RawConn, Transcript};
 use keepalive_kit::ports;
 use keepalive_kit::program::{self, Program};
 use keepalive_kit::servers::{
-    origin_config, start_origin, start_proxy, Proxy, Running, FIRST_LINE,
+    origin_config, start_origin, start_proxy_configured, Proxy, Running, FIRST_LINE,
 };
 use keepalive_kit::timing::{assert_around, ms, OFF};
+use keepalive_kit::tls::TestCert;
+use keepalive_lab::client::route::ConnectTo;
+use keepalive_lab::client::tls::TlsEnd;
+use keepalive_lab::client::{Client, ClientArgs, Protocol};
 use keepalive_lab::probe::{measure, Trials};
+use keepalive_lab::watch::{observe, Observation, Reset, Verdict};
 use keepalive_proxy::TimerSet;
 
 const IDLE: Duration = Duration::from_millis(1000);
@@ -45,11 +55,23 @@ enum Kind {
     Nginx,
     Haproxy,
     KeepaliveProxy,
+    /// nginx terminating TLS, HTTP/2 by ALPN.
+    NginxTls,
+    /// keepalive-proxy terminating TLS, HTTP/2 by ALPN.
+    KeepaliveProxyTls,
+}
+
+impl Kind {
+    fn tls(self) -> bool {
+        matches!(self, Kind::NginxTls | Kind::KeepaliveProxyTls)
+    }
 }
 
 /// A balancer in front of the origin, stopped (and its files removed) on drop.
 struct Balancer {
     addr: SocketAddr,
+    /// The certificate it serves, over TLS.
+    cert: Option<TestCert>,
     _origin: Running,
     _program: Option<Program>,
     _proxy: Option<Proxy>,
@@ -86,19 +108,32 @@ fn millis(duration: Option<Duration>) -> String {
 async fn start(kind: Kind, nginx_extra: &str) -> Balancer {
     let origin = start_origin(origin_config()).await;
     let timers = timers();
-    if kind == Kind::KeepaliveProxy {
-        let proxy = start_proxy(origin.addr, timers).await;
-        return Balancer {
-            addr: proxy.addr,
-            _origin: origin,
-            _program: None,
-            _proxy: Some(proxy),
-        };
+    let cert = kind
+        .tls()
+        .then(|| TestCert::localhost().expect("a test certificate"));
+    match (kind, &cert) {
+        (Kind::KeepaliveProxy, _) | (Kind::KeepaliveProxyTls, _) => {
+            let proxy = start_proxy_configured(origin.addr, timers, |config| {
+                if let Some(cert) = &cert {
+                    config.tls_cert = Some(cert.cert_file());
+                    config.tls_key = Some(cert.key_file());
+                }
+            })
+            .await;
+            return Balancer {
+                addr: proxy.addr,
+                cert,
+                _origin: origin,
+                _program: None,
+                _proxy: Some(proxy),
+            };
+        }
+        _ => {}
     }
-    let name = if kind == Kind::Nginx {
-        "nginx"
-    } else {
+    let name = if kind == Kind::Haproxy {
         "haproxy"
+    } else {
+        "nginx"
     };
     let addr = ports::free().expect("a free port");
     let dir = std::env::temp_dir().join(format!(
@@ -108,7 +143,13 @@ async fn start(kind: Kind, nginx_extra: &str) -> Balancer {
     ));
     std::fs::create_dir_all(&dir).expect("a run directory");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = |file: fn(&TestCert) -> &Path| {
+        cert.as_ref()
+            .map_or_else(String::new, |cert| file(cert).display().to_string())
+    };
     let fields = [
+        ("CERT", path(|cert| &cert.cert)),
+        ("KEY", path(|cert| &cert.key)),
         ("LISTEN_PORT", addr.port().to_string()),
         ("UPSTREAM_PORT", origin.addr.port().to_string()),
         ("RUN_DIR", dir.display().to_string()),
@@ -122,9 +163,14 @@ async fn start(kind: Kind, nginx_extra: &str) -> Balancer {
     let log = dir.join("stderr.log");
     let stderr = std::fs::File::create(&log).expect("a log file");
     let started = match kind {
-        Kind::Nginx => {
+        Kind::Nginx | Kind::NginxTls => {
             let config = dir.join("nginx.conf");
-            let text = render(&root.join("lb/nginx/proxy.conf"), &fields);
+            let template = if kind == Kind::NginxTls {
+                "lb/nginx/tls.conf"
+            } else {
+                "lb/nginx/proxy.conf"
+            };
+            let text = render(&root.join(template), &fields);
             std::fs::write(&config, text).expect("write the config");
             Program::nginx(&config, &dir, stderr.into())
         }
@@ -162,6 +208,7 @@ async fn start(kind: Kind, nginx_extra: &str) -> Balancer {
     }
     Balancer {
         addr,
+        cert,
         _origin: origin,
         _program: Some(balancer),
         _proxy: None,
@@ -295,6 +342,184 @@ conformance! {
     KeepaliveProxy: keepalive_proxy_idle_cut_truncates_the_chunked_body,
         keepalive_proxy_answers_504_before_headers, keepalive_proxy_lets_heartbeats_keep_a_stream_alive,
         probe_measures_keepalive_proxy;
+}
+
+/// The lab's client trusting `balancer`'s certificate, speaking HTTP/2 or HTTP/1.1 only, and
+/// reaching `lb.example:443` at the balancer's address.
+fn tls_client(balancer: &Balancer, http2: bool) -> Client {
+    let cert = balancer.cert.as_ref().expect("a balancer over TLS");
+    let rule = format!("lb.example:443:127.0.0.1:{}", balancer.addr.port());
+    Client::new(&ClientArgs {
+        cacert: Some(cert.cert_file()),
+        connect_to: vec![ConnectTo::parse(&rule).expect("a --connect-to rule")],
+        http1: !http2,
+        http2,
+        ..ClientArgs::default()
+    })
+    .expect("a client")
+}
+
+async fn watch_over_tls(kind: Kind, http2: bool, target: &str, max: Duration) -> Observation {
+    let balancer = start(kind, "").await;
+    let url = format!("https://localhost:{}{target}", balancer.addr.port())
+        .parse()
+        .expect("a URL");
+    let seen = observe(&tls_client(&balancer, http2), &url, &[], Some(max), |_| {}).await;
+    let transport = seen
+        .transport
+        .as_ref()
+        .unwrap_or_else(|| panic!("{kind:?}: {seen:?}"));
+    let (protocol, alpn) = if http2 {
+        (Protocol::Http2, "h2")
+    } else {
+        (Protocol::Http1, "http/1.1")
+    };
+    assert_eq!(transport.protocol, protocol, "{kind:?}: {transport}");
+    assert_eq!(
+        transport.alpn.as_deref(),
+        Some(alpn),
+        "{kind:?}: {transport}"
+    );
+    assert!(transport.tls.is_some(), "{kind:?}: {transport}");
+    seen
+}
+
+async fn https_idle_cut_truncates_the_body(kind: Kind) {
+    let seen = watch_over_tls(
+        kind,
+        false,
+        "/polls/streamed?sleep=3s",
+        Duration::from_secs(4),
+    )
+    .await;
+    assert_eq!(
+        seen.verdict,
+        Verdict::Truncated,
+        "{kind:?}: {}",
+        seen.explain()
+    );
+    assert_eq!(seen.body_bytes(), FIRST_LINE.len(), "{kind:?}");
+    // nginx closes TLS properly before the connection; so does keepalive-proxy's truncate style.
+    assert_eq!(
+        seen.tls_end,
+        Some(TlsEnd::CloseNotify),
+        "{kind:?}: {}",
+        seen.explain()
+    );
+    assert_around(seen.ended_at, IDLE, &format!("{kind:?} idle cut over TLS"));
+}
+
+async fn https_h2_idle_cut_resets_the_stream(kind: Kind) {
+    let seen = watch_over_tls(
+        kind,
+        true,
+        "/polls/streamed?sleep=3s",
+        Duration::from_secs(4),
+    )
+    .await;
+    assert_eq!(
+        seen.verdict,
+        Verdict::Reset(Reset::Stream(h2::Reason::INTERNAL_ERROR)),
+        "{kind:?}: {}",
+        seen.explain()
+    );
+    assert_eq!(seen.body_bytes(), FIRST_LINE.len(), "{kind:?}");
+    assert_around(seen.ended_at, IDLE, &format!("{kind:?} h2 idle cut"));
+}
+
+async fn https_h2_heartbeats_keep_a_stream_alive(kind: Kind) {
+    let seen = watch_over_tls(
+        kind,
+        true,
+        "/polls/streamed?sleep=1500ms&heartbeat=300ms",
+        Duration::from_millis(3500),
+    )
+    .await;
+    assert_eq!(
+        seen.verdict,
+        Verdict::Timeout,
+        "{kind:?}: {}",
+        seen.explain()
+    );
+    let text: String = seen
+        .chunks
+        .iter()
+        .map(|chunk| String::from_utf8_lossy(&chunk.data).into_owned())
+        .collect();
+    assert!(
+        text.contains("Jumped into the blue water") && text.contains("And smiled"),
+        "{kind:?}: lines 1.5 s apart passed a {IDLE:?} idle timer over HTTP/2: {text:?}"
+    );
+}
+
+async fn probe_measures_over_https_by_address(kind: Kind) {
+    let balancer = start(kind, "").await;
+    let trials = Trials {
+        client: tls_client(&balancer, true),
+        headers: Vec::new(),
+    };
+    let url = "https://lb.example/polls/streamed".parse().expect("a URL");
+    let findings = measure(&trials, &url, Duration::from_secs(3), |_| {})
+        .await
+        .unwrap_or_else(|err| panic!("{kind:?}: {err}"));
+    assert_eq!(findings.protocol, "HTTP/2", "{kind:?}: {findings:?}");
+    assert!(findings.tls.is_some(), "{kind:?}: {findings:?}");
+    let idle = findings.idle_timeout_s.expect("an idle timeout");
+    assert!(
+        (idle - 1.0).abs() <= 0.2,
+        "{kind:?}: idle {idle}, want 1.0: {findings:?}"
+    );
+    assert_eq!(
+        findings.idle_cut.as_deref(),
+        Some("reset"),
+        "{kind:?}: {findings:?}"
+    );
+    assert_eq!(
+        findings.first_byte_status,
+        Some(504),
+        "{kind:?}: {findings:?}"
+    );
+    assert!(findings.heartbeat_survives, "{kind:?}: {findings:?}");
+}
+
+macro_rules! conformance_tls {
+    ($($(#[$needs:meta])? $kind:ident: $h1:ident, $h2:ident, $heartbeats:ident, $probe:ident;)+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$needs])?
+            async fn $h1() {
+                https_idle_cut_truncates_the_body(Kind::$kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$needs])?
+            async fn $h2() {
+                https_h2_idle_cut_resets_the_stream(Kind::$kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$needs])?
+            async fn $heartbeats() {
+                https_h2_heartbeats_keep_a_stream_alive(Kind::$kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$needs])?
+            async fn $probe() {
+                probe_measures_over_https_by_address(Kind::$kind).await;
+            }
+        )+
+    };
+}
+
+conformance_tls! {
+    #[ignore = "needs nginx (apt-get install nginx)"]
+    NginxTls: nginx_https_idle_cut_truncates_the_body, nginx_https_h2_idle_cut_resets_the_stream,
+        nginx_https_h2_heartbeats_keep_a_stream_alive, probe_measures_nginx_over_https;
+    KeepaliveProxyTls: keepalive_proxy_https_idle_cut_truncates_the_body,
+        keepalive_proxy_https_h2_idle_cut_resets_the_stream,
+        keepalive_proxy_https_h2_heartbeats_keep_a_stream_alive,
+        probe_measures_keepalive_proxy_over_https;
 }
 
 /// nginx's gzip, as commonly switched on for text; what it holds back depends on buffering.
