@@ -3,18 +3,23 @@
 //! idle timer cuts, one that heartbeats save, one that hits the first-byte timer) and narrates, from
 //! both servers' logs, what happens to each stream.
 //!
+//! With `--tls` the proxy serves HTTPS (HTTP/2 and HTTP/1.1, as browsers and curl reach real
+//! balancers) with a certificate made at start for localhost, written next to the jobs so that curl
+//! can be told to trust it (`--cacert`); the commands printed then say so.
+//!
 //! The proxy's settings are keepalive-proxy's own struct, flattened in, so that every `PROXY_*`
-//! variable means here what it means to the proxy binary. The demo lives only as long as its origin:
+//! variable means here what it means to the proxy binary (`PROXY_TLS_CERT` and its key included). The demo lives only as long as its origin:
 //! a proxy in front of nothing would answer 502 to every curl it suggests.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 use keepalive_common::duration::display;
 use keepalive_proxy::cut_style::CutStyle;
-use keepalive_proxy::{admin, Metrics, ProxyConfig, TimerSet};
+use keepalive_proxy::{admin, Metrics, ProxyConfig, SetupError, TimerSet};
 use keepalive_server::jobs::Storage;
 use keepalive_server::ServerConfig;
 use tokio::net::TcpListener;
@@ -49,6 +54,13 @@ pub struct DemoArgs {
     #[arg(long, env = "SERVER_DATA_DIR", default_value = "keepalive-data")]
     data_dir: Storage,
 
+    /// Serve the proxy over HTTPS (HTTP/2 or HTTP/1.1, as the client offers) with a self-signed
+    /// certificate for localhost made now and written to DATA_DIR/proxy-cert.pem
+    /// (./proxy-cert.pem with :memory:), for `curl --cacert` or a browser to trust. The same as
+    /// PROXY_TLS_SELF_SIGNED=FILE; PROXY_TLS_CERT and PROXY_TLS_KEY serve a certificate of your own
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_self_signed"])]
+    tls: bool,
+
     #[command(flatten)]
     proxy: ProxyConfig,
 }
@@ -65,6 +77,9 @@ pub enum DemoError {
     /// The proxy refuses the origin's address as its upstream (its reason is text).
     #[error("cannot proxy to {addr}: {reason}")]
     Upstream { addr: SocketAddr, reason: String },
+    /// The proxy's TLS settings cannot be used (a key that is not its certificate's, say).
+    #[error("{0}")]
+    Tls(#[from] SetupError),
     /// The origin could not start (a data directory another origin holds) or stopped on an error.
     #[error("the origin stopped, so the demo did too: {0}")]
     Origin(#[source] std::io::Error),
@@ -74,8 +89,12 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let DemoArgs {
         origin_addr,
         data_dir,
+        tls,
         proxy: mut proxy_config,
     } = args;
+    if tls {
+        proxy_config.tls_self_signed = Some(certificate_path(&data_dir));
+    }
     init_narration();
     // PROXY_MAX_CONNECTIONS=auto counts on the hard limit, as in the proxy binary.
     if let Err(err) = keepalive_proxy::descriptors::raise_soft_limit() {
@@ -95,6 +114,8 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
                 addr: origin_addr,
                 reason,
             })?;
+    // Before anything is printed: TLS settings that cannot be used stop the demo with their reason.
+    let proxy_service = keepalive_proxy::prepare(proxy_config.clone())?;
     let server_config = ServerConfig {
         addr: origin_addr,
         drain_timeout: proxy_config.drain_timeout,
@@ -130,7 +151,9 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let proxy = {
         let (metrics, drained, stop) = (metrics.clone(), drained.clone(), stop.clone());
         async move {
-            keepalive_proxy::serve(proxy, proxy_config, metrics, stop.cancelled_owned()).await;
+            proxy_service
+                .serve(proxy, metrics, stop.cancelled_owned())
+                .await;
             drained.cancel();
         }
     };
@@ -140,6 +163,14 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         admin::serve(admin_listener, metrics, drained.cancelled_owned()),
     );
     origin_outcome.map_err(DemoError::Origin)
+}
+
+/// Where `--tls` writes the proxy's certificate: beside the jobs, which a user already knows to find.
+fn certificate_path(data_dir: &Storage) -> PathBuf {
+    match data_dir {
+        Storage::Dir(dir) => dir.join("proxy-cert.pem"),
+        Storage::Memory => PathBuf::from("proxy-cert.pem"),
+    }
 }
 
 async fn bind(
@@ -173,26 +204,31 @@ fn init_narration() {
 
 fn instructions(origin: SocketAddr, config: &ProxyConfig) -> String {
     let timers: TimerSet = config.timers();
-    let proxy = format!("http://{}", config.addr);
+    let tls = Tls::of(config);
+    let proxy = format!("{}://{}", tls.scheme(), config.addr);
+    let curl = tls.curl("--http1.1");
     let show = |timer: Option<Duration>| timer.map_or_else(|| "off".to_owned(), display);
+    // Over TLS, the first stream once more over HTTP/2, told last.
+    let mut http2 = String::new();
     let mut text = format!(
         "\nkeepalive-lab demo\n  origin  http://{origin}/polls/streamed  (the tutorial's view)\n  \
          proxy   {proxy}/polls/streamed  (a load balancer, preset {preset}: idle {idle}, first byte {first_byte}, max duration {max})\n  \
-         metrics http://{admin}/metrics and http://{origin}/metrics\n\nTry, in another terminal:\n",
+         metrics http://{admin}/metrics and http://{origin}/metrics\n{trust}\nTry, in another terminal:\n",
         preset = config.preset.name(),
         admin = config.admin_addr,
         idle = show(timers.idle),
         first_byte = show(timers.first_byte),
         max = show(timers.max_duration),
+        trust = tls.trust(),
     );
     if let Some(idle) = timers.idle {
         let sleep = idle + Duration::from_secs(3);
         let heartbeat = idle / 2;
         text += &format!(
             "\n  1. A line every {sleep}: the proxy's {idle} idle timer cuts it ({how}):\n     \
-             curl -N '{proxy}/polls/streamed?sleep={sleep}'; echo \"curl exit $?\"\n\
+             {curl}-N '{proxy}/polls/streamed?sleep={sleep}'; echo \"curl exit $?\"\n\
              \n  2. Same stream with a heartbeat (a space) every {heartbeat}: it survives:\n     \
-             curl -N '{proxy}/polls/streamed?sleep={sleep}&heartbeat={heartbeat}'\n",
+             {curl}-N '{proxy}/polls/streamed?sleep={sleep}&heartbeat={heartbeat}'\n",
             sleep = display(sleep),
             idle = display(idle),
             heartbeat = display(heartbeat),
@@ -202,6 +238,19 @@ fn instructions(origin: SocketAddr, config: &ProxyConfig) -> String {
                 CutStyle::Reset => "PROXY_CUT_STYLE=reset: curl exits 56",
             },
         );
+        if tls != Tls::Off {
+            http2 = format!(
+                "\n  4. The first stream over HTTP/2, as a browser speaks it over TLS: the cut {how}:\n     \
+                 {h2}-N '{proxy}/polls/streamed?sleep={sleep}'; echo \"curl exit $?\"\n",
+                h2 = tls.curl("--http2"),
+                sleep = display(sleep),
+                how = match config.cut_style {
+                    CutStyle::Truncate | CutStyle::Reset =>
+                        "resets the stream (RST_STREAM), the connection stays up; curl exits 92",
+                    CutStyle::Clean => "ends the stream (END_STREAM) as if it were done; curl exits 0",
+                },
+            );
+        }
     }
     // The idle timer also bounds the wait for headers (as nginx's proxy_read_timeout does), so
     // whichever of the two is shorter answers the 504.
@@ -213,10 +262,63 @@ fn instructions(origin: SocketAddr, config: &ProxyConfig) -> String {
     {
         text += &format!(
             "\n  3. Headers held back {delay}: the {limit} {timer} timer answers 504:\n     \
-             curl -i '{proxy}/polls/streamed?delay={delay}'\n",
+             {curl}-i '{proxy}/polls/streamed?delay={delay}'\n",
             delay = display(limit + Duration::from_secs(5)),
             limit = display(limit),
         );
     }
-    text + "\nWhat happens to each stream is narrated below. Ctrl-C stops.\n\n"
+    text + &http2 + "\nWhat happens to each stream is narrated below. Ctrl-C stops.\n\n"
+}
+
+/// Whether the proxy serves TLS, and with which certificate: what the printed commands need to say.
+#[derive(Debug, PartialEq, Eq)]
+enum Tls<'c> {
+    Off,
+    /// Made at start: clients trust exactly this file.
+    SelfSigned(&'c std::path::Path),
+    /// The user's own: whether curl trusts it is the user's to know.
+    Files(&'c std::path::Path),
+}
+
+impl<'c> Tls<'c> {
+    fn of(config: &'c ProxyConfig) -> Self {
+        match (&config.tls_self_signed, &config.tls_cert) {
+            (Some(path), _) => Self::SelfSigned(path),
+            (None, Some(cert)) => Self::Files(&cert.path),
+            (None, None) => Self::Off,
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self {
+            Self::Off => "http",
+            Self::SelfSigned(_) | Self::Files(_) => "https",
+        }
+    }
+
+    /// curl and the flags the commands share, ending in a space; over TLS, `version` (`--http1.1`,
+    /// `--http2`) too, since curl would pick HTTP/2 and the exit codes told depend on it.
+    fn curl(&self, version: &str) -> String {
+        match self {
+            Self::Off => "curl ".to_owned(),
+            Self::SelfSigned(path) => format!("curl --cacert {} {version} ", path.display()),
+            Self::Files(_) => format!("curl {version} "),
+        }
+    }
+
+    /// How to trust the certificate, a paragraph of its own (empty without TLS).
+    fn trust(&self) -> String {
+        match self {
+            Self::Off => String::new(),
+            Self::SelfSigned(path) => format!(
+                "  tls     HTTP/2 and HTTP/1.1 with a certificate for localhost made now, written to {path}:\n          \
+                 trust it with curl --cacert {path}, or import it into a browser\n",
+                path = path.display(),
+            ),
+            Self::Files(path) => format!(
+                "  tls     HTTP/2 and HTTP/1.1 with the certificate in {}\n",
+                path.display()
+            ),
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! `keepalive-lab demo`, the command the README starts with, run as a user runs it: it prints where
 //! the proxy listens and what to try, the first suggestion is cut by the idle timer exactly as
 //! printed, and the narration says so; the proxy's settings (`PROXY_PRESET`, the faults) work as they
-//! do for keepalive-proxy; and an origin that cannot start stops the demo. Ports are 0, so the demo
+//! do for keepalive-proxy; an origin that cannot start stops the demo; and with `--tls` the proxy
+//! serves HTTP/2 over TLS with the certificate the demo says to trust. Ports are 0, so the demo
 //! reports the ones it bound.
 
 use std::io::{BufRead, BufReader};
@@ -10,10 +11,12 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use keepalive_common::tls::CertFile;
 use keepalive_kit::client::{get, raw_request, Ending};
 use keepalive_kit::program::{clear_settings, run_to_exit, Program};
 use keepalive_kit::servers::{origin_config, start_origin};
 use keepalive_kit::timing::assert_around;
+use keepalive_lab::client::{Client, ClientArgs, Protocol};
 use keepalive_server::jobs::Storage;
 
 /// Every listener on a port of its own.
@@ -273,4 +276,50 @@ async fn demo_answers_503_on_healthz_while_its_streams_drain() {
         "a draining demo tells a balancer in front at once"
     );
     drop(stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_with_tls_serves_http2_with_the_certificate_it_says_to_trust() {
+    let dir = std::env::temp_dir().join(format!("keepalive-demo-tls-{}", std::process::id()));
+    let data_dir = dir.to_str().expect("a UTF-8 temp dir");
+    let mut args = ANY_PORTS.to_vec();
+    args.push("--tls");
+    let mut demo = Demo::start(&args, &[("SERVER_DATA_DIR", data_dir)]);
+    let line = demo.line_with("proxy   https://", Duration::from_secs(20));
+    let authority = line
+        .split("https://")
+        .nth(1)
+        .and_then(|after| after.split('/').next())
+        .unwrap_or_else(|| panic!("no https URL in {line:?}"));
+    let proxy: SocketAddr = authority
+        .parse()
+        .unwrap_or_else(|err| panic!("{authority:?}: {err}"));
+    let cert = dir.join("proxy-cert.pem");
+    let trust = format!("curl --cacert {}", cert.display());
+    demo.line_with(&trust, Duration::from_secs(1));
+    // The HTTP/2 suggestion says what the cut looks like there.
+    let http2 = demo.line_with(&format!("{trust} --http2 -N"), Duration::from_secs(1));
+    assert!(http2.contains(&format!("https://{proxy}/")), "{http2}");
+    demo.line_with("proxy listening", Duration::from_secs(5));
+
+    // Trusting exactly the file the demo named, as curl --cacert would.
+    let client = Client::new(&ClientArgs {
+        cacert: Some(CertFile::read(&cert).expect("the demo wrote its certificate")),
+        ..ClientArgs::default()
+    })
+    .expect("a TLS client");
+    let url: http::Uri = format!("https://localhost:{}/polls/", proxy.port())
+        .parse()
+        .expect("a URL");
+    let connection = client.connect(&url).await.expect("a TLS connection");
+    assert_eq!(connection.transport.protocol, Protocol::Http2);
+    assert_eq!(connection.transport.alpn.as_deref(), Some("h2"));
+    drop(connection);
+    let (status, _) = client
+        .fetch(http::Method::GET, &url, &[])
+        .await
+        .expect("an answer over HTTPS");
+    assert_eq!(status, 200);
+    drop(demo);
+    let _ = std::fs::remove_dir_all(dir);
 }
