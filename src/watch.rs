@@ -387,7 +387,8 @@ async fn follow(
         match body.frame().await {
             None => break Verdict::Completed,
             Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
+                // An empty DATA frame carries HTTP/2's END_STREAM alone: an end, not a chunk.
+                let Some(data) = frame.into_data().ok().filter(|data| !data.is_empty()) else {
                     continue;
                 };
                 let chunk = Chunk {

@@ -7,8 +7,11 @@ use std::time::Duration;
 use http::{HeaderValue, StatusCode, Uri};
 use keepalive_kit::echo::{echoed_headers, start_echo, values};
 use keepalive_kit::program::run_to_exit;
-use keepalive_kit::servers::start_origin_and_proxy;
+use keepalive_kit::servers::{
+    origin_config, start_origin, start_origin_and_proxy, start_proxy_configured, Proxy, Running,
+};
 use keepalive_kit::timing::{assert_around, ms, OFF};
+use keepalive_kit::tls::TestCert;
 use keepalive_lab::client::{Client, ClientArgs, ClientError, Protocol};
 use keepalive_lab::watch::{observe, Reset, Verdict};
 use keepalive_proxy::faults::RESET_AFTER_HEADER;
@@ -243,4 +246,68 @@ async fn https_to_a_plain_server_fails_its_tls_handshake() {
         "{seen:?}"
     );
     assert_eq!(seen.verdict.exit_code(), 35);
+}
+
+/// The origin, and keepalive-proxy serving HTTPS in front of it with `cert`.
+async fn start_https_proxy(cert: &TestCert) -> (Running, Proxy) {
+    let origin = start_origin(origin_config()).await;
+    let proxy = start_proxy_configured(origin.addr, timers(), |config| {
+        config.tls_cert = Some(cert.cert_file());
+        config.tls_key = Some(cert.key_file());
+    })
+    .await;
+    (origin, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_http2_a_finite_stream_ends_with_end_stream_and_only_its_lines_are_chunks() {
+    let cert = TestCert::localhost().expect("a test certificate");
+    let (_origin, proxy) = start_https_proxy(&cert).await;
+    let client = Client::new(&ClientArgs {
+        cacert: Some(cert.cert_file()),
+        ..ClientArgs::default()
+    })
+    .expect("a client");
+    let url: Uri = format!(
+        "https://localhost:{}/polls/streamed?sleep=100ms&lines=2",
+        proxy.addr.port()
+    )
+    .parse()
+    .expect("a URL");
+    let seen = observe(&client, &url, &[], Some(Duration::from_secs(5)), |_| {}).await;
+    let transport = seen.transport.as_ref().expect("connected");
+    assert_eq!(transport.protocol, Protocol::Http2, "ALPN offers h2 first");
+    assert_eq!(transport.alpn.as_deref(), Some("h2"));
+    assert_eq!(seen.verdict, Verdict::Completed, "{seen:?}");
+    // HTTP/2 may end with an empty DATA frame: an end, not a chunk.
+    assert_eq!(seen.chunks.len(), 2, "{:?}", seen.chunks);
+    assert!(seen.explain().contains("END_STREAM"), "{}", seen.explain());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_fails_with_curls_60_and_says_how_to_trust_it() {
+    let cert = TestCert::localhost().expect("a test certificate");
+    let (_origin, proxy) = start_https_proxy(&cert).await;
+    let url: Uri = format!("https://localhost:{}/polls/", proxy.addr.port())
+        .parse()
+        .expect("a URL");
+    let seen = observe(
+        &Client::default(),
+        &url,
+        &[],
+        Some(Duration::from_secs(5)),
+        |_| {},
+    )
+    .await;
+    assert!(
+        matches!(seen.verdict, Verdict::Failed(_)),
+        "{:?}",
+        seen.verdict
+    );
+    assert_eq!(seen.verdict.exit_code(), 60);
+    assert!(
+        seen.explain().contains("--cacert FILE"),
+        "{}",
+        seen.explain()
+    );
 }
