@@ -30,8 +30,10 @@ enum Command {
     /// Origin on 127.0.0.1:8000 and proxy on 127.0.0.1:8080 with demo timers (the default)
     Demo(Box<demo::DemoArgs>),
     /// Follow one stream: every chunk with its arrival time and the gap before it, heartbeats as
-    /// dots, then how it ended: completed (exit 0), truncated (18), reset (56), timeout (28),
-    /// http <status> (22), or failed (7), curl's codes for the same endings
+    /// dots, then how it ended: completed (exit 0), truncated (18), reset (56: TCP RST, HTTP/2
+    /// RST_STREAM or GOAWAY), timeout (28), http <status> (22), silently truncated (65), or failed
+    /// (7; over https a certificate not trusted 60, another handshake failure 35), curl's codes
+    /// for the same endings where curl has one
     Watch(watch::WatchArgs),
     /// Measure the timers of a balancer in front of keepalive-server from outside: first byte,
     /// idle, whether heartbeats help, total; then explain each and recommend a heartbeat interval

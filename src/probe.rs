@@ -479,7 +479,11 @@ pub async fn run(args: ProbeArgs) -> u8 {
                 for line in explain(&findings) {
                     outln!("{line}");
                 }
-                outln!("(probed {} in {:.1} s)", args.url, findings.took_s);
+                let over = match findings.tls {
+                    Some(tls) => format!("{} over {tls}", findings.protocol),
+                    None => findings.protocol.to_owned(),
+                };
+                outln!("(probed {} with {over} in {:.1} s)", args.url, findings.took_s);
             }
             0
         }
