@@ -58,7 +58,7 @@ pub struct DemoArgs {
     /// certificate for localhost made now and written to DATA_DIR/proxy-cert.pem
     /// (./proxy-cert.pem with :memory:), for `curl --cacert` or a browser to trust. The same as
     /// PROXY_TLS_SELF_SIGNED=FILE; PROXY_TLS_CERT and PROXY_TLS_KEY serve a certificate of your own
-    #[arg(long, conflicts_with_all = ["tls_cert", "tls_self_signed"])]
+    #[arg(long)]
     tls: bool,
 
     #[command(flatten)]
@@ -77,12 +77,24 @@ pub enum DemoError {
     /// The proxy refuses the origin's address as its upstream (its reason is text).
     #[error("cannot proxy to {addr}: {reason}")]
     Upstream { addr: SocketAddr, reason: String },
+    #[error("--tls makes a certificate, and {0} names one too: use one of them")]
+    TwoCertificates(String),
     /// The proxy's TLS settings cannot be used (a key that is not its certificate's, say).
     #[error("{0}")]
     Tls(#[from] SetupError),
     /// The origin could not start (a data directory another origin holds) or stopped on an error.
     #[error("the origin stopped, so the demo did too: {0}")]
     Origin(#[source] std::io::Error),
+}
+
+impl DemoError {
+    /// Settings that cannot work together exit 2, as a bad value does; the rest 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::TwoCertificates(_) | Self::Tls(_) => 2,
+            Self::Bind { .. } | Self::Upstream { .. } | Self::Origin(_) => 1,
+        }
+    }
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
@@ -93,6 +105,20 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         proxy: mut proxy_config,
     } = args;
     if tls {
+        // Judged on the values, not on whether a variable is set: PROXY_TLS_SELF_SIGNED=off (or
+        // empty, as compose passes it) is no certificate, and leaves --tls to choose one.
+        if let Some(cert) = &proxy_config.tls_cert {
+            return Err(DemoError::TwoCertificates(format!(
+                "PROXY_TLS_CERT={}",
+                cert.path.display()
+            )));
+        }
+        if let Some(path) = &proxy_config.tls_self_signed {
+            return Err(DemoError::TwoCertificates(format!(
+                "PROXY_TLS_SELF_SIGNED={}",
+                path.display()
+            )));
+        }
         proxy_config.tls_self_signed = Some(certificate_path(&data_dir));
     }
     init_narration();

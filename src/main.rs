@@ -72,7 +72,7 @@ async fn run(cli: Cli) -> u8 {
         Ok(()) => 0,
         Err(err) => {
             eprintln!("keepalive-lab: {err}");
-            1
+            err.exit_code()
         }
     }
 }

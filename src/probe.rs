@@ -425,6 +425,10 @@ fn explain(findings: &Findings) -> Vec<String> {
         Some(idle) if findings.idle_cut.as_deref() == Some("clean") => format!(
             "Idle: a stream silent for {idle:.1} s is cut mid-body, and the cut looks like a normal end: clients cannot tell (silent truncation). Make every stream end with a marker, and treat one without it as cut."
         ),
+        Some(idle) if findings.idle_cut.as_deref() == Some("reset") => format!(
+            "Idle: a stream silent for {idle:.1} s is reset mid-body ({}); clients see the stream fail after a 200, not an error page.",
+            if findings.protocol == "HTTP/2" { "RST_STREAM" } else { "TCP RST" }
+        ),
         Some(idle) => format!(
             "Idle: a stream silent for {idle:.1} s is cut mid-body ({}); clients see an incomplete response, not an error.",
             findings.idle_cut.as_deref().unwrap_or("cut")
@@ -483,7 +487,11 @@ pub async fn run(args: ProbeArgs) -> u8 {
                     Some(tls) => format!("{} over {tls}", findings.protocol),
                     None => findings.protocol.to_owned(),
                 };
-                outln!("(probed {} with {over} in {:.1} s)", args.url, findings.took_s);
+                outln!(
+                    "(probed {} with {over} in {:.1} s)",
+                    args.url,
+                    findings.took_s
+                );
             }
             0
         }

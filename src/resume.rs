@@ -332,7 +332,14 @@ async fn job_info(
 ) -> Result<JobStanding, ResumeError> {
     let path = stream_url.path().trim_end_matches("/stream");
     let job_url = with_path(stream_url, path)?;
-    let (status, body) = client.fetch(http::Method::GET, &job_url, headers).await?;
+    // The job's own standing, asked of the same host: only `Host` goes along, never the faults
+    // (`x-keepalive-*`) meant for the stream, which would cut or delay this answer too.
+    let host: Vec<_> = headers
+        .iter()
+        .filter(|(name, _)| name == http::header::HOST)
+        .cloned()
+        .collect();
+    let (status, body) = client.fetch(http::Method::GET, &job_url, &host).await?;
     if !status.is_success() {
         return Err(ResumeError::Status {
             path: path.to_owned(),

@@ -438,7 +438,8 @@ fn ending_of(err: &hyper::Error) -> Option<Verdict> {
             if let Some(io) = h2.get_io() {
                 return Some(of_io(io).unwrap_or(Verdict::Truncated));
             }
-            match h2.reason() {
+            // Only the peer's: a reset our own h2 made (a protocol error it saw) is no balancer's cut.
+            match h2.reason().filter(|_| h2.is_remote()) {
                 Some(reason) if h2.is_go_away() => {
                     return Some(Verdict::Reset(Reset::GoAway(reason)))
                 }

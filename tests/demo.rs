@@ -284,7 +284,14 @@ async fn demo_with_tls_serves_http2_with_the_certificate_it_says_to_trust() {
     let data_dir = dir.to_str().expect("a UTF-8 temp dir");
     let mut args = ANY_PORTS.to_vec();
     args.push("--tls");
-    let mut demo = Demo::start(&args, &[("SERVER_DATA_DIR", data_dir)]);
+    // Off, as a compose file passes it through, leaves --tls to choose the certificate.
+    let mut demo = Demo::start(
+        &args,
+        &[
+            ("SERVER_DATA_DIR", data_dir),
+            ("PROXY_TLS_SELF_SIGNED", "off"),
+        ],
+    );
     let line = demo.line_with("proxy   https://", Duration::from_secs(20));
     let authority = line
         .split("https://")
@@ -322,4 +329,22 @@ async fn demo_with_tls_serves_http2_with_the_certificate_it_says_to_trust() {
     assert_eq!(status, 200);
     drop(demo);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn demo_tls_with_a_certificate_of_its_own_too_is_refused_with_exit_2() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keepalive-lab"));
+    clear_settings(&mut command);
+    command
+        .env("SERVER_DATA_DIR", ":memory:")
+        .env("PROXY_TLS_SELF_SIGNED", "/nonexistent/proxy-cert.pem")
+        .args(ANY_PORTS)
+        .arg("--tls");
+    let output = run_to_exit(command, Duration::from_secs(20));
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--tls") && stderr.contains("PROXY_TLS_SELF_SIGNED=/nonexistent"),
+        "{stderr}"
+    );
 }

@@ -12,6 +12,7 @@ use keepalive_kit::servers::{
 };
 use keepalive_kit::timing::{assert_around, ms, OFF};
 use keepalive_kit::tls::TestCert;
+use keepalive_lab::client::route::ConnectTo;
 use keepalive_lab::client::{Client, ClientArgs, ClientError, Protocol};
 use keepalive_lab::watch::{observe, Reset, Verdict};
 use keepalive_proxy::faults::RESET_AFTER_HEADER;
@@ -310,4 +311,40 @@ async fn an_untrusted_certificate_fails_with_curls_60_and_says_how_to_trust_it()
         "{}",
         seen.explain()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cacert_trusts_an_openssl_style_self_signed_certificate_as_the_servers_own() {
+    // CA:TRUE, as `openssl req -x509` makes it; curl --cacert trusts it, and so must the lab.
+    let cert = TestCert::openssl_style().expect("a test certificate");
+    let (_origin, proxy) = start_https_proxy(&cert).await;
+    let client = Client::new(&ClientArgs {
+        cacert: Some(cert.cert_file()),
+        ..ClientArgs::default()
+    })
+    .expect("a client");
+    let url: Uri = format!(
+        "https://localhost:{}/polls/streamed?sleep=100ms&lines=1",
+        proxy.addr.port()
+    )
+    .parse()
+    .expect("a URL");
+    let seen = observe(&client, &url, &[], Some(Duration::from_secs(5)), |_| {}).await;
+    assert_eq!(seen.verdict, Verdict::Completed, "{}", seen.explain());
+    // Pinned for its names only: another name at the same address is refused.
+    let other: Uri = format!("https://other.example:{}/polls/", proxy.addr.port())
+        .parse()
+        .expect("a URL");
+    let client = Client::new(&ClientArgs {
+        cacert: Some(cert.cert_file()),
+        connect_to: vec![ConnectTo::parse(&format!(
+            "other.example:{0}:127.0.0.1:{0}",
+            proxy.addr.port()
+        ))
+        .expect("a --connect-to")],
+        ..ClientArgs::default()
+    })
+    .expect("a client");
+    let seen = observe(&client, &other, &[], Some(Duration::from_secs(5)), |_| {}).await;
+    assert_eq!(seen.verdict.exit_code(), 60, "{}", seen.explain());
 }

@@ -41,11 +41,28 @@ pub struct TestCert {
 }
 
 impl TestCert {
-    /// A new certificate for [`NAMES`].
+    /// A new certificate for [`NAMES`], a leaf (as rcgen and most tools make one).
     pub fn localhost() -> io::Result<Self> {
+        Self::make(false)
+    }
+
+    /// A new certificate for [`NAMES`] that also says it is a CA (basic constraints CA:TRUE), as
+    /// `openssl req -x509` makes one: what webpki alone refuses as a server's certificate, and
+    /// what `--cacert`, like curl, must still trust as the server's own.
+    pub fn openssl_style() -> io::Result<Self> {
+        Self::make(true)
+    }
+
+    fn make(ca: bool) -> io::Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let made = rcgen::generate_simple_self_signed(NAMES.map(str::to_owned).to_vec())
+        let mut params = rcgen::CertificateParams::new(NAMES.map(str::to_owned).to_vec())
             .map_err(io::Error::other)?;
+        if ca {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        let signing_key = rcgen::KeyPair::generate().map_err(io::Error::other)?;
+        let cert = params.self_signed(&signing_key).map_err(io::Error::other)?;
+        let made = rcgen::CertifiedKey { cert, signing_key };
         let dir = std::env::temp_dir().join(format!(
             "keepalive-cert-{}-{}",
             std::process::id(),

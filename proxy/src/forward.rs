@@ -39,6 +39,11 @@ impl Upstream {
     pub fn is_https(&self) -> bool {
         self.scheme == Scheme::HTTPS
     }
+
+    /// The upstream's host, as the URL spells it (an IPv6 address in brackets).
+    pub fn host(&self) -> &str {
+        self.authority.host()
+    }
 }
 
 impl std::fmt::Display for Upstream {

@@ -138,7 +138,7 @@ pub fn prepare(config: ProxyConfig) -> Result<Prepared, SetupError> {
         config.tls_key.as_ref(),
         config.tls_self_signed.as_ref(),
     )?;
-    let connector = UpstreamConnector::new(config.upstream_ca.as_ref())?;
+    let connector = UpstreamConnector::new(&config.upstream, config.upstream_ca.as_ref())?;
     Ok(Prepared {
         config,
         tls,

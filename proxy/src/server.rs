@@ -191,14 +191,15 @@ async fn connection<S, B>(
 }
 
 fn handshake_failed(err: &std::io::Error, peer: SocketAddr, metrics: &Metrics) {
-    metrics.client_error("tls_handshake");
-    // A connection closed before it said anything (a port probe) is no news; a client that refused
-    // the certificate, or spoke plain HTTP to the TLS port, is what an operator looks for.
+    // A connection closed before its handshake was done, most often before it said anything (a
+    // port probe, a TCP health check), is no news, and counting it would bury the failures an
+    // operator looks for: a client that refused the certificate, or spoke plain HTTP to this port.
     if err.kind() == std::io::ErrorKind::UnexpectedEof {
-        tracing::debug!(%peer, %err, "TLS handshake failed: closing the client connection");
-    } else {
-        tracing::info!(%peer, %err, "TLS handshake failed: closing the client connection");
+        tracing::debug!(%peer, %err, "client closed during the TLS handshake");
+        return;
     }
+    metrics.client_error("tls_handshake");
+    tracing::info!(%peer, %err, "TLS handshake failed: closing the client connection");
 }
 
 fn closed(expired: TimerExpired, peer: SocketAddr, metrics: &Metrics, cut: &ConnectionCut) {

@@ -436,6 +436,30 @@ async fn plain_http_to_the_tls_port_fails_the_handshake_and_is_counted() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_before_its_handshake_is_not_counted_as_a_handshake_error() {
+    let cert = localhost_cert();
+    let (_origin, proxy) = origin_and_tls_proxy(&cert, quiet_timers(), |_| {}).await;
+    // Port probes, as TCP health checks make them: connect, then close.
+    for _ in 0..3 {
+        drop(TcpStream::connect(proxy.addr).await.expect("connect"));
+    }
+    // Then one real failure, which is counted, so the count is known to be up to date.
+    raw_request(
+        proxy.addr,
+        &get("/polls/", "Connection: close\r\n"),
+        Duration::from_secs(3),
+    )
+    .await;
+    wait_for_metric(proxy.admin, HANDSHAKE_ERRORS, 1.0, Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        metric(proxy.admin, HANDSHAKE_ERRORS).await,
+        1.0,
+        "the probes are not counted"
+    );
+}
+
 // The send timer.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -583,6 +607,18 @@ async fn assert_upstream_handshake_failed(proxy: &Proxy, origin: &Running) {
         0.0,
         "no request reached the origin"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_with_an_openssl_style_self_signed_certificate_is_trusted_by_it() {
+    // CA:TRUE, as `openssl req -x509` makes it: webpki alone would refuse it as a server's own.
+    let cert = TestCert::openssl_style().expect("make the test certificate");
+    let origin = start_origin(origin_config()).await;
+    let front = start_tls_front(&cert, origin.addr).await;
+    let proxy = proxy_to_https(front.addr, Some(cert.cert_file())).await;
+    let transcript = get_one_line(&proxy).await;
+    assert_eq!(transcript.response().status, 200, "{}", transcript.text());
+    assert_eq!(transcript.response().text(), FIRST_LINE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

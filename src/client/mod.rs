@@ -406,20 +406,14 @@ impl Connection {
                 let (sender, connection) = hyper::client::conn::http1::handshake(io)
                     .await
                     .map_err(ClientError::Handshake)?;
-                (
-                    Sender::Http1(sender),
-                    tokio::spawn(connection),
-                )
+                (Sender::Http1(sender), tokio::spawn(connection))
             }
             Protocol::Http2 => {
                 let (sender, connection) =
                     hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                         .await
                         .map_err(ClientError::Handshake)?;
-                (
-                    Sender::Http2(sender),
-                    tokio::spawn(connection),
-                )
+                (Sender::Http2(sender), tokio::spawn(connection))
             }
         };
         Ok(Self {

@@ -8,7 +8,8 @@
 //! then sends the alert) only when it ends it gracefully; on a body error, a truncating cut, it drops
 //! the IO without a word. So [`ClosingTls`] queues the alert when it is dropped and writes it without
 //! waiting: a socket whose buffer is full (a client that stopped reading, the send timer's case) gets
-//! only its FIN, never a blocked drop.
+//! what fits, perhaps part of a record, then its FIN, which the client reads as no close_notify;
+//! never a blocked drop.
 //!
 //! When the connection's reset switch is flipped (the `reset` cut style, the reset fault) nothing is
 //! sent: the socket's close is to be a RST, and an alert before it would be one more orderly goodbye.

@@ -21,7 +21,7 @@ pub mod upstream;
 use std::io;
 use std::path::PathBuf;
 
-use keepalive_common::tls::PemError;
+use keepalive_common::tls::VerifierError;
 
 /// Why the proxy cannot start with its TLS settings; each names the variables involved, on one line.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +45,10 @@ pub enum SetupError {
     MakeCertificate(String),
     #[error("cannot write the self-signed certificate to PROXY_TLS_SELF_SIGNED={}: {source}", .path.display())]
     WriteCertificate { path: PathBuf, source: io::Error },
+    #[error("PROXY_UPSTREAM={upstream}: its host cannot be a TLS server name ({reason}); use a DNS name or an IP address")]
+    UpstreamName { upstream: String, reason: String },
     #[error("PROXY_UPSTREAM_CA: {0}")]
-    UpstreamCa(#[source] PemError),
+    UpstreamCa(#[source] VerifierError),
     /// The crypto provider lacks what the configuration asks for; a build problem, not a setting's.
     #[error("TLS configuration: {0}")]
     Provider(String),

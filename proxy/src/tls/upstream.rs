@@ -1,6 +1,7 @@
 //! TLS towards an `https://` upstream: hyper-rustls's `HttpsConnector` around hyper-util's
 //! `HttpConnector`, trusting the public roots built into the binary, or exactly the CAs of
-//! `PROXY_UPSTREAM_CA` (as curl's `--cacert` does). The server name (SNI, and the name the
+//! `PROXY_UPSTREAM_CA` (as curl's `--cacert` does, so a self-signed certificate made by
+//! `openssl req -x509`, which calls itself a CA, is trusted as the upstream's own). The server name (SNI, and the name the
 //! certificate must be valid for) is the upstream's host. ALPN offers `http/1.1` alone: towards
 //! origins the proxy keeps pooled HTTP/1.1 connections, as nginx does.
 //!
@@ -18,12 +19,14 @@ use http::Uri;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
-use keepalive_common::tls::{provider, roots, CertFile};
+use keepalive_common::tls::{provider, verifier, CertFile};
 use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tower::Service;
 
 use super::SetupError;
+use crate::forward::Upstream;
 use crate::BoxError;
 
 /// The handshake with an https upstream failed (its certificate is not trusted or not valid for its
@@ -39,8 +42,21 @@ pub struct UpstreamConnector {
 }
 
 impl UpstreamConnector {
-    /// `ca`: the CAs to trust instead of the public roots (`PROXY_UPSTREAM_CA`).
-    pub fn new(ca: Option<&CertFile>) -> Result<Self, SetupError> {
+    /// `ca`: the CAs to trust instead of the public roots (`PROXY_UPSTREAM_CA`). An https
+    /// upstream's host must be one TLS can name (SNI, the certificate check): found here, not at
+    /// every request's handshake.
+    pub fn new(upstream: &Upstream, ca: Option<&CertFile>) -> Result<Self, SetupError> {
+        if upstream.is_https() {
+            // An IPv6 literal is bracketed in a URL, never in a server name.
+            let host = upstream
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            ServerName::try_from(host.to_owned()).map_err(|err| SetupError::UpstreamName {
+                upstream: upstream.to_string(),
+                reason: err.to_string(),
+            })?;
+        }
         let mut tcp = HttpConnector::new();
         // Streams are latency-sensitive: a heartbeat must not wait for Nagle.
         tcp.set_nodelay(true);
@@ -49,7 +65,11 @@ impl UpstreamConnector {
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|err| SetupError::Provider(err.to_string()))?
-            .with_root_certificates(roots(ca).map_err(SetupError::UpstreamCa)?)
+            // Dangerous in name only: webpki's check, plus trusting a pinned self-signed certificate.
+            .dangerous()
+            .with_custom_certificate_verifier(
+                verifier(ca, provider()).map_err(SetupError::UpstreamCa)?,
+            )
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
@@ -103,5 +123,32 @@ impl Service<Uri> for Tcp {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.0.call(uri);
         Box::pin(async move { connecting.await.map_err(|err| TcpFailed(Box::new(err))) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_https_host_tls_cannot_name_is_refused_at_start_naming_the_upstream() {
+        for good in [
+            "https://origin.example:8443",
+            "https://127.0.0.1:8443",
+            "https://[::1]:8443",
+            // Plain HTTP names no server: any host the URL allows.
+            "http://a..b:8000",
+        ] {
+            let upstream: Upstream = good.parse().expect(good);
+            assert!(UpstreamConnector::new(&upstream, None).is_ok(), "{good}");
+        }
+        let upstream: Upstream = "https://a..b:8443".parse().expect("a URL's host");
+        let Err(err) = UpstreamConnector::new(&upstream, None) else {
+            panic!("accepted a..b as a TLS server name");
+        };
+        assert!(
+            err.to_string().contains("PROXY_UPSTREAM=https://a..b:8443"),
+            "{err}"
+        );
     }
 }
