@@ -3,6 +3,13 @@
 //! and drop what is left — an infinite stream never finishes by itself. Connection tasks live in a
 //! `JoinSet`, so none outlives the loop.
 //!
+//! What the listener does during the drain is the caller's choice ([`WhileDraining`]). The proxy
+//! closes it at once: its admin listener tells the balancer. The origin keeps it open until it
+//! exits, so that its own `/healthz` can answer 503 on a new connection and the requests a balancer
+//! still sends during its health interval are served rather than refused; each connection accepted
+//! then is told at once that shutdown has begun. Either way the drain ends as soon as no connection
+//! is left. Callers that want to know where the drain stands watch its [`Phase`].
+//!
 //! A [`Listener`] may cap how many connections are served at once (mini-redis's `MAX_CONNECTIONS`
 //! semaphore). Beyond the cap a connection is still accepted, answered `503` and closed, rather than
 //! left in the kernel's backlog: the client learns at once that the server is full instead of
@@ -57,26 +64,93 @@ impl From<TcpListener> for Listener {
     }
 }
 
+/// Where an accept loop stands; it only ever moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Before shutdown.
+    Serving,
+    /// Shutdown has begun: open connections are finishing, for at most the drain timeout.
+    Draining,
+    /// The drain timeout passed: what is still open is being dropped right now.
+    Cutting,
+}
+
+/// What the listener does from the start of the drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhileDraining {
+    /// Close it at once: new connections are refused by the kernel (the proxy).
+    StopAccepting,
+    /// Keep accepting until the loop returns; each connection accepted is told at once that
+    /// shutdown has begun (the origin, which answers its own `/healthz` 503 meanwhile).
+    KeepAccepting,
+}
+
+/// How the loop drains: for how long, and what the listener does meanwhile.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    pub timeout: Duration,
+    pub while_draining: WhileDraining,
+}
+
+/// How a drain ended, counted in connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Connections that closed by themselves after shutdown began.
+    pub finished: usize,
+    /// Connections still open at the drain timeout, and dropped.
+    pub cut: usize,
+}
+
 /// Tells a connection that the server is shutting down and wants it to finish gracefully.
-pub struct Stopping(watch::Receiver<bool>);
+#[derive(Debug, Clone)]
+pub struct Stopping(watch::Receiver<Phase>);
 
 impl Stopping {
     /// Resolves once shutdown has begun (or the accept loop is gone, which is a stop too).
     pub async fn requested(&mut self) {
-        let _ = self.0.wait_for(|stop| *stop).await;
+        let _ = self.0.wait_for(|phase| *phase != Phase::Serving).await;
+    }
+
+    /// Whether shutdown has begun, without waiting.
+    pub fn has_begun(&self) -> bool {
+        *self.0.borrow() != Phase::Serving
     }
 }
 
-/// Accepts on `listener` and runs `connection` for each client until `shutdown` resolves, then drains.
-///
-/// Accepted sockets get `TCP_NODELAY`: a one-byte heartbeat must leave at once, not wait for the ACK of
-/// the previous segment.
+/// Accepts on `listener` and runs `connection` for each client until `shutdown` resolves, then closes
+/// the listener and drains for at most `drain_timeout`: [`serve_with_drain`] with
+/// [`WhileDraining::StopAccepting`].
 pub async fn serve_connections<F, Fut>(
     listener: impl Into<Listener>,
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
-    mut connection: F,
+    connection: F,
 ) where
+    F: FnMut(TcpStream, SocketAddr, Stopping) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let drain = Drain {
+        timeout: drain_timeout,
+        while_draining: WhileDraining::StopAccepting,
+    };
+    let (phase, _) = watch::channel(Phase::Serving);
+    serve_with_drain(listener, shutdown, drain, phase, connection).await;
+}
+
+/// Accepts on `listener` and runs `connection` for each client until `shutdown` resolves, then drains
+/// as `drain` says, publishing each step on `phase` (the caller keeps receivers: a health handler
+/// reads it). Returns once every connection is closed.
+///
+/// Accepted sockets get `TCP_NODELAY`: a one-byte heartbeat must leave at once, not wait for the ACK of
+/// the previous segment.
+pub async fn serve_with_drain<F, Fut>(
+    listener: impl Into<Listener>,
+    shutdown: impl Future<Output = ()>,
+    drain: Drain,
+    phase: watch::Sender<Phase>,
+    connection: F,
+) -> Drained
+where
     F: FnMut(TcpStream, SocketAddr, Stopping) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -84,72 +158,132 @@ pub async fn serve_connections<F, Fut>(
         tcp: listener,
         max_connections,
     } = listener.into();
-    let addr = listener
-        .local_addr()
-        .map_or_else(|err| err.to_string(), |addr| addr.to_string());
-    let (stop, stopping) = watch::channel(false);
-    let slots = Arc::new(Semaphore::new(max_connections));
-    // Connections answered 503 since the cap was last reached; logged once each way, not per refusal.
-    let mut refused: u64 = 0;
-    let mut connections = JoinSet::new();
+    let mut accept = Accept {
+        addr: listener
+            .local_addr()
+            .map_or_else(|err| err.to_string(), |addr| addr.to_string()),
+        slots: Arc::new(Semaphore::new(max_connections)),
+        max_connections,
+        refused: 0,
+        stopping: phase.subscribe(),
+        connections: JoinSet::new(),
+        connection,
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                        if refused == 0 {
-                            tracing::warn!(%addr, max_connections, "connection limit reached: answering 503 to new connections until one closes");
-                        }
-                        refused += 1;
-                        refuse(&tcp, peer);
-                        continue;
-                    };
-                    if refused > 0 {
-                        tracing::info!(%addr, max_connections, refused, "below the connection limit again");
-                        refused = 0;
-                    }
-                    if let Err(err) = tcp.set_nodelay(true) {
-                        tracing::debug!(%peer, %err, "cannot set TCP_NODELAY");
-                    }
-                    let served = connection(tcp, peer, Stopping(stopping.clone()));
-                    connections.spawn(async move {
-                        served.await;
-                        drop(slot);
-                    });
-                }
-                Err(err) => accept_failed(err).await,
-            },
-            Some(finished) = connections.join_next(), if !connections.is_empty() => report_panic(finished),
+            accepted = listener.accept() => accept.accepted(accepted).await,
+            Some(finished) = accept.connections.join_next(), if !accept.connections.is_empty() => report_panic(finished),
         }
     }
-    drop(listener);
-    let drain = display(drain_timeout);
-    tracing::info!(
-        %addr,
-        connections = connections.len(),
-        %drain,
-        "shutting down: no new connections, letting open responses finish",
-    );
-    // Every receiver may already be gone (no connection open): nothing to tell then.
-    let _ = stop.send(true);
-    let drained = tokio::time::timeout(drain_timeout, async {
-        while let Some(finished) = connections.join_next().await {
-            report_panic(finished);
+    let open = accept.connections.len();
+    let timeout = display(drain.timeout);
+    let listener = match drain.while_draining {
+        WhileDraining::StopAccepting => {
+            drop(listener);
+            tracing::info!(
+                addr = %accept.addr,
+                connections = open,
+                drain = %timeout,
+                "shutting down: no new connections, letting open responses finish",
+            );
+            None
         }
-    })
-    .await;
-    if drained.is_err() {
+        WhileDraining::KeepAccepting => {
+            tracing::info!(
+                addr = %accept.addr,
+                connections = open,
+                drain = %timeout,
+                "draining: still accepting (each new connection closes after its response), letting open responses finish",
+            );
+            Some(listener)
+        }
+    };
+    // `send_replace`: unlike `send`, it stores the phase even when no receiver is left.
+    phase.send_replace(Phase::Draining);
+    let deadline = tokio::time::sleep(drain.timeout);
+    tokio::pin!(deadline);
+    let mut finished = 0;
+    // Ends when no connection is left (at once if none was open) or at the deadline.
+    while !accept.connections.is_empty() {
+        tokio::select! {
+            () = &mut deadline => break,
+            Some(done) = accept.connections.join_next() => {
+                finished += 1;
+                report_panic(done);
+            }
+            accepted = accept_while(listener.as_ref()) => accept.accepted(accepted).await,
+        }
+    }
+    let cut = accept.connections.len();
+    // The new phase first: whoever accounts for a dropped stream must see that it was cut at the limit.
+    phase.send_replace(Phase::Cutting);
+    drop(listener);
+    if cut > 0 {
         tracing::warn!(
-            %addr,
-            connections = connections.len(),
-            %drain,
+            addr = %accept.addr,
+            connections = cut,
+            drain = %timeout,
             "drain timeout: cutting the streams still open",
         );
-        connections.shutdown().await;
+        accept.connections.shutdown().await;
     }
-    tracing::info!(%addr, "stopped");
+    tracing::info!(addr = %accept.addr, "stopped");
+    Drained { finished, cut }
+}
+
+/// Accepts on `listener` if there is one; never resolves otherwise.
+async fn accept_while(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the loop needs to take a connection in, before and during the drain alike.
+struct Accept<F> {
+    addr: String,
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    /// Connections answered 503 since the cap was last reached; logged once each way, not per refusal.
+    refused: u64,
+    stopping: watch::Receiver<Phase>,
+    connections: JoinSet<()>,
+    connection: F,
+}
+
+impl<F, Fut> Accept<F>
+where
+    F: FnMut(TcpStream, SocketAddr, Stopping) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    async fn accepted(&mut self, accepted: std::io::Result<(TcpStream, SocketAddr)>) {
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => return accept_failed(err).await,
+        };
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            if self.refused == 0 {
+                tracing::warn!(addr = %self.addr, max_connections = self.max_connections, "connection limit reached: answering 503 to new connections until one closes");
+            }
+            self.refused += 1;
+            refuse(&tcp, peer);
+            return;
+        };
+        if self.refused > 0 {
+            tracing::info!(addr = %self.addr, max_connections = self.max_connections, refused = self.refused, "below the connection limit again");
+            self.refused = 0;
+        }
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, %err, "cannot set TCP_NODELAY");
+        }
+        let served = (self.connection)(tcp, peer, Stopping(self.stopping.clone()));
+        self.connections.spawn(async move {
+            served.await;
+            drop(slot);
+        });
+    }
 }
 
 /// Answers a connection beyond the cap and closes it, without waiting for anything: what the client
@@ -187,6 +321,119 @@ fn report_panic(finished: Result<(), JoinError>) {
     if let Err(err) = finished {
         if err.is_panic() {
             tracing::error!(%err, "a connection task panicked");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::oneshot;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// A connection that says whether shutdown had begun when it was accepted; one accepted before
+    /// it began stays open until it is dropped, as an infinite stream does.
+    async fn connection(mut tcp: TcpStream, stopping: Stopping) {
+        if stopping.has_begun() {
+            let _ = tcp.write_all(b"draining").await;
+            return;
+        }
+        let _ = tcp.write_all(b"serving").await;
+        std::future::pending::<()>().await;
+    }
+
+    async fn read_all(addr: SocketAddr) -> std::io::Result<String> {
+        let mut tcp = TcpStream::connect(addr).await?;
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).await?;
+        Ok(text)
+    }
+
+    async fn read_some(tcp: &mut TcpStream) -> String {
+        let mut buf = [0u8; 16];
+        let n = tcp.read(&mut buf).await.expect("read");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Runs the loop with `while_draining` and a 600 ms drain, one connection held open through it.
+    async fn drain_with(while_draining: WhileDraining) -> (Option<String>, Drained, Duration) {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("an address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (phase, mut phases) = watch::channel(Phase::Serving);
+        let drain = Drain {
+            timeout: Duration::from_millis(600),
+            while_draining,
+        };
+        let served = tokio::spawn(serve_with_drain(
+            tcp,
+            async {
+                let _ = stopped.await;
+            },
+            drain,
+            phase,
+            |tcp, _, stopping| connection(tcp, stopping),
+        ));
+        let mut held = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(read_some(&mut held).await, "serving");
+        let _ = stop.send(());
+        let began = Instant::now();
+        phases
+            .wait_for(|phase| *phase == Phase::Draining)
+            .await
+            .expect("the loop publishes the drain");
+        let during = read_all(addr).await.ok();
+        let drained = served.await.expect("the loop does not panic");
+        assert_eq!(*phases.borrow(), Phase::Cutting);
+        (during, drained, began.elapsed())
+    }
+
+    #[tokio::test]
+    async fn keep_accepting_serves_new_connections_until_the_drain_limit() {
+        let (during, drained, took) = drain_with(WhileDraining::KeepAccepting).await;
+        assert_eq!(during.as_deref(), Some("draining"), "told at once");
+        assert_eq!(
+            drained,
+            Drained {
+                finished: 1,
+                cut: 1
+            }
+        );
+        assert!(took >= Duration::from_millis(550), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn stop_accepting_closes_the_listener_when_the_drain_begins() {
+        let (during, drained, took) = drain_with(WhileDraining::StopAccepting).await;
+        assert_eq!(during, None, "refused by the kernel");
+        assert_eq!(
+            drained,
+            Drained {
+                finished: 0,
+                cut: 1
+            }
+        );
+        assert!(took >= Duration::from_millis(550), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_with_nothing_open_ends_at_once() {
+        for while_draining in [WhileDraining::StopAccepting, WhileDraining::KeepAccepting] {
+            let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let start = Instant::now();
+            let drain = Drain {
+                timeout: Duration::from_secs(3600),
+                while_draining,
+            };
+            let (phase, _) = watch::channel(Phase::Serving);
+            let drained = serve_with_drain(tcp, async {}, drain, phase, |tcp, _, stopping| {
+                connection(tcp, stopping)
+            })
+            .await;
+            assert_eq!(drained, Drained::default());
+            assert_eq!(start.elapsed(), Duration::ZERO, "{while_draining:?}");
         }
     }
 }
