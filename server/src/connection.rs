@@ -10,19 +10,26 @@
 //! sends nothing, or a byte a second, is kept forever. So the first request must arrive within the
 //! timer from accept, or the connection is dropped; that also bounds an h2c client that never sends
 //! a request.
+//!
+//! During the drain the origin still accepts (see `lib.rs`), so a connection may start after shutdown
+//! has begun. hyper's graceful shutdown closes a connection that is between requests at once, which
+//! for a connection that has not yet sent its first request would drop it unanswered: so graceful
+//! shutdown waits for the first request, and every response during the drain says
+//! `Connection: close` (HTTP/1), so that the client learns why the connection is not kept.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderValue, Version};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use keepalive_common::accept::Stopping;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 /// What every connection is held to.
@@ -55,14 +62,25 @@ pub async fn serve(
     mut stopping: Stopping,
 ) {
     set_user_timeout(&stream, limits.tcp_user_timeout);
-    let requested = Arc::new(AtomicBool::new(false));
+    let (requested, first_request) = watch::channel(false);
     let service = {
-        let requested = Arc::clone(&requested);
+        let stopping = stopping.clone();
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             // hyper calls the service once a head is complete: the connection has sent a request.
-            requested.store(true, Ordering::Release);
+            requested.send_replace(true);
+            // HTTP/2 has no Connection header (its GOAWAY says it); HTTP/1.0 closes by default anyway.
+            let close = stopping.has_begun() && request.version() == Version::HTTP_11;
             request.extensions_mut().insert(ConnectInfo(peer));
-            router.clone().oneshot(request)
+            let response = router.clone().oneshot(request);
+            async move {
+                let mut response = response.await?;
+                if close {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
         })
     };
     let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -71,7 +89,7 @@ pub async fn serve(
         match limits.header_timeout {
             Some(timeout) => {
                 tokio::time::sleep(timeout).await;
-                if requested.load(Ordering::Acquire) {
+                if *first_request.borrow() {
                     // hyper's own timer bounds the heads that follow.
                     std::future::pending::<()>().await;
                 }
@@ -79,13 +97,18 @@ pub async fn serve(
             None => std::future::pending().await,
         }
     };
+    let stop_once_requested = async {
+        stopping.requested().await;
+        // The sender lives in the service, as long as the connection: an error cannot happen first.
+        let _ = first_request.clone().wait_for(|requested| *requested).await;
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = first_head_late => {
             tracing::debug!(%peer, "no request head within SERVER_HEADER_TIMEOUT: connection dropped");
             return;
         }
-        () = stopping.requested() => {
+        () = stop_once_requested => {
             // Closes idle keep-alive connections now, lets a response in flight finish.
             connection.as_mut().graceful_shutdown();
             connection.await

@@ -8,10 +8,18 @@
 //! the remaining streams are dropped — logged and counted by their guards — before `serve` returns,
 //! instead of outliving it, and each connection carries its peer address and `TCP_NODELAY`, and
 //! is held to the header timer (see `connection.rs`).
+//!
+//! On shutdown the origin drains as a deployed one must: its listener stays open until it exits,
+//! `/healthz` answers 503 from the first moment (so a balancer's health check takes it out of
+//! rotation), and requests that still arrive are served, with `Connection: close`, because a
+//! balancer's view lags by up to one health interval and refusing them would turn a deploy into
+//! client errors. Streams go on until `SERVER_DRAIN_TIMEOUT`, then are cut mid-body (no last chunk),
+//! counted as `drained`; the origin returns as soon as nothing is open.
 
 mod bounds;
 mod config;
 mod connection;
+mod drain;
 mod error;
 pub mod jobs;
 mod metrics;
@@ -23,17 +31,20 @@ mod stream;
 use std::future::Future;
 use std::sync::Arc;
 
-use keepalive_common::accept::serve_connections;
+use keepalive_common::accept::{serve_with_drain, Drain, Phase, WhileDraining};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub use config::{InvalidSetting, ServerConfig};
+pub use drain::{DrainState, StreamsDrained};
 pub use metrics::Metrics;
 pub use routes::{app, POLLS_INDEX};
 pub use state::AppState;
 pub use stream::{end_marker_line, BANNER, POEM};
 
-/// Serves the origin on `listener` until `shutdown` resolves, then lets open responses finish for at
-/// most `config.drain_timeout` and closes the rest; every connection is closed when this returns.
+/// Serves the origin on `listener` until `shutdown` resolves, then drains (see the crate's comment):
+/// open responses may finish for at most `config.drain_timeout`, the rest are cut; every connection
+/// is closed when this returns.
 pub async fn serve(
     listener: TcpListener,
     config: ServerConfig,
@@ -44,13 +55,19 @@ pub async fn serve(
     config
         .check()
         .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
-    let drain_timeout = config.drain_timeout;
+    let drain = Drain {
+        timeout: config.drain_timeout,
+        while_draining: WhileDraining::KeepAccepting,
+    };
     let limits = connection::Limits {
         header_timeout: config.header_timeout,
         tcp_user_timeout: config.tcp_user_timeout,
     };
     let data_dir = config.data_dir.clone();
-    let state = AppState::new(config).map_err(std::io::Error::other)?;
+    let (phase, following) = watch::channel(Phase::Serving);
+    let state = AppState::new(config)
+        .map_err(std::io::Error::other)?
+        .draining_with(DrainState::following(following));
     let resumed = state.jobs().resume().await.map_err(std::io::Error::other)?;
     tracing::info!(data_dir = %data_dir, epoch = state.jobs().epoch(), resumed, "job store open");
     let config = state.config();
@@ -62,9 +79,17 @@ pub async fn serve(
         "listening; try /polls/streamed?sleep=1&heartbeat=300ms"
     );
     let jobs = state.jobs().clone();
+    let drain_state = state.drain().clone();
+    let shutdown = {
+        let metrics = state.metrics().clone();
+        async move {
+            shutdown.await;
+            metrics.drain_started();
+        }
+    };
     let router = app(state);
     let builder = Arc::new(connection::builder(limits));
-    serve_connections(listener, shutdown, drain_timeout, |tcp, peer, stopping| {
+    let connections = serve_with_drain(listener, shutdown, drain, phase, |tcp, peer, stopping| {
         connection::serve(
             tcp,
             peer,
@@ -75,6 +100,16 @@ pub async fn serve(
         )
     })
     .await;
+    let streams = drain_state.streams();
+    tracing::info!(
+        streams_cut = streams.cut,
+        streams_finished = streams.finished,
+        connections_cut = connections.cut,
+        connections_finished = connections.finished,
+        "drained: {} streams cut at the drain limit, {} finished by themselves",
+        streams.cut,
+        streams.finished,
+    );
     jobs.stop().await;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //!
 //! The names are a public contract: the lab CLI, the acceptance checks and dashboards read
 //! them. prometheus-client appends `_total` to counters itself, so they are registered without it.
-//! Both `reason` label sets are created up front: a counter that appears only after its first
+//! Every `reason` label set is created up front: a counter that appears only after its first
 //! increment cannot be compared before and after (`rate()` and the acceptance checks both need the 0).
 
 use std::fmt;
@@ -24,6 +24,8 @@ pub enum EndReason {
     ClientGone,
     /// `lines` were all sent.
     Completed,
+    /// Still streaming when the drain limit passed (`SERVER_DRAIN_TIMEOUT` after SIGTERM), and cut.
+    Drained,
 }
 
 impl EndReason {
@@ -31,6 +33,7 @@ impl EndReason {
         match self {
             Self::ClientGone => "client_gone",
             Self::Completed => "completed",
+            Self::Drained => "drained",
         }
     }
 }
@@ -52,6 +55,7 @@ struct EndLabels {
 pub struct Metrics {
     registry: Arc<Registry>,
     streams_active: Gauge,
+    draining: Gauge,
     streams_started: Counter,
     streams_ended: Family<EndLabels, Counter>,
     lines_sent: Counter,
@@ -67,11 +71,16 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let streams_active = Gauge::default();
+        let draining = Gauge::default();
         let streams_started = Counter::default();
         let streams_ended = Family::<EndLabels, Counter>::default();
         let lines_sent = Counter::default();
         let heartbeats_sent = Counter::default();
-        for reason in [EndReason::ClientGone, EndReason::Completed] {
+        for reason in [
+            EndReason::ClientGone,
+            EndReason::Completed,
+            EndReason::Drained,
+        ] {
             // Creating the sample is the point; the read guard it returns is not needed.
             drop(streams_ended.get_or_create(&EndLabels { reason }));
         }
@@ -89,8 +98,13 @@ impl Metrics {
         );
         registry.register(
             "origin_streams_ended",
-            "Streams of /polls/streamed ended, by reason: client_gone or completed",
+            "Streams of /polls/streamed ended, by reason: client_gone, completed or drained",
             streams_ended.clone(),
+        );
+        registry.register(
+            "origin_draining",
+            "1 from SIGTERM or Ctrl-C until the origin exits: /healthz answers 503",
+            draining.clone(),
         );
         registry.register(
             "origin_lines_sent",
@@ -106,6 +120,7 @@ impl Metrics {
         Self {
             registry: Arc::new(registry),
             streams_active,
+            draining,
             streams_started,
             streams_ended,
             lines_sent,
@@ -123,6 +138,10 @@ impl Metrics {
         self.streams_ended
             .get_or_create(&EndLabels { reason })
             .inc();
+    }
+
+    pub(crate) fn drain_started(&self) {
+        self.draining.set(1);
     }
 
     pub(crate) fn line_sent(&self) {
@@ -153,13 +172,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn both_end_reasons_show_as_zero_from_the_start() {
+    fn every_end_reason_shows_as_zero_from_the_start() {
         let text = Metrics::new().encode();
         for sample in [
             "origin_streams_active 0\n",
             "origin_streams_started_total 0\n",
             "origin_streams_ended_total{reason=\"client_gone\"} 0\n",
             "origin_streams_ended_total{reason=\"completed\"} 0\n",
+            "origin_streams_ended_total{reason=\"drained\"} 0\n",
+            "origin_draining 0\n",
             "origin_lines_sent_total 0\n",
             "origin_heartbeats_sent_total 0\n",
         ] {

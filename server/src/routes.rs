@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{header, Method, Uri};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Extension, Router};
@@ -51,8 +51,14 @@ async fn polls_index() -> &'static str {
     POLLS_INDEX
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// `ok`, or `503 draining` from SIGTERM on: a balancer's active health check takes the origin out
+/// of rotation while its streams drain.
+async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.drain().is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::OK, "ok")
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -78,7 +84,12 @@ async fn streamed(
         tokio::time::sleep(params.delay).await;
     }
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
-    Ok(stream::response(params, state.metrics().clone(), peer))
+    Ok(stream::response(
+        params,
+        state.metrics().clone(),
+        state.drain().clone(),
+        peer,
+    ))
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -106,14 +117,16 @@ mod tests {
     use std::time::Duration;
 
     use axum::body::Body;
-    use axum::http::{Request, StatusCode};
+    use axum::http::Request;
     use http_body_util::BodyExt;
+    use keepalive_common::accept::Phase;
     use keepalive_common::duration::{DURATION_FORM, TIMER_FORM};
     use tokio::time::Instant;
     use tower::ServiceExt;
 
     use super::*;
     use crate::config::ServerConfig;
+    use crate::drain::DrainState;
 
     fn state() -> AppState {
         AppState::new(ServerConfig {
@@ -174,6 +187,20 @@ mod tests {
         let response = get(app(state()), "/healthz").await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(text(response).await, "ok");
+    }
+
+    #[tokio::test]
+    async fn healthz_says_draining_with_503_once_shutdown_begins() {
+        let (phase, following) = tokio::sync::watch::channel(Phase::Serving);
+        let state = state().draining_with(DrainState::following(following));
+        assert_eq!(
+            get(app(state.clone()), "/healthz").await.status(),
+            StatusCode::OK
+        );
+        phase.send_replace(Phase::Draining);
+        let response = get(app(state), "/healthz").await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(text(response).await, "draining\n");
     }
 
     #[tokio::test]

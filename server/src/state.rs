@@ -1,11 +1,13 @@
-//! What every handler shares: the configuration requests are read against, and the metrics.
+//! What every handler shares: the configuration requests are read against, the metrics, the job
+//! store and where the drain stands.
 //!
 //! Built from a [`ServerConfig`] alone so that the binary, the lab CLI and the tests make the same
-//! origin; cloning is cheap because both halves are shared.
+//! origin; cloning is cheap because every part is shared.
 
 use std::sync::Arc;
 
 use crate::config::ServerConfig;
+use crate::drain::DrainState;
 use crate::jobs::{Jobs, Retention, StoreError};
 use crate::metrics::Metrics;
 
@@ -15,6 +17,7 @@ pub struct AppState {
     config: Arc<ServerConfig>,
     metrics: Metrics,
     jobs: Jobs,
+    drain: DrainState,
 }
 
 impl AppState {
@@ -33,7 +36,13 @@ impl AppState {
             config: Arc::new(config),
             metrics: Metrics::new(),
             jobs,
+            drain: DrainState::never(),
         })
+    }
+
+    /// The same origin, its drain read from the accept loop that serves it ([`crate::serve`]).
+    pub(crate) fn draining_with(self, drain: DrainState) -> Self {
+        Self { drain, ..self }
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -46,5 +55,9 @@ impl AppState {
 
     pub fn jobs(&self) -> &Jobs {
         &self.jobs
+    }
+
+    pub fn drain(&self) -> &DrainState {
+        &self.drain
     }
 }

@@ -20,6 +20,7 @@ use futures_util::stream;
 use keepalive_common::duration;
 use tokio::time::Instant;
 
+use crate::drain::DrainState;
 use crate::metrics::{EndReason, Metrics};
 use crate::params::{Format, StreamParams};
 
@@ -44,9 +45,14 @@ const NO_BUFFERING: [(HeaderName, &str); 2] = [
 ];
 
 /// Starts the poem for one request; the stream's clock starts now, after any `delay`.
-pub fn response(params: StreamParams, metrics: Metrics, peer: Option<SocketAddr>) -> Response {
+pub fn response(
+    params: StreamParams,
+    metrics: Metrics,
+    drain: DrainState,
+    peer: Option<SocketAddr>,
+) -> Response {
     let format = params.format;
-    let poem = Poem::start(params, metrics, peer);
+    let poem = Poem::start(params, metrics, drain, peer);
     let chunks = stream::unfold(poem, |mut poem| async move {
         let chunk = poem.next_chunk().await?;
         Some((Ok::<_, Infallible>(chunk), poem))
@@ -83,8 +89,13 @@ struct Poem {
 }
 
 impl Poem {
-    fn start(params: StreamParams, metrics: Metrics, peer: Option<SocketAddr>) -> Self {
-        let guard = StreamGuard::start(&params, metrics, peer);
+    fn start(
+        params: StreamParams,
+        metrics: Metrics,
+        drain: DrainState,
+        peer: Option<SocketAddr>,
+    ) -> Self {
+        let guard = StreamGuard::start(&params, metrics, drain, peer);
         Self {
             sleep: params.sleep,
             heartbeat: params.heartbeat,
@@ -189,6 +200,7 @@ fn later(instant: Instant, by: Duration) -> Instant {
 /// Accounts for one stream from its start to its drop, whichever way it ends.
 struct StreamGuard {
     metrics: Metrics,
+    drain: DrainState,
     peer: Option<SocketAddr>,
     started: Instant,
     lines_sent: u64,
@@ -197,7 +209,12 @@ struct StreamGuard {
 }
 
 impl StreamGuard {
-    fn start(params: &StreamParams, metrics: Metrics, peer: Option<SocketAddr>) -> Self {
+    fn start(
+        params: &StreamParams,
+        metrics: Metrics,
+        drain: DrainState,
+        peer: Option<SocketAddr>,
+    ) -> Self {
         metrics.stream_started();
         tracing::info!(
             sleep = %duration::display(params.sleep),
@@ -209,6 +226,7 @@ impl StreamGuard {
         );
         Self {
             metrics,
+            drain,
             peer,
             started: Instant::now(),
             lines_sent: 0,
@@ -230,8 +248,13 @@ impl StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        // The accept loop drops a stream still open at the drain limit; only the drain's phase tells
+        // that apart from a client gone.
+        let cut = self.drain.stream_ended(self.completed);
         let reason = if self.completed {
             EndReason::Completed
+        } else if cut {
+            EndReason::Drained
         } else {
             EndReason::ClientGone
         };
@@ -246,6 +269,7 @@ impl Drop for StreamGuard {
             match reason {
                 EndReason::ClientGone => "client gone",
                 EndReason::Completed => "completed",
+                EndReason::Drained => "cut at the drain limit",
             }
         );
     }
@@ -255,6 +279,7 @@ impl Drop for StreamGuard {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use keepalive_common::accept::Phase;
 
     fn params(sleep: Duration, heartbeat: Option<Duration>, format: Format) -> StreamParams {
         StreamParams {
@@ -281,7 +306,7 @@ mod tests {
             Some(Duration::from_millis(300)),
             Format::Text,
         );
-        let mut body = response(params, metrics.clone(), None).into_body();
+        let mut body = response(params, metrics.clone(), DrainState::never(), None).into_body();
         let start = Instant::now();
 
         let mut frames = Vec::new();
@@ -326,7 +351,7 @@ mod tests {
             Some(Duration::from_millis(600)),
             Format::Sse,
         );
-        let mut body = response(params, Metrics::new(), None).into_body();
+        let mut body = response(params, Metrics::new(), DrainState::never(), None).into_body();
         let mut frames = Vec::new();
         for _ in 0..3 {
             frames.push(next_frame(&mut body).await.expect("infinite stream"));
@@ -344,7 +369,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn slow_reader_does_not_shift_the_schedule() {
         let params = params(Duration::from_secs(2), None, Format::Text);
-        let mut body = response(params, Metrics::new(), None).into_body();
+        let mut body = response(params, Metrics::new(), DrainState::never(), None).into_body();
         next_frame(&mut body).await;
         tokio::time::sleep(Duration::from_millis(4500)).await;
         assert_eq!(
@@ -365,7 +390,7 @@ mod tests {
     async fn dropping_the_body_mid_stream_counts_client_gone() {
         let metrics = Metrics::new();
         let params = params(Duration::from_secs(5), None, Format::Text);
-        let mut body = response(params, metrics.clone(), None).into_body();
+        let mut body = response(params, metrics.clone(), DrainState::never(), None).into_body();
         assert_eq!(metrics.streams_active(), 1);
         next_frame(&mut body).await;
         drop(body);
@@ -382,13 +407,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stream_dropped_at_the_drain_limit_counts_drained() {
+        let metrics = Metrics::new();
+        let (phase, following) = tokio::sync::watch::channel(Phase::Serving);
+        let drain = DrainState::following(following);
+        let params = params(Duration::from_secs(5), None, Format::Text);
+        let mut body = response(params, metrics.clone(), drain.clone(), None).into_body();
+        next_frame(&mut body).await;
+        phase.send_replace(Phase::Cutting);
+        drop(body);
+        let text = metrics.encode();
+        assert!(
+            text.contains("origin_streams_ended_total{reason=\"drained\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("origin_streams_ended_total{reason=\"client_gone\"} 0\n"),
+            "{text}"
+        );
+        assert_eq!(drain.streams().cut, 1);
+    }
+
+    #[tokio::test]
     async fn a_finite_stream_counts_completed() {
         let metrics = Metrics::new();
         let params = StreamParams {
             lines: Some(2),
             ..params(Duration::ZERO, None, Format::Text)
         };
-        let body = response(params, metrics.clone(), None).into_body();
+        let body = response(params, metrics.clone(), DrainState::never(), None).into_body();
         body.collect().await.expect("the poem never fails");
         assert_eq!(metrics.streams_active(), 0);
         let text = metrics.encode();
