@@ -154,7 +154,7 @@ impl Origin {
         clear_settings(&mut command);
         command
             .env("SERVER_ADDR", addr.to_string())
-            .env("SERVER_DATA_DIR", "memory")
+            .env("SERVER_DATA_DIR", ":memory:")
             .env("SERVER_DRAIN_TIMEOUT", drain)
             .env("LOG_FORMAT", "json")
             .stdout(Stdio::null())
