@@ -136,6 +136,8 @@ pub async fn proxy(
         drain_timeout: Duration::from_millis(100),
         ..ProxyConfig::default()
     };
+    // No active health checks unless a test asks: a hand-made upstream may accept one connection.
+    config.health_interval = None;
     configure(&mut config);
     let prepared = keepalive_proxy::prepare(config.with_timers(timers))
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;

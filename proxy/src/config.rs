@@ -22,6 +22,7 @@ use crate::faults::value::{parse_buffering, parse_probability, parse_size};
 use crate::faults::FaultSettings;
 use crate::forward::Upstream;
 use crate::preset::{Preset, TimerSet};
+use crate::replicas::Balance;
 
 const DEFAULT_ADDR: &str = "0.0.0.0:8080";
 const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
@@ -172,6 +173,25 @@ pub struct ProxyConfig {
     /// END_STREAM for clean
     #[arg(long, env = "PROXY_CUT_STYLE", value_enum, default_value = "truncate")]
     pub cut_style: CutStyle,
+
+    /// How the next request's replica is chosen when PROXY_UPSTREAM names several: least-streams
+    /// (of two ready replicas picked at random, the one with fewer open response bodies: a replica
+    /// holding many streams gets fewer new ones) or round-robin (each in turn, nginx's and HAProxy's
+    /// default)
+    #[arg(
+        long,
+        env = "PROXY_BALANCE",
+        value_enum,
+        default_value = "least-streams",
+        help_heading = "Replicas"
+    )]
+    pub balance: Balance,
+
+    /// Ask each replica GET /healthz this often; one that does not answer 200 (a draining origin's
+    /// 503) gets no new requests until it does, its open streams left alone. Names in PROXY_UPSTREAM
+    /// are resolved again as often (every 5s when off). 0 or off: no active checks
+    #[arg(long, env = "PROXY_HEALTH_INTERVAL", default_value = "2s", value_parser = parse_timer, help_heading = "Replicas")]
+    pub health_interval: std::option::Option<Duration>,
 
     /// Serve clients over TLS (HTTPS; HTTP/2 or HTTP/1.1 as the client offers by ALPN) with the
     /// certificate chain in this PEM file, the server's certificate first. Needs PROXY_TLS_KEY.
@@ -366,6 +386,8 @@ impl Default for ProxyConfig {
             send_timeout: TimerSetting::Preset,
             max_connections: MaxConnections::Auto,
             cut_style: CutStyle::Truncate,
+            balance: Balance::LeastStreams,
+            health_interval: Some(Duration::from_secs(2)),
             tls_cert: None,
             tls_key: None,
             tls_self_signed: None,

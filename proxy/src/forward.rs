@@ -1,5 +1,12 @@
-//! The innermost service: sends the request to the configured upstream over hyper-util's pooled
-//! client and hands back the upstream's response untouched but for hop-by-hop fields.
+//! The innermost service: sends the request to a replica of the configured upstream (`replicas`
+//! chooses it) over hyper-util's pooled client and hands back the replica's response untouched but
+//! for hop-by-hop fields.
+//!
+//! Retries only where safe, as nginx's `proxy_next_upstream error timeout`: a request whose body
+//! was empty goes to another replica when its replica could not be connected to (refused, the
+//! connect timer, a failed TLS handshake: it never reached an origin), or, for an idempotent
+//! method, when the replica failed before any response head. Never once a response has begun, and
+//! never a request with a body, which cannot be sent twice.
 //!
 //! The request's own target is ignored except for its path and query: whatever authority a client
 //! writes (absolute-form, `Host`, `:authority`), the request goes to the one upstream, so this is never
@@ -13,8 +20,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -22,60 +30,14 @@ use tower::Service;
 
 use crate::deny::DenyPaths;
 use crate::headers::{append_via, set_forwarded, settle_host, strip_hop_by_hop, HostError};
+use crate::metrics::Metrics;
+use crate::replicas::Replicas;
 use crate::request_body::{RequestBody, ResponseTie, UpstreamBody};
 use crate::timeouts::connect::ConnectTimeout;
 use crate::tls::upstream::UpstreamConnector;
 use crate::BoxError;
 
-/// The upstream this proxy forwards to: one authority, over plain HTTP or over TLS (`https://`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    scheme: Scheme,
-    authority: Authority,
-}
-
-impl Upstream {
-    /// Whether the proxy speaks TLS to the upstream.
-    pub fn is_https(&self) -> bool {
-        self.scheme == Scheme::HTTPS
-    }
-
-    /// The upstream's host, as the URL spells it (an IPv6 address in brackets).
-    pub fn host(&self) -> &str {
-        self.authority.host()
-    }
-}
-
-impl std::fmt::Display for Upstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}", self.scheme, self.authority)
-    }
-}
-
-impl std::str::FromStr for Upstream {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, String> {
-        const FORM: &str = "expected an http:// or https:// URL with a host and port, like http://127.0.0.1:8000 or https://origin.example:8443";
-        let uri: Uri = value.parse().map_err(|_| FORM.to_owned())?;
-        let scheme = match uri.scheme() {
-            Some(scheme) if *scheme == Scheme::HTTP || *scheme == Scheme::HTTPS => scheme.clone(),
-            _ => {
-                return Err(format!(
-                    "only http:// and https:// upstreams are supported; {FORM}"
-                ))
-            }
-        };
-        let path_is_root = uri.path_and_query().is_none_or(|p| p.as_str() == "/");
-        match uri.authority() {
-            Some(authority) if path_is_root => Ok(Self {
-                scheme,
-                authority: authority.clone(),
-            }),
-            _ => Err(FORM.to_owned()),
-        }
-    }
-}
+pub use crate::replicas::upstream::Upstream;
 
 /// The client's address, put in each request's extensions by the connection that received it.
 #[derive(Debug, Clone, Copy)]
@@ -130,15 +92,26 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Forward {
     client: Client<ConnectTimeout<UpstreamConnector>, RequestBody>,
-    upstream: Upstream,
+    scheme: Scheme,
+    replicas: Replicas,
     deny: DenyPaths,
+    metrics: Metrics,
+}
+
+/// What a request with an empty body needs to be sent again.
+struct Replay {
+    method: Method,
+    path: PathAndQuery,
+    headers: http::HeaderMap,
 }
 
 impl Forward {
     pub fn new(
-        upstream: Upstream,
+        upstream: &Upstream,
+        replicas: Replicas,
         connector: ConnectTimeout<UpstreamConnector>,
         deny: DenyPaths,
+        metrics: Metrics,
     ) -> Self {
         // An idle pooled connection is let go before an upstream would close it (keepalive-server
         // after 60 s, nginx's keepalive_timeout 75 s): reusing one just as the upstream closes it
@@ -149,18 +122,20 @@ impl Forward {
             .build(connector);
         Self {
             client,
-            upstream,
+            scheme: upstream.scheme().clone(),
+            replicas,
             deny,
+            metrics,
         }
     }
 
-    /// The request as the upstream gets it; an error, never the client's own target, when it cannot be
-    /// pointed at the upstream (that would make this an open proxy): a [`ClientError`], or an
-    /// `http::Error` for a target the upstream's authority cannot be put in.
+    /// The request as the upstream gets it, but for the replica its target names (set when one is
+    /// chosen); an error, never the client's own target, when it cannot be pointed at the upstream
+    /// (that would make this an open proxy): a [`ClientError`].
     fn upstream_request(
         &self,
         request: Request<Incoming>,
-    ) -> Result<(Request<RequestBody>, ResponseTie), BoxError> {
+    ) -> Result<(Request<RequestBody>, ResponseTie, Option<Replay>), BoxError> {
         if request.method() == Method::CONNECT {
             return Err(ClientError::Connect.into());
         }
@@ -176,12 +151,6 @@ impl Forward {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut target = http::uri::Parts::default();
-        // The scheme is what tells the connector to speak TLS to the upstream.
-        target.scheme = Some(self.upstream.scheme.clone());
-        target.authority = Some(self.upstream.authority.clone());
-        target.path_and_query = Some(path);
-        parts.uri = Uri::from_parts(target)?;
         strip_hop_by_hop(&mut parts.headers);
         if let Some(ClientAddr(client)) = parts.extensions.get::<ClientAddr>() {
             let over_tls = parts.extensions.get::<ClientTls>().is_some();
@@ -189,9 +158,25 @@ impl Forward {
         }
         append_via(&mut parts.headers, parts.version);
         parts.version = Version::HTTP_11;
+        parts.uri = Uri::from(path.clone());
+        let replay = body.is_end_stream().then(|| Replay {
+            method: parts.method.clone(),
+            path,
+            headers: parts.headers.clone(),
+        });
         let (body, tie) = RequestBody::new(body);
-        Ok((Request::from_parts(parts, body), tie))
+        Ok((Request::from_parts(parts, body), tie, replay))
     }
+}
+
+/// Points `request` at `replica`; the scheme is what tells the connector to speak TLS.
+fn aim(request: &mut Request<RequestBody>, scheme: &Scheme, replica: &str) -> Result<(), BoxError> {
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(scheme.clone());
+    target.authority = Some(replica.parse()?);
+    target.path_and_query = request.uri().path_and_query().cloned();
+    *request.uri_mut() = Uri::from_parts(target)?;
+    Ok(())
 }
 
 impl Service<Request<Incoming>> for Forward {
@@ -204,43 +189,91 @@ impl Service<Request<Incoming>> for Forward {
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        let (request, tie) = match self.upstream_request(request) {
+        let (request, tie, replay) = match self.upstream_request(request) {
             Ok(request) => request,
             Err(err) => return Box::pin(std::future::ready(Err(err))),
         };
-        let sending = self.client.request(request);
+        let this = self.clone();
         Box::pin(async move {
-            let mut response = sending.await?;
-            let version = response.version();
-            strip_hop_by_hop(response.headers_mut());
-            append_via(response.headers_mut(), version);
-            Ok(response.map(|body| tie.body(body)))
+            let mut first = Some(request);
+            let mut tried: Vec<String> = Vec::new();
+            loop {
+                let replica = this.replicas.choose(&tried).ok_or(NoReplica)?;
+                let mut sending = match (first.take(), &replay) {
+                    (Some(first), _) => first,
+                    (None, Some(replay)) => replay.request(),
+                    // Only a request that can be replayed is ever retried.
+                    (None, None) => return Err(NoReplica.into()),
+                };
+                aim(&mut sending, &this.scheme, &replica.label)?;
+                let open = this.replicas.open(&replica);
+                match this.client.request(sending).await {
+                    Ok(mut response) => {
+                        if response.status().is_server_error() {
+                            let why = format!("answered {}", response.status());
+                            this.replicas.failed(&replica, &why);
+                        } else {
+                            this.replicas.succeeded(&replica);
+                        }
+                        let version = response.version();
+                        strip_hop_by_hop(response.headers_mut());
+                        append_via(response.headers_mut(), version);
+                        return Ok(response.map(|body| tie.body(body, open)));
+                    }
+                    Err(err) => {
+                        drop(open);
+                        let unreached = err.is_connect();
+                        if unreached {
+                            this.replicas.failed(&replica, &chain(&err));
+                        }
+                        let safe = replay
+                            .as_ref()
+                            .is_some_and(|replay| unreached || is_idempotent(&replay.method));
+                        tried.push(replica.label.clone());
+                        if safe && this.replicas.choose(&tried).is_some() {
+                            this.metrics.retried();
+                            tracing::info!(replica = %replica.label, error = %chain(&err), "no response from a replica: trying another");
+                            continue;
+                        }
+                        return Err(err.into());
+                    }
+                }
+            }
         })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upstream_is_an_http_or_https_authority() {
-        let upstream: Upstream = "http://127.0.0.1:8000".parse().expect("valid");
-        assert_eq!(upstream.to_string(), "http://127.0.0.1:8000");
-        assert!(!upstream.is_https());
-        assert!("http://server:8000/".parse::<Upstream>().is_ok());
-        let https: Upstream = "https://origin.example:8443".parse().expect("valid");
-        assert_eq!(https.to_string(), "https://origin.example:8443");
-        assert!(https.is_https());
-        for bad in [
-            "ftp://a:1",
-            "127.0.0.1:8000",
-            "http://a:1/prefix",
-            "https://a:1/prefix",
-            "not a url",
-            "",
-        ] {
-            assert!(bad.parse::<Upstream>().is_err(), "{bad} accepted");
-        }
+impl Replay {
+    /// The request once more, with an empty body, its target to be aimed.
+    fn request(&self) -> Request<RequestBody> {
+        let mut again = Request::new(RequestBody::empty());
+        *again.method_mut() = self.method.clone();
+        *again.uri_mut() = Uri::from(self.path.clone());
+        *again.headers_mut() = self.headers.clone();
+        again
     }
 }
+
+/// RFC 9110 9.2.2: a request that may be sent twice with the effect of once.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(current) = cause {
+        text.push_str(": ");
+        text.push_str(&current.to_string());
+        cause = current.source();
+    }
+    text
+}
+
+/// Every replica was tried, or none is known yet (a name that has not resolved).
+#[derive(Debug, thiserror::Error)]
+#[error("no upstream replica to send the request to")]
+pub struct NoReplica;

@@ -20,6 +20,7 @@ mod forward;
 mod headers;
 mod metrics;
 mod preset;
+mod replicas;
 mod request_body;
 mod server;
 mod timeouts;
@@ -40,11 +41,13 @@ use tracing::Level;
 pub use config::{MaxConnections, ProxyConfig};
 pub use metrics::Metrics;
 pub use preset::{Preset, TimerSet};
+pub use replicas::Balance;
 pub use tls::SetupError;
 
 use edge::EdgeLayer;
 use faults::FaultLayer;
 use forward::Forward;
+use replicas::{refresh, Replicas};
 use timeouts::client_conn::ClientConnLimits;
 use timeouts::connect::ConnectTimeout;
 use timeouts::stream::{StreamTimeouts, StreamTimeoutsLayer};
@@ -59,6 +62,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn stack(
     config: &ProxyConfig,
     connector: UpstreamConnector,
+    replicas: Replicas,
     metrics: Metrics,
 ) -> impl Service<
     Request<Incoming>,
@@ -100,7 +104,7 @@ fn stack(
             config.faults(),
             config.fault_headers,
             &timers,
-            metrics,
+            metrics.clone(),
         ))
         .layer(StreamTimeoutsLayer::new(StreamTimeouts {
             first_byte: timers.first_byte,
@@ -108,9 +112,11 @@ fn stack(
             max_duration: timers.max_duration,
         }))
         .service(Forward::new(
-            config.upstream.clone(),
+            &config.upstream,
+            replicas,
             ConnectTimeout::new(connector, timers.connect),
             config.deny_paths.clone(),
+            metrics,
         ))
 }
 
@@ -175,6 +181,8 @@ impl Prepared {
             addr = %listener.local_addr().map_or_else(|err| err.to_string(), |addr| addr.to_string()),
             tls = %tls.as_ref().map_or_else(|| "off".to_owned(), |tls| tls.source().to_string()),
             upstream = %config.upstream,
+            balance = config.balance.as_str(),
+            health_interval = %show(config.health_interval),
             preset = config.preset.name(),
             preset_source = config.preset.source(),
             connect = %show(timers.connect),
@@ -194,7 +202,19 @@ impl Prepared {
             keepalive: timers.keepalive,
             send: timers.send,
         };
-        let service = stack(&config, connector, metrics.clone());
+        // The replicas known before the first client: a name that does not resolve yet leaves the
+        // set empty (requests get 502) until the refresh resolves it.
+        let replicas = Replicas::new(config.balance, metrics.clone());
+        if let Some(addrs) = refresh::resolve(&config.upstream).await {
+            replicas.update(&addrs);
+        }
+        let refreshing = tokio::spawn(refresh::run(
+            replicas.clone(),
+            config.upstream.clone(),
+            connector.clone(),
+            config.health_interval,
+        ));
+        let service = stack(&config, connector, replicas, metrics.clone());
         server::run(
             Listener::capped(listener, max_connections),
             service,
@@ -205,6 +225,7 @@ impl Prepared {
             shutdown,
         )
         .await;
+        refreshing.abort();
     }
 }
 

@@ -27,6 +27,12 @@ struct FaultLabel {
     fault: &'static str,
 }
 
+/// A replica by its address: bounded by the upstream set, which the operator configures.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabel {
+    replica: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
@@ -44,6 +50,11 @@ pub struct Metrics {
     upstream_errors: Family<KindLabel, Counter>,
     client_errors: Family<KindLabel, Counter>,
     faults_injected: Family<FaultLabel, Counter>,
+    replica_requests: Family<ReplicaLabel, Counter>,
+    replica_streams: Family<ReplicaLabel, Gauge>,
+    replica_ready: Family<ReplicaLabel, Gauge>,
+    replica_ejections: Family<ReplicaLabel, Counter>,
+    retries: Counter,
 }
 
 impl Metrics {
@@ -98,6 +109,36 @@ impl Metrics {
             "Faults that acted on a response, by fault",
             faults_injected.clone(),
         );
+        let replica_requests = Family::<ReplicaLabel, Counter>::default();
+        registry.register(
+            "proxy_replica_requests",
+            "Requests sent to each replica (retries included)",
+            replica_requests.clone(),
+        );
+        let replica_streams = Family::<ReplicaLabel, Gauge>::default();
+        registry.register(
+            "proxy_replica_open_streams",
+            "Requests each replica is answering, until their response body ends: the least-streams load",
+            replica_streams.clone(),
+        );
+        let replica_ready = Family::<ReplicaLabel, Gauge>::default();
+        registry.register(
+            "proxy_replica_ready",
+            "1 while a replica gets new requests (healthy and not ejected), else 0",
+            replica_ready.clone(),
+        );
+        let replica_ejections = Family::<ReplicaLabel, Counter>::default();
+        registry.register(
+            "proxy_replica_ejections",
+            "Times a replica was taken out of rotation after a connect failure or a 5xx",
+            replica_ejections.clone(),
+        );
+        let retries = Counter::default();
+        registry.register(
+            "proxy_retries",
+            "Requests sent to another replica after one could not be reached",
+            retries.clone(),
+        );
         // Every timer and fault shows up as 0 from the start, so a dashboard can tell "never fired"
         // from "unknown".
         for timer in Timer::ALL {
@@ -120,7 +161,47 @@ impl Metrics {
             upstream_errors,
             client_errors,
             faults_injected,
+            replica_requests,
+            replica_streams,
+            replica_ready,
+            replica_ejections,
+            retries,
         }
+    }
+
+    pub fn replica_request(&self, replica: &str) {
+        self.replica_requests.get_or_create(&label(replica)).inc();
+    }
+
+    pub fn replica_stream_opened(&self, replica: &str) {
+        self.replica_streams.get_or_create(&label(replica)).inc();
+    }
+
+    pub fn replica_stream_closed(&self, replica: &str) {
+        self.replica_streams.get_or_create(&label(replica)).dec();
+    }
+
+    pub fn replica_ready(&self, replica: &str, ready: bool) {
+        self.replica_ready
+            .get_or_create(&label(replica))
+            .set(i64::from(ready));
+    }
+
+    pub fn replica_ejected(&self, replica: &str) {
+        self.replica_ejections.get_or_create(&label(replica)).inc();
+    }
+
+    /// A replica left the set (its name no longer resolves to it): its series go with it.
+    pub fn replica_removed(&self, replica: &str) {
+        let label = label(replica);
+        self.replica_requests.remove(&label);
+        self.replica_streams.remove(&label);
+        self.replica_ready.remove(&label);
+        self.replica_ejections.remove(&label);
+    }
+
+    pub fn retried(&self) {
+        self.retries.inc();
     }
 
     pub fn response_sent(&self, status: http::StatusCode) {
@@ -190,5 +271,11 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+fn label(replica: &str) -> ReplicaLabel {
+    ReplicaLabel {
+        replica: replica.to_owned(),
     }
 }

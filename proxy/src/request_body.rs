@@ -14,22 +14,26 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::forward::ClientError;
+use crate::replicas::OpenStream;
 use crate::BoxError;
 
 /// The request body's error, once it broke off; shared by the two bodies of one exchange.
 #[derive(Clone, Default)]
 struct Broken(Arc<OnceLock<Arc<hyper::Error>>>);
 
-/// The client's request body, its errors marked as the client's.
+/// The client's request body, its errors marked as the client's; `None` for the empty body of a
+/// retry, which is only ever made for a request whose body was empty.
 pub struct RequestBody {
-    body: Incoming,
+    body: Option<Incoming>,
     broken: Broken,
 }
 
 /// The upstream's response body, whose failure is the client's when the request body broke first.
+/// It holds its replica's count of open streams until it is dropped.
 pub struct UpstreamBody {
     body: Incoming,
     broken: Broken,
+    _open: OpenStream,
 }
 
 impl RequestBody {
@@ -37,7 +41,21 @@ impl RequestBody {
     pub fn new(body: Incoming) -> (Self, ResponseTie) {
         let broken = Broken::default();
         let tie = ResponseTie(broken.clone());
-        (Self { body, broken }, tie)
+        (
+            Self {
+                body: Some(body),
+                broken,
+            },
+            tie,
+        )
+    }
+
+    /// An empty body, for a request sent again to another replica.
+    pub fn empty() -> Self {
+        Self {
+            body: None,
+            broken: Broken::default(),
+        }
     }
 }
 
@@ -45,10 +63,11 @@ impl RequestBody {
 pub struct ResponseTie(Broken);
 
 impl ResponseTie {
-    pub fn body(self, body: Incoming) -> UpstreamBody {
+    pub fn body(self, body: Incoming, open: OpenStream) -> UpstreamBody {
         UpstreamBody {
             body,
             broken: self.0,
+            _open: open,
         }
     }
 }
@@ -61,7 +80,10 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientError>>> {
-        match Pin::new(&mut self.body).poll_frame(cx) {
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(body).poll_frame(cx) {
             Poll::Ready(Some(Err(err))) => {
                 let err = Arc::new(err);
                 // A body fails once: hyper does not poll it again.
@@ -75,11 +97,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

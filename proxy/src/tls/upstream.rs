@@ -47,15 +47,14 @@ impl UpstreamConnector {
     /// every request's handshake.
     pub fn new(upstream: &Upstream, ca: Option<&CertFile>) -> Result<Self, SetupError> {
         if upstream.is_https() {
-            // An IPv6 literal is bracketed in a URL, never in a server name.
-            let host = upstream
-                .host()
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            ServerName::try_from(host.to_owned()).map_err(|err| SetupError::UpstreamName {
-                upstream: upstream.to_string(),
-                reason: err.to_string(),
-            })?;
+            for host in upstream.hosts() {
+                // An IPv6 literal is bracketed in a URL, never in a server name.
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                ServerName::try_from(host.to_owned()).map_err(|err| SetupError::UpstreamName {
+                    upstream: upstream.to_string(),
+                    reason: err.to_string(),
+                })?;
+            }
         }
         let mut tcp = HttpConnector::new();
         // Streams are latency-sensitive: a heartbeat must not wait for Nagle.
