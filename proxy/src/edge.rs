@@ -381,7 +381,8 @@ impl<'e> Failure<'e> {
 }
 
 /// The error and its causes on one line: hyper's top-level messages alone rarely say what happened.
-fn chain(err: &(dyn StdError + 'static)) -> String {
+/// An error and its causes on one line, for a log field.
+pub(crate) fn chain(err: &(dyn StdError + 'static)) -> String {
     let mut text = err.to_string();
     let mut current = err.source();
     while let Some(cause) = current {

@@ -29,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 
 use crate::deny::DenyPaths;
+use crate::edge::chain;
 use crate::headers::{append_via, set_forwarded, settle_host, strip_hop_by_hop, HostError};
 use crate::metrics::Metrics;
 use crate::replicas::Replicas;
@@ -260,17 +261,6 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(current) = cause {
-        text.push_str(": ");
-        text.push_str(&current.to_string());
-        cause = current.source();
-    }
-    text
 }
 
 /// Every replica was tried, or none is known yet (a name that has not resolved).

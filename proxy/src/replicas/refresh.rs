@@ -77,33 +77,7 @@ pub async fn run(
         for replica in replicas.all() {
             let (client, scheme) = (client.clone(), upstream.scheme().clone());
             checks.spawn(async move {
-                let uri = Uri::builder()
-                    .scheme(scheme)
-                    .authority(replica.label.as_str())
-                    .path_and_query("/healthz")
-                    .build();
-                let outcome = match uri {
-                    Ok(uri) => {
-                        let request = Request::get(uri).body(Empty::new());
-                        match request {
-                            Ok(request) => {
-                                match tokio::time::timeout(limit, client.request(request)).await {
-                                    Ok(Ok(response)) if response.status().is_success() => Ok(()),
-                                    Ok(Ok(response)) => {
-                                        Err(format!("/healthz answered {}", response.status()))
-                                    }
-                                    Ok(Err(err)) => Err(format!("/healthz failed: {err}")),
-                                    Err(_) => Err(format!(
-                                        "/healthz did not answer within {}",
-                                        keepalive_common::duration::display(limit)
-                                    )),
-                                }
-                            }
-                            Err(err) => Err(err.to_string()),
-                        }
-                    }
-                    Err(err) => Err(err.to_string()),
-                };
+                let outcome = check(&client, scheme, &replica.label, limit).await;
                 (replica, outcome)
             });
         }
@@ -113,5 +87,40 @@ pub async fn run(
                 Err(why) => replicas.checked(&replica, false, &why),
             }
         }
+    }
+}
+
+/// One health check: `Ok` for a 2xx within `limit`, else why not.
+async fn check<C>(
+    client: &Client<C, Empty<Bytes>>,
+    scheme: http::uri::Scheme,
+    replica: &str,
+    limit: Duration,
+) -> Result<(), String>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(replica)
+        .path_and_query("/healthz")
+        .build()
+        .map_err(|err| err.to_string())?;
+    let request = Request::get(uri)
+        .body(Empty::new())
+        .map_err(|err| err.to_string())?;
+    let response = tokio::time::timeout(limit, client.request(request))
+        .await
+        .map_err(|_| {
+            format!(
+                "/healthz did not answer within {}",
+                keepalive_common::duration::display(limit)
+            )
+        })?
+        .map_err(|err| format!("/healthz failed: {err}"))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("/healthz answered {}", response.status()))
     }
 }
