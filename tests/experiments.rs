@@ -66,7 +66,9 @@ scenario_tests! {
     gzip_hop_swallows_heartbeats_and_the_idle_timer_cuts => "compression-hop",
     no_transform_lets_heartbeats_through_a_gzip_hop => "no-transform",
     resuming_client_assembles_a_job_through_repeated_idle_cuts => "job-resume-idle",
-    resuming_client_assembles_a_job_through_repeated_resets => "job-resume-rst";
+    resuming_client_assembles_a_job_through_repeated_resets => "job-resume-rst",
+    a_deploy_drains_one_replica_and_no_request_fails => "deploy-drain",
+    a_killed_replica_truncates_only_its_streams_and_no_request_fails => "replica-killed";
     network_namespaces:
     tcp_user_timeout_drops_a_silently_lost_stream => "silent-loss",
     without_tcp_user_timeout_the_origin_streams_to_nobody => "silent-loss-no-timeout",

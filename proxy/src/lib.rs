@@ -41,6 +41,7 @@ use tracing::Level;
 pub use config::{MaxConnections, ProxyConfig};
 pub use metrics::Metrics;
 pub use preset::{Preset, TimerSet};
+pub use replicas::upstream::Upstream;
 pub use replicas::Balance;
 pub use tls::SetupError;
 

@@ -174,6 +174,84 @@ fn judge(
                 format!("cuts {:?}, want all {want}", job.cut_kinds)
             });
         }
+        Expect::NoFailedRequest => {
+            let run = seen.replicas.as_ref().ok_or("replicas run")?;
+            let failures = run.failures();
+            problems.check(!run.requests.is_empty() && failures.is_empty(), || {
+                format!(
+                    "{} of {} requests failed: {}",
+                    failures.len(),
+                    run.requests.len(),
+                    failures.join(", ")
+                )
+            });
+        }
+        Expect::VictimStreamsEnd { ending, after } => {
+            let (run, event) = (seen.replicas.as_ref().ok_or("replicas run")?, event()?);
+            let (on_victim, _) = run.split();
+            problems.check(!on_victim.is_empty(), || {
+                "no stream was on the replica the step acted on".to_owned()
+            });
+            let want = event + after.at(scale);
+            for stream in on_victim {
+                let ended = stream.began + stream.seen.ended_at;
+                let verdict = stream.seen.verdict.name();
+                problems.check(
+                    ending.matches(&stream.seen.verdict) && around(ended, want),
+                    || {
+                        format!(
+                            "a stream on the victim: {verdict} at {:.3}s, want {} at {:.3}s",
+                            ended.as_secs_f64(),
+                            ending.name(),
+                            want.as_secs_f64()
+                        )
+                    },
+                );
+            }
+        }
+        Expect::OthersUntouched => {
+            let run = seen.replicas.as_ref().ok_or("replicas run")?;
+            let (_, others) = run.split();
+            for stream in others {
+                problems.check(Ending::Timeout.matches(&stream.seen.verdict), || {
+                    format!(
+                        "a stream on r{}: {} at {:.3}s, want still open",
+                        stream.replica + 1,
+                        stream.seen.verdict.name(),
+                        (stream.began + stream.seen.ended_at).as_secs_f64()
+                    )
+                });
+            }
+        }
+        Expect::VictimQuiet { within } => {
+            let (run, event) = (seen.replicas.as_ref().ok_or("replicas run")?, event()?);
+            let limit = event + within.at(scale) + Duration::from_millis(300);
+            if let Some(last) = run.last_sent {
+                problems.check(last <= limit, || {
+                    format!(
+                        "the proxy still sent it a request {} after the step, want within {}",
+                        display(last.saturating_sub(event)),
+                        ms(within.at(scale))
+                    )
+                });
+            }
+        }
+        Expect::Retried => {
+            let run = seen.replicas.as_ref().ok_or("replicas run")?;
+            problems.check(run.retries >= 1.0, || {
+                "the proxy retried nothing: no request met the dead replica".to_owned()
+            });
+        }
+        Expect::Rejoins => {
+            let served = seen
+                .replicas
+                .as_ref()
+                .and_then(|run| run.rejoined)
+                .ok_or("restarted replica")?;
+            problems.check(served > 0.0, || {
+                "the restarted replica served nothing once back".to_owned()
+            });
+        }
     }
     Ok(())
 }

@@ -53,8 +53,9 @@ pub struct OriginCounts {
     pub completed: f64,
 }
 
-pub async fn origin_counts(origin: SocketAddr) -> Option<OriginCounts> {
-    let url = format!("http://{origin}/metrics").parse().ok()?;
+/// The `/metrics` text a server at `addr` (an origin, or a proxy's admin listener) serves now.
+pub async fn exposition(addr: SocketAddr) -> Option<String> {
+    let url = format!("http://{addr}/metrics").parse().ok()?;
     let (_, body) = tokio::time::timeout(
         Duration::from_secs(2),
         Client::default().fetch(Method::GET, &url, &[]),
@@ -62,7 +63,11 @@ pub async fn origin_counts(origin: SocketAddr) -> Option<OriginCounts> {
     .await
     .ok()?
     .ok()?;
-    let text = String::from_utf8_lossy(&body);
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+pub async fn origin_counts(origin: SocketAddr) -> Option<OriginCounts> {
+    let text = exposition(origin).await?;
     Some(OriginCounts {
         active: sample(&text, "origin_streams_active")?,
         client_gone: sample(&text, "origin_streams_ended_total{reason=\"client_gone\"}")?,

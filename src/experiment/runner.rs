@@ -102,6 +102,8 @@ pub struct Seen {
     pub looked: Duration,
     /// The job the client followed.
     pub job: Option<Resumed>,
+    /// What a replicas step saw.
+    pub replicas: Option<scenarios::Run>,
     pub client_view: String,
     pub origin_view: String,
     pub timeline: Timeline,
@@ -125,6 +127,13 @@ pub async fn run(scenario: &'static Scenario, scale: Scale) -> Result<Outcome, N
             user_timeout,
         } => scenarios::network_silent(scenario, scale, after, user_timeout).await?,
         Step::FollowJob => scenarios::follow_job(scenario, scale).await?,
+        Step::Replicas {
+            fate,
+            balance,
+            after,
+            health,
+            max,
+        } => scenarios::replicas(scenario, scale, fate, balance, after, health, max).await?,
     };
     let problems = judge::problems(scenario, scale, &seen);
     Ok(Outcome {

@@ -48,7 +48,7 @@ const RIGHT: f64 = 30.0;
 const TOP: f64 = 50.0;
 const LANE: f64 = 70.0;
 /// About what fits the width at the title's size.
-const TITLE_CHARS: usize = 100;
+const TITLE_CHARS: usize = 90;
 
 impl Timeline {
     pub fn new(title: impl Into<String>) -> Self {

@@ -11,6 +11,7 @@ mod disconnects;
 mod faults;
 mod hops;
 mod jobs;
+mod replicas;
 mod silent_loss;
 mod timers;
 mod title;
@@ -23,12 +24,14 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use keepalive_proxy::config::Compression;
 use keepalive_proxy::cut_style::{CutStyle, CUT_STYLE_HEADER};
 use keepalive_proxy::faults::{LIMIT_BYTES_HEADER, RESET_AFTER_HEADER};
-use keepalive_proxy::{ProxyConfig, TimerSet};
+use keepalive_proxy::{Balance, ProxyConfig, TimerSet};
 
 use crate::watch::Verdict;
 
 pub(crate) use disconnects::{client_resets, origin_down, origin_killed};
 pub(crate) use jobs::follow_job;
+pub(crate) use replicas::replicas;
+pub use replicas::{Fate, ReplicaStream, Run};
 pub(crate) use silent_loss::network_silent;
 pub use silent_loss::MetricsProbeError;
 
@@ -73,6 +76,8 @@ pub enum Family {
     SilentLoss,
     /// A durable job read across cuts.
     Jobs,
+    /// Several replicas behind the proxy: a deploy that drains one, a crash that kills one.
+    Replicas,
 }
 
 impl Family {
@@ -84,6 +89,7 @@ impl Family {
             Family::Hops => "hops",
             Family::SilentLoss => "silent loss",
             Family::Jobs => "jobs",
+            Family::Replicas => "replicas",
         }
     }
 }
@@ -289,6 +295,16 @@ pub enum Step {
     },
     /// The resuming client follows the job across every cut.
     FollowJob,
+    /// Three replicas behind a proxy balancing by `balance` and checking their health every
+    /// `health`; long streams over them and short requests the whole time; the busiest replica
+    /// meets its `fate` `after` the start; everything is watched until `max`.
+    Replicas {
+        fate: Fate,
+        balance: Balance,
+        after: Millis,
+        health: Millis,
+        max: Millis,
+    },
 }
 
 /// How the client's stream ended, as a scenario expects it: a [`Verdict`] without its details.
@@ -365,6 +381,21 @@ pub enum Expect {
     JobWhole,
     /// The proxy cuts the job's stream at least `at_least` times, each cut looking like `look`.
     Cuts { at_least: usize, look: Ending },
+    /// Every short request sent while replicas came and went was answered 200: no 502, no connect
+    /// error, no 503.
+    NoFailedRequest,
+    /// Every stream on the replica the step acted on ends as `ending`, `after` the step (within
+    /// [-50 ms, +700 ms]).
+    VictimStreamsEnd { ending: Ending, after: Millis },
+    /// Every stream on the other replicas is still open when the run stops watching.
+    OthersUntouched,
+    /// The proxy sends the replica the step acted on no new request later than `within` after the
+    /// step (one health interval, 300 ms more for a loaded machine), until it is back.
+    VictimQuiet { within: Millis },
+    /// The restarted replica serves requests again once it is back.
+    Rejoins,
+    /// The proxy sent at least one request elsewhere after the replica it chose refused it.
+    Retried,
 }
 
 /// Every scenario, in the order a run shows them.
@@ -389,6 +420,8 @@ pub const ALL: &[Scenario] = &[
     hops::NO_TRANSFORM,
     jobs::JOB_RESUME_IDLE,
     jobs::JOB_RESUME_RST,
+    replicas::DEPLOY_DRAIN,
+    replicas::REPLICA_KILLED,
 ];
 
 /// The named scenario, if there is one.

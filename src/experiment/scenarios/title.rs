@@ -2,7 +2,8 @@
 //! sets up and the judge holds against, so that the picture cannot say one thing while the run does
 //! another.
 
-use super::{ms, Header, Hop, Scale, Scenario, Step, Target, Timers};
+use super::replicas::REPLICAS;
+use super::{ms, Fate, Header, Hop, Scale, Scenario, Step, Target, Timers};
 
 impl Scenario {
     /// `name: what it sets up; what happens. Expected: its expectation`.
@@ -126,5 +127,22 @@ fn step(step: Step, scale: Scale) -> String {
             user_timeout.map_or_else(|| "off".to_owned(), |timeout| ms(timeout.at(scale)))
         ),
         Step::FollowJob => "the client resumes after every cut".to_owned(),
+        Step::Replicas {
+            fate,
+            balance,
+            after,
+            health,
+            ..
+        } => format!(
+            "{REPLICAS} replicas, {}, /healthz checked every {}; the busiest is {} after {}",
+            balance.as_str(),
+            ms(health.at(scale)),
+            match fate {
+                Fate::Restarted { drain } =>
+                    format!("restarted (drain limit {})", ms(drain.at(scale))),
+                Fate::Killed => "killed".to_owned(),
+            },
+            ms(after.at(scale))
+        ),
     }
 }
