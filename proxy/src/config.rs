@@ -110,8 +110,10 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: SocketAddr,
 
-    /// The upstream every request goes to: http://HOST:PORT, or https://HOST:PORT to speak TLS to
-    /// it (see PROXY_UPSTREAM_CA); the proxy forwards nowhere else
+    /// The origin replicas requests go to: http://HOST:PORT, or https://HOST:PORT to speak TLS to
+    /// them (see PROXY_UPSTREAM_CA); several separated by commas. An http:// name stands for every
+    /// address it resolves to, looked up again at each health check (one that never resolved stands
+    /// for none until it does). The proxy forwards nowhere else
     #[arg(long, env = "PROXY_UPSTREAM", default_value = DEFAULT_UPSTREAM)]
     pub upstream: Upstream,
 

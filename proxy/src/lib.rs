@@ -203,17 +203,17 @@ impl Prepared {
             keepalive: timers.keepalive,
             send: timers.send,
         };
-        // The replicas known before the first client: a name that does not resolve yet leaves the
-        // set empty (requests get 502) until the refresh resolves it.
+        // The replicas known before the first client: a name that does not resolve yet stands for
+        // none (with no replica at all, requests get 502) until the refresh resolves it.
         let replicas = Replicas::new(config.balance, metrics.clone());
-        if let Some(addrs) = refresh::resolve(&config.upstream).await {
-            replicas.update(&addrs);
-        }
+        let mut resolver = refresh::Resolver::default();
+        replicas.update(&resolver.resolve(&config.upstream).await);
         let refreshing = tokio::spawn(refresh::run(
             replicas.clone(),
             config.upstream.clone(),
             connector.clone(),
             config.health_interval,
+            resolver,
         ));
         let service = stack(&config, connector, replicas, metrics.clone());
         server::run(

@@ -3,6 +3,7 @@
 //! (HAProxy's `check`, Envoy's active health checking): a 200 within the interval is healthy,
 //! anything else (a draining origin's 503, a refused connect, silence) is not.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -23,40 +24,74 @@ const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 /// The longest a health check may take, however long the interval.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Every replica the upstream's targets stand for now; `None` when a name did not resolve, so that
-/// a DNS hiccup never empties the set. An `https://` name stays one replica under its name: its
-/// certificate is for the name, which TLS must be given, not for an address.
-pub async fn resolve(upstream: &Upstream) -> Option<Vec<String>> {
-    let mut addrs = Vec::new();
-    for target in upstream.targets() {
-        match target {
-            Target::Addr(addr) => addrs.push(addr.to_string()),
-            Target::Name { host, port } if upstream.is_https() => {
-                addrs.push(format!("{host}:{port}"))
-            }
-            Target::Name { host, port } => {
-                match tokio::net::lookup_host((host.as_str(), port)).await {
-                    Ok(found) => addrs.extend(found.map(|addr: SocketAddr| addr.to_string())),
-                    Err(err) => {
-                        tracing::warn!(%host, %err, "cannot resolve an upstream name: keeping the replicas as they were");
-                        return None;
+/// What each upstream name last resolved to. A name that fails to resolve keeps its last answer,
+/// so that a DNS hiccup never empties the set; one that never resolved stands for no replica until
+/// it does (a compose service scaled to none, or not started yet), while the others serve.
+#[derive(Debug, Default)]
+pub struct Resolver {
+    names: HashMap<(String, u16), Answer>,
+}
+
+#[derive(Debug, Default)]
+struct Answer {
+    addrs: Vec<SocketAddr>,
+    /// The last lookup failed: said once at warn, not at every refresh.
+    failing: bool,
+}
+
+impl Resolver {
+    /// Every replica the upstream's targets stand for now. An `https://` name stays one replica
+    /// under its name: its certificate is for the name, which TLS must be given, not for an address.
+    pub async fn resolve(&mut self, upstream: &Upstream) -> Vec<String> {
+        let mut addrs = Vec::new();
+        for target in upstream.targets() {
+            match target {
+                Target::Addr(addr) => addrs.push(addr.to_string()),
+                Target::Name { host, port } if upstream.is_https() => {
+                    addrs.push(format!("{host}:{port}"))
+                }
+                Target::Name { host, port } => {
+                    let found = tokio::net::lookup_host((host.as_str(), port)).await;
+                    let answer = self.names.entry((host.clone(), port)).or_default();
+                    match found {
+                        Ok(found) => {
+                            answer.addrs = found.collect();
+                            if std::mem::take(&mut answer.failing) {
+                                tracing::info!(%host, addresses = answer.addrs.len(), "an upstream name resolves again");
+                            }
+                        }
+                        // A name that never resolved is a replica set not started yet (a compose
+                        // profile left off): worth a line, not a warning.
+                        Err(err) if !answer.failing && answer.addrs.is_empty() => {
+                            answer.failing = true;
+                            tracing::info!(%host, %err, "an upstream name does not resolve: it stands for no replica until it does (looked up again at each refresh)");
+                        }
+                        Err(err) if !answer.failing => {
+                            answer.failing = true;
+                            tracing::warn!(%host, %err, kept = answer.addrs.len(), "an upstream name no longer resolves: it keeps the addresses it had (looked up again at each refresh)");
+                        }
+                        Err(err) => {
+                            tracing::debug!(%host, %err, "an upstream name still does not resolve")
+                        }
                     }
+                    addrs.extend(answer.addrs.iter().map(SocketAddr::to_string));
                 }
             }
         }
+        addrs.sort();
+        addrs.dedup();
+        addrs
     }
-    addrs.sort();
-    addrs.dedup();
-    Some(addrs)
 }
 
-/// Resolves and checks every `interval` (`None`: resolves every few seconds, checks nothing) until
-/// dropped.
+/// Resolves (with `resolver`, which remembers what each name was) and checks every `interval`
+/// (`None`: resolves every few seconds, checks nothing) until dropped.
 pub async fn run(
     replicas: Replicas,
     upstream: Upstream,
     connector: UpstreamConnector,
     interval: Option<Duration>,
+    mut resolver: Resolver,
 ) {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
@@ -68,9 +103,7 @@ pub async fn run(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        if let Some(addrs) = resolve(&upstream).await {
-            replicas.update(&addrs);
-        }
+        replicas.update(&resolver.resolve(&upstream).await);
         let Some(interval) = interval else { continue };
         let limit = interval.min(CHECK_TIMEOUT);
         let mut checks = JoinSet::new();
@@ -122,5 +155,41 @@ where
         Ok(())
     } else {
         Err(format!("/healthz answered {}", response.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_stands_for_no_replica_and_the_others_serve() {
+        // `.invalid` never resolves (RFC 6761): a compose service that is not running.
+        let upstream: Upstream =
+            "http://127.0.0.1:8001,http://localhost:8000,http://absent.invalid:8000"
+                .parse()
+                .expect("an upstream list");
+        let addrs = Resolver::default().resolve(&upstream).await;
+        assert!(addrs.contains(&"127.0.0.1:8001".to_owned()), "{addrs:?}");
+        assert!(addrs.contains(&"127.0.0.1:8000".to_owned()), "{addrs:?}");
+        assert!(addrs
+            .iter()
+            .all(|addr| addr.ends_with(":8000") || addr == "127.0.0.1:8001"));
+    }
+
+    #[tokio::test]
+    async fn a_name_that_stops_resolving_keeps_its_last_addresses() {
+        let upstream: Upstream = "http://absent.invalid:8000".parse().expect("an upstream");
+        let mut resolver = Resolver::default();
+        let last = "10.0.0.7:8000".parse().expect("an address");
+        resolver.names.insert(
+            ("absent.invalid".to_owned(), 8000),
+            Answer {
+                addrs: vec![last],
+                failing: false,
+            },
+        );
+        assert_eq!(resolver.resolve(&upstream).await, vec!["10.0.0.7:8000"]);
+        assert!(resolver.names[&("absent.invalid".to_owned(), 8000)].failing);
     }
 }
