@@ -3,12 +3,11 @@
 //! and drop what is left — an infinite stream never finishes by itself. Connection tasks live in a
 //! `JoinSet`, so none outlives the loop.
 //!
-//! What the listener does during the drain is the caller's choice ([`WhileDraining`]). The proxy
-//! closes it at once: its admin listener tells the balancer. The origin keeps it open until it
-//! exits, so that its own `/healthz` can answer 503 on a new connection and the requests a balancer
-//! still sends during its health interval are served rather than refused; each connection accepted
-//! then is told at once that shutdown has begun. Either way the drain ends as soon as no connection
-//! is left. Callers that want to know where the drain stands watch its [`Phase`].
+//! The listener stays open during the drain, until the loop returns: a balancer in front still sends
+//! new connections until its next health check sees the server's `/healthz` answer 503, and those
+//! are served rather than refused (each connection accepted then is told at once that shutdown has
+//! begun, and closes after its response). The drain ends as soon as no connection is left. Callers
+//! that want to know where the drain stands watch its [`Phase`].
 //!
 //! A [`Listener`] may cap how many connections are served at once (mini-redis's `MAX_CONNECTIONS`
 //! semaphore). Beyond the cap a connection is still accepted, answered `503` and closed, rather than
@@ -75,23 +74,6 @@ pub enum Phase {
     Cutting,
 }
 
-/// What the listener does from the start of the drain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhileDraining {
-    /// Close it at once: new connections are refused by the kernel (the proxy).
-    StopAccepting,
-    /// Keep accepting until the loop returns; each connection accepted is told at once that
-    /// shutdown has begun (the origin, which answers its own `/healthz` 503 meanwhile).
-    KeepAccepting,
-}
-
-/// How the loop drains: for how long, and what the listener does meanwhile.
-#[derive(Debug, Clone, Copy)]
-pub struct Drain {
-    pub timeout: Duration,
-    pub while_draining: WhileDraining,
-}
-
 /// How a drain ended, counted in connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Drained {
@@ -117,36 +99,16 @@ impl Stopping {
     }
 }
 
-/// Accepts on `listener` and runs `connection` for each client until `shutdown` resolves, then closes
-/// the listener and drains for at most `drain_timeout`: [`serve_with_drain`] with
-/// [`WhileDraining::StopAccepting`].
-pub async fn serve_connections<F, Fut>(
-    listener: impl Into<Listener>,
-    shutdown: impl Future<Output = ()>,
-    drain_timeout: Duration,
-    connection: F,
-) where
-    F: FnMut(TcpStream, SocketAddr, Stopping) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let drain = Drain {
-        timeout: drain_timeout,
-        while_draining: WhileDraining::StopAccepting,
-    };
-    let (phase, _) = watch::channel(Phase::Serving);
-    serve_with_drain(listener, shutdown, drain, phase, connection).await;
-}
-
 /// Accepts on `listener` and runs `connection` for each client until `shutdown` resolves, then drains
-/// as `drain` says, publishing each step on `phase` (the caller keeps receivers: a health handler
-/// reads it). Returns once every connection is closed.
+/// for at most `drain_timeout`, still accepting, publishing each step on `phase` (the caller keeps
+/// receivers: a health handler reads it). Returns once every connection is closed.
 ///
 /// Accepted sockets get `TCP_NODELAY`: a one-byte heartbeat must leave at once, not wait for the ACK of
 /// the previous segment.
 pub async fn serve_with_drain<F, Fut>(
     listener: impl Into<Listener>,
     shutdown: impl Future<Output = ()>,
-    drain: Drain,
+    drain_timeout: Duration,
     phase: watch::Sender<Phase>,
     connection: F,
 ) -> Drained
@@ -177,32 +139,16 @@ where
             Some(finished) = accept.connections.join_next(), if !accept.connections.is_empty() => report_panic(finished),
         }
     }
-    let open = accept.connections.len();
-    let timeout = display(drain.timeout);
-    let listener = match drain.while_draining {
-        WhileDraining::StopAccepting => {
-            drop(listener);
-            tracing::info!(
-                addr = %accept.addr,
-                connections = open,
-                drain = %timeout,
-                "shutting down: no new connections, letting open responses finish",
-            );
-            None
-        }
-        WhileDraining::KeepAccepting => {
-            tracing::info!(
-                addr = %accept.addr,
-                connections = open,
-                drain = %timeout,
-                "draining: still accepting (each new connection closes after its response), letting open responses finish",
-            );
-            Some(listener)
-        }
-    };
+    let timeout = display(drain_timeout);
+    tracing::info!(
+        addr = %accept.addr,
+        connections = accept.connections.len(),
+        drain = %timeout,
+        "draining: still accepting (each new connection closes after its response), letting open responses finish",
+    );
     // `send_replace`: unlike `send`, it stores the phase even when no receiver is left.
     phase.send_replace(Phase::Draining);
-    let deadline = tokio::time::sleep(drain.timeout);
+    let deadline = tokio::time::sleep(drain_timeout);
     tokio::pin!(deadline);
     let mut finished = 0;
     // Ends when no connection is left (at once if none was open) or at the deadline.
@@ -213,7 +159,7 @@ where
                 finished += 1;
                 report_panic(done);
             }
-            accepted = accept_while(listener.as_ref()) => accept.accepted(accepted).await,
+            accepted = listener.accept() => accept.accepted(accepted).await,
         }
     }
     let cut = accept.connections.len();
@@ -234,13 +180,6 @@ where
 }
 
 /// Accepts on `listener` if there is one; never resolves otherwise.
-async fn accept_while(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some(listener) => listener.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// What the loop needs to take a connection in, before and during the drain alike.
 struct Accept<F> {
     addr: String,
@@ -357,25 +296,22 @@ mod tests {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
-    /// Runs the loop with `while_draining` and a 600 ms drain, one connection held open through it.
-    async fn drain_with(while_draining: WhileDraining) -> (Option<String>, Drained, Duration) {
+    #[tokio::test]
+    async fn the_drain_serves_new_connections_until_its_limit() {
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = tcp.local_addr().expect("an address");
         let (stop, stopped) = oneshot::channel::<()>();
         let (phase, mut phases) = watch::channel(Phase::Serving);
-        let drain = Drain {
-            timeout: Duration::from_millis(600),
-            while_draining,
-        };
         let served = tokio::spawn(serve_with_drain(
             tcp,
             async {
                 let _ = stopped.await;
             },
-            drain,
+            Duration::from_millis(600),
             phase,
             |tcp, _, stopping| connection(tcp, stopping),
         ));
+        // One connection held open through the drain, as an infinite stream is.
         let mut held = TcpStream::connect(addr).await.expect("connect");
         assert_eq!(read_some(&mut held).await, "serving");
         let _ = stop.send(());
@@ -387,12 +323,6 @@ mod tests {
         let during = read_all(addr).await.ok();
         let drained = served.await.expect("the loop does not panic");
         assert_eq!(*phases.borrow(), Phase::Cutting);
-        (during, drained, began.elapsed())
-    }
-
-    #[tokio::test]
-    async fn keep_accepting_serves_new_connections_until_the_drain_limit() {
-        let (during, drained, took) = drain_with(WhileDraining::KeepAccepting).await;
         assert_eq!(during.as_deref(), Some("draining"), "told at once");
         assert_eq!(
             drained,
@@ -401,39 +331,23 @@ mod tests {
                 cut: 1
             }
         );
-        assert!(took >= Duration::from_millis(550), "{took:?}");
-    }
-
-    #[tokio::test]
-    async fn stop_accepting_closes_the_listener_when_the_drain_begins() {
-        let (during, drained, took) = drain_with(WhileDraining::StopAccepting).await;
-        assert_eq!(during, None, "refused by the kernel");
-        assert_eq!(
-            drained,
-            Drained {
-                finished: 0,
-                cut: 1
-            }
-        );
-        assert!(took >= Duration::from_millis(550), "{took:?}");
+        assert!(began.elapsed() >= Duration::from_millis(550));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_drain_with_nothing_open_ends_at_once() {
-        for while_draining in [WhileDraining::StopAccepting, WhileDraining::KeepAccepting] {
-            let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let start = Instant::now();
-            let drain = Drain {
-                timeout: Duration::from_secs(3600),
-                while_draining,
-            };
-            let (phase, _) = watch::channel(Phase::Serving);
-            let drained = serve_with_drain(tcp, async {}, drain, phase, |tcp, _, stopping| {
-                connection(tcp, stopping)
-            })
-            .await;
-            assert_eq!(drained, Drained::default());
-            assert_eq!(start.elapsed(), Duration::ZERO, "{while_draining:?}");
-        }
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let start = Instant::now();
+        let (phase, _) = watch::channel(Phase::Serving);
+        let drained = serve_with_drain(
+            tcp,
+            async {},
+            Duration::from_secs(3600),
+            phase,
+            |tcp, _, stopping| connection(tcp, stopping),
+        )
+        .await;
+        assert_eq!(drained, Drained::default());
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

@@ -19,12 +19,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, Version};
+use http::header::CONNECTION;
+use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use keepalive_common::accept::{serve_connections, Listener, Stopping};
+use keepalive_common::accept::{serve_with_drain, Listener, Phase, Stopping};
 use keepalive_common::duration::display;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
@@ -73,16 +74,25 @@ pub async fn run<S, B>(
             metrics.drain_started();
         }
     };
-    serve_connections(listener, shutdown, drain_timeout, |tcp, peer, stopping| {
-        connection(
-            tcp,
-            peer,
-            serving.clone(),
-            service.clone(),
-            metrics.clone(),
-            stopping,
-        )
-    })
+    // Nothing here reads the phase: the connections get it through `Stopping`, `/healthz` through
+    // the metrics' draining flag.
+    let (phase, _) = tokio::sync::watch::channel(Phase::Serving);
+    serve_with_drain(
+        listener,
+        shutdown,
+        drain_timeout,
+        phase,
+        |tcp, peer, stopping| {
+            connection(
+                tcp,
+                peer,
+                serving.clone(),
+                service.clone(),
+                metrics.clone(),
+                stopping,
+            )
+        },
+    )
     .await;
 }
 
@@ -137,15 +147,18 @@ async fn connection<S, B>(
             },
             expired = watchdog(&activity, limits) => return closed(expired, peer, &metrics, &cut),
             expired = stalled(&stall, limits.send) => return closed(expired, peer, &metrics, &cut),
-            // No request has begun: nothing to drain.
-            () = stopping.requested() => return,
         },
     };
     let over_tls = matches!(io, Either::Right(_));
     let io = TokioIo::new(io);
+    let (requested, first_request) = tokio::sync::watch::channel(false);
     let service = {
         let (activity, stall, cut) = (Arc::clone(&activity), Arc::clone(&stall), cut.clone());
+        let stopping = stopping.clone();
         tower::service_fn(move |mut request: Request<Incoming>| {
+            // hyper calls the service once a head is complete: the connection has sent a request.
+            requested.send_replace(true);
+            let close = stopping.has_begun() && request.version() == Version::HTTP_11;
             request.extensions_mut().insert(ClientAddr(peer));
             if over_tls {
                 request.extensions_mut().insert(ClientTls);
@@ -160,7 +173,12 @@ async fn connection<S, B>(
                 .then(|| Arc::clone(&stall));
             let response = service.clone().oneshot(request);
             async move {
-                let response = response.await?;
+                let mut response = response.await?;
+                if close {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
                 Ok::<_, Infallible>(response.map(|body| match stall {
                     Some(stall) => stall.watch(body),
                     None => SendBody::unwatched(body),
@@ -170,6 +188,12 @@ async fn connection<S, B>(
     };
     let conn = builder.serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(conn);
+    let stop_once_requested = async {
+        stopping.requested().await;
+        // The sender lives in the service, as long as the connection: an error cannot happen first.
+        let _ = first_request.clone().wait_for(|requested| *requested).await;
+    };
+    tokio::pin!(stop_once_requested);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -182,7 +206,7 @@ async fn connection<S, B>(
             expired = watchdog(&activity, limits) => return closed(expired, peer, &metrics, &cut),
             // Dropping the connection drops its exchanges, whose upstream connections close with them.
             expired = stalled(&stall, limits.send) => return closed(expired, peer, &metrics, &cut),
-            () = stopping.requested(), if !draining => {
+            () = &mut stop_once_requested, if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }

@@ -1,6 +1,7 @@
 //! The real keepalive-proxy binary on SIGTERM, as a balancer in front sees it: the admin `/healthz`
 //! answers 503 at once and keeps answering while an open stream drains, the stream goes on meanwhile,
-//! and the admin listener closes only when the drain ends. Cargo builds the binary for these tests
+//! a new connection the balancer still sends is served (and told `Connection: close`), and the admin
+//! listener closes only when the drain ends. Cargo builds the binary for these tests
 //! (`CARGO_BIN_EXE_*`).
 
 use std::net::SocketAddr;
@@ -67,7 +68,21 @@ async fn on_sigterm_healthz_answers_503_until_the_drain_ends() {
         Some(503),
         "a draining proxy tells its balancer at once"
     );
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let late = raw_request(addr, &get("/polls/", ""), Duration::from_secs(2))
+        .await
+        .response();
+    assert_eq!(
+        late.status, 200,
+        "a connection made during the drain is served"
+    );
+    assert!(
+        late.headers
+            .iter()
+            .any(|(name, value)| name.eq_ignore_ascii_case("connection") && value == "close"),
+        "and told it will not be kept: {:?}",
+        late.headers
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         healthz(admin).await,
         Some(503),

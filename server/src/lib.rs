@@ -31,7 +31,7 @@ mod stream;
 use std::future::Future;
 use std::sync::Arc;
 
-use keepalive_common::accept::{serve_with_drain, Drain, Phase, WhileDraining};
+use keepalive_common::accept::{serve_with_drain, Phase};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -55,10 +55,7 @@ pub async fn serve(
     config
         .check()
         .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
-    let drain = Drain {
-        timeout: config.drain_timeout,
-        while_draining: WhileDraining::KeepAccepting,
-    };
+    let drain_timeout = config.drain_timeout;
     let limits = connection::Limits {
         header_timeout: config.header_timeout,
         tcp_user_timeout: config.tcp_user_timeout,
@@ -89,16 +86,22 @@ pub async fn serve(
     };
     let router = app(state);
     let builder = Arc::new(connection::builder(limits));
-    let connections = serve_with_drain(listener, shutdown, drain, phase, |tcp, peer, stopping| {
-        connection::serve(
-            tcp,
-            peer,
-            router.clone(),
-            Arc::clone(&builder),
-            limits,
-            stopping,
-        )
-    })
+    let connections = serve_with_drain(
+        listener,
+        shutdown,
+        drain_timeout,
+        phase,
+        |tcp, peer, stopping| {
+            connection::serve(
+                tcp,
+                peer,
+                router.clone(),
+                Arc::clone(&builder),
+                limits,
+                stopping,
+            )
+        },
+    )
     .await;
     let streams = drain_state.streams();
     tracing::info!(
