@@ -1,9 +1,16 @@
 //! Several replicas behind the proxy, over real sockets: least-streams keeps open streams level,
 //! round-robin takes each in turn, a replica that refuses costs no client a failure (the request
 //! goes to another, counted), and a draining replica (its `/healthz` answering 503) gets no new
-//! requests once a health check has seen it.
+//! requests once a health check has seen it. A request with a body that reached a replica is never
+//! sent again; an idempotent one with no body is, when its replica failed before any response head.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use keepalive_kit::client::{get, open_stream, raw_request, RawConn};
 use keepalive_kit::metrics::{metric, wait_for_metric};
@@ -134,4 +141,71 @@ async fn a_draining_replica_gets_no_new_requests_once_its_health_check_says_503(
     }
     assert_eq!(metric(proxy.admin, &sent).await, before, "no new requests");
     drop(held);
+}
+
+/// A replica that reads each request's head (and whatever body came with it), counts it (health
+/// checks aside), and hangs up without answering: a request that reached an origin and failed before any response head.
+async fn hangs_up(received: Arc<AtomicUsize>) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("an address");
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = tokio::select! {
+                () = stopped.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(_) => continue,
+                },
+            };
+            let received = Arc::clone(&received);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                // The proxy's health checks are not the request under test.
+                if !seen.starts_with(b"GET /healthz ") {
+                    received.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    Running::new(addr, stop)
+}
+
+/// Two replicas that hang up, and `request` sent once through a proxy over them: its status, and
+/// how many times a replica received it.
+async fn sent_to_hanging_replicas(request: &str) -> (u16, usize) {
+    let received = Arc::new(AtomicUsize::new(0));
+    let a = hangs_up(Arc::clone(&received)).await;
+    let b = hangs_up(Arc::clone(&received)).await;
+    let proxy = proxy(&list(&[&a, &b]), Balance::RoundRobin).await;
+    let status = raw_request(proxy.addr, request, Duration::from_secs(3))
+        .await
+        .response()
+        .status;
+    (status, received.load(Ordering::SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_body_that_reached_a_replica_is_never_sent_again() {
+    let request =
+        "POST /jobs HTTP/1.1\r\nHost: lab\r\nContent-Length: 3\r\nConnection: close\r\n\r\nx=1";
+    let (status, received) = sent_to_hanging_replicas(request).await;
+    assert_eq!(status, 502);
+    assert_eq!(received, 1, "a POST with a body went to a second replica");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_without_a_body_is_retried_when_its_replica_fails_before_answering() {
+    let (status, received) =
+        sent_to_hanging_replicas(&get("/polls/", "Connection: close\r\n")).await;
+    assert_eq!(status, 502, "both replicas hung up");
+    assert_eq!(received, 2, "the GET was not tried on the other replica");
 }
