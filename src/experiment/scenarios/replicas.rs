@@ -322,6 +322,8 @@ pub(crate) async fn replicas(
     if let Some(at) = run.last_sent {
         replica_lane.push(note(at, "the last request the proxy tried on it"));
     }
+    // In time order, so that the picture's staggered labels alternate rows.
+    replica_lane.sort_by_key(|event| event.at);
     timeline
         .lane(&format!("{} ({})", name(victim), fate.name()))
         .events = replica_lane;
@@ -354,9 +356,15 @@ pub(crate) async fn replicas(
             },
         })
         .collect();
+    let failures = run.failures();
+    if let Some((last, _)) = run.requests.last() {
+        timeline.lane("requests").events.push(note(
+            *last,
+            &format!("{} requests, {} failed", run.requests.len(), failures.len()),
+        ));
+    }
 
     let (on_victim, others) = run.split();
-    let failures = run.failures();
     let client_view = format!(
         "{} of {} requests failed; {} streams on {}: {}; {} on the others: {}",
         failures.len(),
