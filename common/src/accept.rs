@@ -179,7 +179,6 @@ where
     Drained { finished, cut }
 }
 
-/// Accepts on `listener` if there is one; never resolves otherwise.
 /// What the loop needs to take a connection in, before and during the drain alike.
 struct Accept<F> {
     addr: String,

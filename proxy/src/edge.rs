@@ -381,7 +381,6 @@ impl<'e> Failure<'e> {
 }
 
 /// The error and its causes on one line: hyper's top-level messages alone rarely say what happened.
-/// An error and its causes on one line, for a log field.
 pub(crate) fn chain(err: &(dyn StdError + 'static)) -> String {
     let mut text = err.to_string();
     let mut current = err.source();

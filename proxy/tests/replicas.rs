@@ -105,15 +105,24 @@ async fn a_replica_that_refuses_costs_no_client_a_failure() {
     let running = origins(1, Duration::from_millis(100)).await;
     let dead = ports::free_for_test();
     let upstream = format!("http://{dead},http://{}", running[0].addr);
-    // Round-robin sends every other request to the dead one until a failed connect or the first
-    // health check (whichever comes first) takes it out.
-    let proxy = proxy(&upstream, Balance::RoundRobin).await;
+    // Round-robin sends every other request to the dead one until a failed connect ejects it; no
+    // health checks, which would take it out before any request met it.
+    let live = running[0].addr;
+    let proxy = start_proxy_configured(live, quiet_timers(), move |config| {
+        config.upstream = upstream.parse().expect("an upstream list");
+        config.balance = Balance::RoundRobin;
+    })
+    .await;
     for _ in 0..20 {
         assert_eq!(ok(&proxy).await, 200, "a request failed");
     }
     assert_eq!(metric(running[0].addr, STARTED).await, 20.0);
     // Every request the dead replica was given went on to the live one.
     let sent = format!("proxy_replica_requests_total{{replica=\"{dead}\"}}");
+    assert!(
+        metric(proxy.admin, &sent).await >= 1.0,
+        "no request met the dead replica"
+    );
     assert_eq!(
         metric(proxy.admin, "proxy_retries_total").await,
         metric(proxy.admin, &sent).await

@@ -21,6 +21,8 @@ use crate::tls::upstream::UpstreamConnector;
 
 /// How often names are resolved again when active checks are off.
 const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+/// The longest one name's lookup may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a health check may take, however long the interval.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -51,7 +53,19 @@ impl Resolver {
                     addrs.push(format!("{host}:{port}"))
                 }
                 Target::Name { host, port } => {
-                    let found = tokio::net::lookup_host((host.as_str(), port)).await;
+                    // Bounded: a slow resolver must not hold the health checks that follow.
+                    let found = match tokio::time::timeout(
+                        RESOLVE_TIMEOUT,
+                        tokio::net::lookup_host((host.as_str(), port)),
+                    )
+                    .await
+                    {
+                        Ok(found) => found,
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no answer within 2s",
+                        )),
+                    };
                     let answer = self.names.entry((host.clone(), port)).or_default();
                     match found {
                         Ok(found) => {
