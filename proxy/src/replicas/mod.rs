@@ -54,6 +54,8 @@ pub struct Replica {
     healthy: AtomicBool,
     failures: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
+    /// Left the set: its streams go on, but its metric series are gone and must stay gone.
+    departed: AtomicBool,
 }
 
 impl Replica {
@@ -66,7 +68,12 @@ impl Replica {
             healthy: AtomicBool::new(true),
             failures: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
+            departed: AtomicBool::new(false),
         }
+    }
+
+    fn departed(&self) -> bool {
+        self.departed.load(Ordering::Relaxed)
     }
 
     pub fn open_streams(&self) -> usize {
@@ -92,7 +99,9 @@ pub struct OpenStream {
 impl Drop for OpenStream {
     fn drop(&mut self) {
         self.replica.open.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.replica_stream_closed(&self.replica.label);
+        if !self.replica.departed() {
+            self.metrics.replica_stream_closed(&self.replica.label);
+        }
     }
 }
 
@@ -130,6 +139,7 @@ impl Replicas {
             let keep = addrs.contains(&replica.label);
             if !keep {
                 tracing::info!(replica = %replica.label, open_streams = replica.open_streams(), "replica left the upstream set");
+                replica.departed.store(true, Ordering::Relaxed);
                 self.metrics.replica_removed(&replica.label);
             }
             keep
@@ -197,8 +207,10 @@ impl Replicas {
         if let Ok(mut until) = replica.ejected_until.lock() {
             *until = Some(Instant::now() + backoff);
         }
-        self.metrics.replica_ejected(&replica.label);
-        self.metrics.replica_ready(&replica.label, false);
+        if !replica.departed() {
+            self.metrics.replica_ejected(&replica.label);
+            self.metrics.replica_ready(&replica.label, false);
+        }
         tracing::warn!(replica = %replica.label, %why, failures, ejected_for = %keepalive_common::duration::display(backoff), "replica ejected");
     }
 
@@ -219,7 +231,9 @@ impl Replicas {
             }
         }
         let now = replica.is_ready(Instant::now());
-        self.metrics.replica_ready(&replica.label, now);
+        if !replica.departed() {
+            self.metrics.replica_ready(&replica.label, now);
+        }
         if was != now {
             if now {
                 tracing::info!(replica = %replica.label, "replica ready: its health check passed");
@@ -354,5 +368,19 @@ mod tests {
             1,
             "a kept replica keeps its load"
         );
+    }
+
+    #[test]
+    fn a_replica_that_left_with_an_open_stream_leaves_no_series_behind() {
+        let metrics = Metrics::new();
+        let replicas = Replicas::new(Balance::LeastStreams, metrics.clone());
+        replicas.update(&[addr(1)]);
+        let gone = replicas.choose(&[]).expect("a replica");
+        let stream = replicas.open(&gone);
+        replicas.update(&[addr(2)]);
+        replicas.failed(&gone, "refused");
+        drop(stream);
+        let text = metrics.encode();
+        assert!(!text.contains(&addr(1)), "{text}");
     }
 }
