@@ -66,6 +66,12 @@ pub async fn exposition(addr: SocketAddr) -> Option<String> {
     Some(String::from_utf8_lossy(&body).into_owned())
 }
 
+/// The value of `query` in what `addr` serves on `/metrics` now ([`sample`]'s sum of the matching
+/// series); `None` when it does not answer or has no such series.
+pub async fn read_metric(addr: SocketAddr, query: &str) -> Option<f64> {
+    sample(&exposition(addr).await?, query)
+}
+
 pub async fn origin_counts(origin: SocketAddr) -> Option<OriginCounts> {
     let text = exposition(origin).await?;
     Some(OriginCounts {

@@ -63,7 +63,10 @@ impl Resolver {
                         Ok(found) => found,
                         Err(_) => Err(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
-                            "no answer within 2s",
+                            format!(
+                                "no answer within {}",
+                                keepalive_common::duration::display(RESOLVE_TIMEOUT)
+                            ),
                         )),
                     };
                     let answer = self.names.entry((host.clone(), port)).or_default();

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Method, StatusCode, Uri};
-use keepalive_kit::metrics::sample;
 use keepalive_kit::servers::origin_on;
 use keepalive_proxy::{Balance, Upstream};
 use tokio::net::TcpListener;
@@ -19,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Ending, Expect, Family, Millis, Scale, Scenario, Setup, Step, Stream, Target, Timers};
 use crate::client::Client;
-use crate::experiment::lab::{exposition, start_proxy, undrained_origin_config};
+use crate::experiment::lab::{read_metric, start_proxy, undrained_origin_config};
 use crate::experiment::runner::{client_lane, url, Seen, SetupError};
 use crate::experiment::timeline::{Event, Mark, Timeline};
 use crate::watch::{self, observe, Observation};
@@ -242,10 +241,7 @@ pub(crate) async fn replicas(
     let acted = started.elapsed();
     let victim_addr = addrs[victim];
     let sent = format!("proxy_replica_requests_total{{replica=\"{victim_addr}\"}}");
-    let sent_before = exposition(proxy.admin)
-        .await
-        .and_then(|text| sample(&text, &sent))
-        .unwrap_or(0.0);
+    let sent_before = read_metric(proxy.admin, &sent).await.unwrap_or(0.0);
     let running = origins.remove(victim);
     let mut replica_lane = Vec::new();
     let (back, back_at) = match fate {
@@ -295,9 +291,8 @@ pub(crate) async fn replicas(
         ),
         None => None,
     };
-    let retries = exposition(proxy.admin)
+    let retries = read_metric(proxy.admin, "proxy_retries_total")
         .await
-        .and_then(|text| sample(&text, "proxy_retries_total"))
         .unwrap_or(0.0);
 
     let mut streams = Vec::new();
@@ -436,9 +431,8 @@ fn verdicts(streams: &[&ReplicaStream]) -> String {
 async fn started_counts(addrs: &[SocketAddr]) -> Result<Vec<f64>, SetupError> {
     let mut counts = Vec::new();
     for addr in addrs {
-        let count = exposition(*addr)
+        let count = read_metric(*addr, "origin_streams_started_total")
             .await
-            .and_then(|text| sample(&text, "origin_streams_started_total"))
             .ok_or(SetupError::Metrics(*addr))?;
         counts.push(count);
     }
@@ -487,10 +481,7 @@ async fn last_increase(
     let mut at = None;
     tokio::pin!(until);
     loop {
-        if let Some(count) = exposition(admin)
-            .await
-            .and_then(|text| sample(&text, query))
-        {
+        if let Some(count) = read_metric(admin, query).await {
             if count > last {
                 last = count;
                 at = Some(started.elapsed());
