@@ -11,6 +11,10 @@ use keepalive_common::duration::{display, parse_duration, parse_timer, DURATION_
 /// and no balancer's idle timer needs more than a few heartbeats a second to stay awake.
 pub const SHORTEST_HEARTBEAT: Duration = Duration::from_millis(10);
 
+/// The shortest job lease: renewed a few times a lease, a shorter one would be lost to a database
+/// that pauses for a moment, and a job would change hands for nothing.
+pub const SHORTEST_JOB_LEASE: Duration = Duration::from_secs(1);
+
 /// Below this pause a stream is sent as fast as the client reads, so it must say when it ends
 /// (`lines`): four endless `sleep=0` streams cut the origin's other answers tenfold.
 pub const SHORTEST_ENDLESS_SLEEP: Duration = Duration::from_millis(10);

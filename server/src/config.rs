@@ -13,9 +13,9 @@ use keepalive_common::logging::LogFormat;
 
 use crate::bounds::{
     duration_at_least, timer_at_least, SettingError, SHORTEST_ENDLESS_SLEEP,
-    SHORTEST_HEADER_TIMEOUT, SHORTEST_HEARTBEAT, SHORTEST_TCP_USER_TIMEOUT,
+    SHORTEST_HEADER_TIMEOUT, SHORTEST_HEARTBEAT, SHORTEST_JOB_LEASE, SHORTEST_TCP_USER_TIMEOUT,
 };
-use crate::jobs::Storage;
+use crate::jobs::{Backend, DatabaseUrl, Storage};
 
 /// Loopback: an origin is meant to sit behind a balancer, and one started by hand on a laptop must
 /// not be reachable from the network; the images set `0.0.0.0:8000` themselves.
@@ -28,6 +28,9 @@ const DEFAULT_DRAIN_TIMEOUT: &str = "5s";
 const DEFAULT_LOG_FORMAT: &str = "pretty";
 const DEFAULT_DATA_DIR: &str = "keepalive-data";
 const DEFAULT_JOB_RETENTION: &str = "24h";
+/// Long enough that a busy database does not lose a healthy runner its job, short enough that a
+/// job whose replica died goes on within seconds.
+const DEFAULT_JOB_LEASE: &str = "5s";
 const DEFAULT_JOB_MAX: &str = "1000";
 /// A hundredth of `SERVER_JOB_MAX`: one client cannot fill the store, and a page that resumes a few
 /// jobs is never refused.
@@ -92,9 +95,24 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
 
     /// Where jobs (POST /jobs) are kept, in an SQLite database (jobs.sqlite3) made on first use;
-    /// :memory: keeps them in memory only, lost when the origin stops.
+    /// :memory: keeps them in memory only, lost when the origin stops. One origin per directory
+    /// (it is locked); unused when SERVER_DATABASE_URL is set.
     #[arg(long, env = "SERVER_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: Storage,
+
+    /// Keep jobs in PostgreSQL instead (postgres://user:password@host:port/dbname), shared by
+    /// every origin on it: any of them serves any job, and a job whose origin died is taken over by
+    /// another. The schema is made at start. Empty: SQLite under SERVER_DATA_DIR. No TLS to the
+    /// database (sslmode=disable).
+    // Spelled out so that an empty value (compose's `${SERVER_DATABASE_URL:-}`) reads as unset.
+    #[arg(long, env = "SERVER_DATABASE_URL", default_value = "", hide_default_value = true, value_parser = database_url_setting)]
+    pub database_url: std::option::Option<DatabaseUrl>,
+
+    /// How long an origin owns a running job unless it renews (it does, a few times a lease, while
+    /// it runs the job): after a crash, another origin takes the job over this long after the last
+    /// renewal. A graceful stop hands jobs back at once. At least 1s.
+    #[arg(long, env = "SERVER_JOB_LEASE", default_value = DEFAULT_JOB_LEASE, value_parser = lease_setting)]
+    pub job_lease: Duration,
 
     /// How long a finished job (and its log) is kept.
     #[arg(long, env = "SERVER_JOB_RETENTION", default_value = DEFAULT_JOB_RETENTION, value_parser = parse_duration)]
@@ -122,6 +140,14 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The database jobs are kept in.
+    pub fn backend(&self) -> Backend {
+        match &self.database_url {
+            Some(url) => Backend::Postgres(url.clone()),
+            None => Backend::Sqlite(self.data_dir.clone()),
+        }
+    }
+
     /// Refuses what the flags' parsers refuse, for a configuration built in code (the lab, the
     /// tests) rather than parsed; and defaults a request could not ask for itself: `?sleep=2h` gets
     /// a 400 under a 1h `SERVER_MAX_SLEEP`, so `SERVER_SLEEP=2h` must not quietly give every
@@ -135,6 +161,7 @@ impl ServerConfig {
                 SHORTEST_ENDLESS_SLEEP,
             ),
             ("SERVER_HEARTBEAT", self.heartbeat, SHORTEST_HEARTBEAT),
+            ("SERVER_JOB_LEASE", Some(self.job_lease), SHORTEST_JOB_LEASE),
             (
                 "SERVER_HEADER_TIMEOUT",
                 self.header_timeout,
@@ -199,6 +226,17 @@ pub struct InvalidSetting {
     pub reason: String,
 }
 
+fn database_url_setting(value: &str) -> Result<Option<DatabaseUrl>, String> {
+    match value.trim() {
+        "" => Ok(None),
+        url => url.parse().map(Some),
+    }
+}
+
+fn lease_setting(value: &str) -> Result<Duration, SettingError> {
+    duration_at_least(value, SHORTEST_JOB_LEASE)
+}
+
 fn sleep_setting(value: &str) -> Result<Duration, SettingError> {
     duration_at_least(value, SHORTEST_ENDLESS_SLEEP)
 }
@@ -233,6 +271,8 @@ impl Default for ServerConfig {
             data_dir: DEFAULT_DATA_DIR
                 .parse()
                 .expect("DEFAULT_DATA_DIR is a directory"),
+            database_url: None,
+            job_lease: lease_setting(DEFAULT_JOB_LEASE).expect("DEFAULT_JOB_LEASE is a lease"),
             job_retention: duration(DEFAULT_JOB_RETENTION),
             job_max: DEFAULT_JOB_MAX
                 .parse()
@@ -438,6 +478,8 @@ mod tests {
             "SERVER_TCP_USER_TIMEOUT",
             "SERVER_HEADER_TIMEOUT",
             "SERVER_JOBS_PER_CLIENT",
+            "SERVER_DATABASE_URL",
+            "SERVER_JOB_LEASE",
             "LOG_FORMAT",
         ] {
             assert!(help.contains(env), "--help lacks {env}:\n{help}");
@@ -445,7 +487,7 @@ mod tests {
     }
 
     /// Every setting an operator can get wrong, by flag and env var.
-    const SETTINGS: [(&str, &str); 12] = [
+    const SETTINGS: [(&str, &str); 14] = [
         ("addr", "SERVER_ADDR"),
         ("sleep", "SERVER_SLEEP"),
         ("heartbeat", "SERVER_HEARTBEAT"),
@@ -454,6 +496,8 @@ mod tests {
         ("header-timeout", "SERVER_HEADER_TIMEOUT"),
         ("drain-timeout", "SERVER_DRAIN_TIMEOUT"),
         ("data-dir", "SERVER_DATA_DIR"),
+        ("database-url", "SERVER_DATABASE_URL"),
+        ("job-lease", "SERVER_JOB_LEASE"),
         ("job-retention", "SERVER_JOB_RETENTION"),
         ("job-max", "SERVER_JOB_MAX"),
         ("jobs-per-client", "SERVER_JOBS_PER_CLIENT"),

@@ -60,13 +60,14 @@ pub async fn serve(
         header_timeout: config.header_timeout,
         tcp_user_timeout: config.tcp_user_timeout,
     };
-    let data_dir = config.data_dir.clone();
+    let backend = config.backend();
     let (phase, following) = watch::channel(Phase::Serving);
     let state = AppState::new(config)
+        .await
         .map_err(std::io::Error::other)?
         .draining_with(DrainState::following(following));
     let resumed = state.jobs().resume().await.map_err(std::io::Error::other)?;
-    tracing::info!(data_dir = %data_dir, epoch = state.jobs().epoch(), resumed, "job store open");
+    tracing::info!(store = %backend, epoch = state.jobs().epoch(), resumed, "job store open");
     let config = state.config();
     tracing::info!(
         addr = %listener.local_addr().map_or_else(|err| err.to_string(), |addr| addr.to_string()),

@@ -128,12 +128,13 @@ mod tests {
     use crate::config::ServerConfig;
     use crate::drain::DrainState;
 
-    fn state() -> AppState {
+    async fn state() -> AppState {
         AppState::new(ServerConfig {
             max_sleep: Duration::from_secs(60),
             data_dir: crate::jobs::Storage::Memory,
             ..ServerConfig::default()
         })
+        .await
         .expect("an in-memory job store")
     }
 
@@ -169,7 +170,7 @@ mod tests {
     #[tokio::test]
     async fn polls_index_is_the_tutorials_text() {
         for uri in ["/polls/", "/polls"] {
-            let response = get(app(state()), uri).await;
+            let response = get(app(state().await), uri).await;
             assert_eq!(response.status(), StatusCode::OK);
             assert_eq!(
                 header(&response, "content-type"),
@@ -184,7 +185,7 @@ mod tests {
 
     #[tokio::test]
     async fn healthz_says_ok() {
-        let response = get(app(state()), "/healthz").await;
+        let response = get(app(state().await), "/healthz").await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(text(response).await, "ok");
     }
@@ -192,7 +193,9 @@ mod tests {
     #[tokio::test]
     async fn healthz_says_draining_with_503_once_shutdown_begins() {
         let (phase, following) = tokio::sync::watch::channel(Phase::Serving);
-        let state = state().draining_with(DrainState::following(following));
+        let state = state()
+            .await
+            .draining_with(DrainState::following(following));
         assert_eq!(
             get(app(state.clone()), "/healthz").await.status(),
             StatusCode::OK
@@ -224,7 +227,7 @@ mod tests {
             ),
         ];
         for (query, parameter, value, form) in cases {
-            let response = get(app(state()), &format!("/polls/streamed?{query}")).await;
+            let response = get(app(state().await), &format!("/polls/streamed?{query}")).await;
             assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
             let body = json(response).await;
             assert_eq!(body["status"], 400, "{query}: {body}");
@@ -243,7 +246,7 @@ mod tests {
     #[tokio::test]
     async fn durations_above_max_sleep_get_400_with_the_bound() {
         for query in ["sleep=2m", "delay=61", "heartbeat=1h"] {
-            let response = get(app(state()), &format!("/polls/streamed?{query}")).await;
+            let response = get(app(state().await), &format!("/polls/streamed?{query}")).await;
             assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
             let body = json(response).await;
             let detail = body["detail"].as_str().expect("detail");
@@ -256,7 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_routes_get_404_json() {
-        let response = get(app(state()), "/nope").await;
+        let response = get(app(state().await), "/nope").await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         let body = json(response).await;
         assert_eq!(body["status"], 404);
@@ -270,7 +273,10 @@ mod tests {
         let request = Request::post("/polls/streamed")
             .body(Body::empty())
             .expect("request");
-        let response = app(state()).oneshot(request).await.expect("infallible");
+        let response = app(state().await)
+            .oneshot(request)
+            .await
+            .expect("infallible");
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
         let body = json(response).await;
         assert_eq!(body["status"], 405);
@@ -282,7 +288,7 @@ mod tests {
 
     #[tokio::test]
     async fn head_answers_the_stream_headers_without_starting_a_stream() {
-        let state = state();
+        let state = state().await;
         let request = Request::head("/polls/streamed?format=sse")
             .body(Body::empty())
             .expect("request");
@@ -312,7 +318,7 @@ mod tests {
             ("sse", "text/event-stream"),
         ] {
             let uri = format!("/polls/streamed?format={format}&lines=1&sleep=0");
-            let response = get(app(state()), &uri).await;
+            let response = get(app(state().await), &uri).await;
             assert_eq!(response.status(), StatusCode::OK);
             assert_eq!(header(&response, "content-type"), content_type);
             assert_eq!(header(&response, "cache-control"), "no-cache, no-transform");
@@ -322,7 +328,11 @@ mod tests {
 
     #[tokio::test]
     async fn finite_text_stream_is_the_tutorials_bytes() {
-        let response = get(app(state()), "/polls/streamed?lines=5&sleep=0&unknown=1").await;
+        let response = get(
+            app(state().await),
+            "/polls/streamed?lines=5&sleep=0&unknown=1",
+        )
+        .await;
         assert_eq!(
             text(response).await,
             "[         0 s] Little brown lady\n\
@@ -336,7 +346,11 @@ mod tests {
 
     #[tokio::test]
     async fn finite_sse_stream_numbers_lines_and_not_the_banner_and_says_when_it_is_over() {
-        let response = get(app(state()), "/polls/streamed?format=sse&lines=4&sleep=0").await;
+        let response = get(
+            app(state().await),
+            "/polls/streamed?format=sse&lines=4&sleep=0",
+        )
+        .await;
         assert_eq!(
             text(response).await,
             "id: 1\ndata: [         0 s] Little brown lady\n\n\
@@ -350,7 +364,11 @@ mod tests {
 
     #[tokio::test]
     async fn finite_text_stream_ends_with_a_marker_when_asked() {
-        let response = get(app(state()), "/polls/streamed?lines=2&sleep=0&end=marker").await;
+        let response = get(
+            app(state().await),
+            "/polls/streamed?lines=2&sleep=0&end=marker",
+        )
+        .await;
         assert_eq!(
             text(response).await,
             "[         0 s] Little brown lady\n\
@@ -358,7 +376,7 @@ mod tests {
              =========== end of stream: 2 lines ===========\n"
         );
         let response = get(
-            app(state()),
+            app(state().await),
             "/polls/streamed?format=sse&lines=1&sleep=0&end=none",
         )
         .await;
@@ -371,7 +389,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn delay_holds_back_the_response_head() {
         let start = Instant::now();
-        let response = get(app(state()), "/polls/streamed?delay=3s&lines=1&sleep=0").await;
+        let response = get(
+            app(state().await),
+            "/polls/streamed?delay=3s&lines=1&sleep=0",
+        )
+        .await;
         assert_eq!(start.elapsed(), Duration::from_secs(3));
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
@@ -383,7 +405,7 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_count_completed_and_abandoned_streams() {
-        let state = state();
+        let state = state().await;
         text(get(app(state.clone()), "/polls/streamed?lines=3&sleep=0").await).await;
         let abandoned = get(app(state.clone()), "/polls/streamed?sleep=5").await;
         let mut body = abandoned.into_body();

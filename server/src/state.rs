@@ -21,17 +21,19 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// A fresh origin: its own metrics, all at zero, and the job store at `config.data_dir`
+    /// A fresh origin: its own metrics, all at zero, and the job store `config.backend()`
     /// (opened, not yet resumed: see [`Jobs::resume`]).
-    pub fn new(config: ServerConfig) -> Result<Self, StoreError> {
+    pub async fn new(config: ServerConfig) -> Result<Self, StoreError> {
         let jobs = Jobs::open(
-            &config.data_dir,
+            &config.backend(),
+            config.job_lease,
             Retention {
                 max_age: config.job_retention,
                 max_jobs: config.job_max,
             },
             config.jobs_per_client,
-        )?;
+        )
+        .await?;
         Ok(Self {
             config: Arc::new(config),
             metrics: Metrics::new(),

@@ -3,15 +3,21 @@
 //! by a balancer (or an origin that crashed) resumes where it was and loses nothing.
 //!
 //! [`Jobs`] owns the store and the jobs running in this process. A running job is a task that writes
-//! its lines on the poem's clock and tells readers through a `watch` channel; readers always read the
-//! lines themselves from the store, so a live reader and one resuming after a restart see the same
-//! bytes. After a restart the origin resumes every job a previous run left running, from its last
-//! committed line (nothing a client saw is ever rewritten; the job's `runs` counts the take-overs).
-//! When the origin stops, [`Jobs::stop`] suspends the runners between two lines and leaves their jobs
-//! `running` for the next start; a lock on the data directory keeps two origins from running one job.
-//! Each client may run `SERVER_JOBS_PER_CLIENT` jobs at once ([`quota`]); jobs resumed after a
-//! restart count against nobody's, as the store does not keep who started them.
+//! its lines on the poem's clock; readers always read the lines themselves from the store, woken by
+//! the [`feed`] when one is committed (here or, on PostgreSQL, by another replica), so a live reader
+//! and one resuming elsewhere see the same bytes.
+//!
+//! Each running job has one runner: its owner holds a lease in the store, renewed while it runs
+//! ([`Jobs::resume`] starts the keeper that renews it, and takes over jobs whose lease lapsed: a
+//! runner that was killed, or an origin restarted on the same SQLite file). A taken-over job goes on
+//! from its last committed line (nothing a client saw is ever rewritten; `runs` counts the
+//! take-overs). When the origin stops, [`Jobs::stop`] suspends the runners between two lines and
+//! hands their jobs back, still `running`, for another replica or the next start to take at once.
+//! Each client may run `SERVER_JOBS_PER_CLIENT` jobs at once ([`quota`]), counted by the origin it
+//! started them on; taken-over jobs count against nobody's, as the store does not keep who started
+//! them.
 
+pub mod feed;
 pub mod quota;
 pub mod range;
 pub mod render;
@@ -27,8 +33,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use feed::Feed;
 pub use quota::Client;
-pub use store::{Storage, Store, StoreError};
+pub use store::{Backend, DatabaseUrl, Lease, Storage, Store, StoreError};
 
 use quota::{Claim, Quota};
 
@@ -137,9 +144,9 @@ pub struct Line {
 
 /// How often finished jobs past retention are looked for, besides at start and at each new job.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// How long a reader waits for a job that is `running` in the store but has no runner here (its end
-/// is being recorded, or could not be) before it gives up on it.
-pub const STALLED_AFTER: Duration = Duration::from_secs(1);
+/// Most lapsed jobs one origin takes over at a time: replicas that look at the same moment share
+/// them rather than one taking all.
+const CLAIM_BATCH: u64 = 16;
 
 /// How long finished jobs are kept, and how many jobs at most.
 #[derive(Debug, Clone, Copy)]
@@ -159,14 +166,17 @@ pub enum StartError {
     Store(#[from] StoreError),
 }
 
-/// The jobs of this origin: the store, and a progress channel and a cancel switch per running job.
+/// The jobs of this origin: the store, the feed of changes, and a stop switch per job running here.
 #[derive(Clone)]
 pub struct Jobs {
     store: Store,
+    feed: Feed,
     epoch: Arc<str>,
+    lease: Lease,
     retention: Retention,
     quota: Quota,
-    running: Arc<Mutex<HashMap<JobId, Running>>>,
+    /// Jobs whose runner is in this process; cancelling the token stops it between two lines.
+    running: Arc<Mutex<HashMap<JobId, CancellationToken>>>,
     /// Suspends every runner when the origin stops.
     stopping: CancellationToken,
     tasks: TaskTracker,
@@ -176,28 +186,42 @@ impl std::fmt::Debug for Jobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Jobs")
             .field("epoch", &self.epoch)
+            .field("owner", &self.lease.owner)
             .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
 
-struct Running {
-    /// Lines committed so far; closed when the job ends.
-    progress: watch::Receiver<u64>,
-    cancel: CancellationToken,
+/// How a runner ended.
+enum Outcome {
+    /// The job is over: recorded as such.
+    Ended(JobState),
+    /// The origin is stopping: the job stays `running`, to be handed back.
+    Suspended,
+    /// The job is no longer this origin's: cancelled, or its lease went to another.
+    Gone,
+    /// The database went away mid-write: the lease lapses, and whoever reaches the database next
+    /// takes the job over.
+    Interrupted(StoreError),
 }
 
 impl Jobs {
-    /// The store at `storage`; each client may run `per_client` jobs at once.
-    pub fn open(
-        storage: &Storage,
+    /// The store at `backend`, owned through leases of `lease` each; each client may run
+    /// `per_client` jobs at once.
+    pub async fn open(
+        backend: &Backend,
+        lease: Duration,
         retention: Retention,
         per_client: u64,
     ) -> Result<Self, StoreError> {
-        let (store, epoch) = Store::open(storage)?;
+        let feed = Feed::default();
+        let lease = Lease::new(lease);
+        let (store, epoch) = Store::open(backend, lease.clone(), feed.clone()).await?;
         Ok(Self {
             store,
+            feed,
             epoch: epoch.into(),
+            lease,
             retention,
             quota: Quota::new(per_client),
             running: Arc::default(),
@@ -206,16 +230,33 @@ impl Jobs {
         })
     }
 
-    /// Suspends every runner between two lines (their jobs stay `running`, for the next start) and
-    /// waits until none is left, so that the data directory is free for another origin.
+    /// Suspends every runner between two lines and waits until none is left, then hands their
+    /// jobs back (still `running`) so that another origin takes them over at once, not when the
+    /// lease lapses.
     pub async fn stop(&self) {
         self.stopping.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        match self.store.release().await {
+            Ok(0) => {}
+            Ok(handed) => tracing::info!(
+                handed,
+                "running jobs handed back for another origin to take over"
+            ),
+            Err(err) => {
+                tracing::warn!(%err, "cannot hand the running jobs back: another origin takes them over when their lease lapses")
+            }
+        }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// A receiver woken at the job's next change (not for those before this call); a reader
+    /// subscribes, then reads the store, so that nothing committed in between is missed.
+    pub fn subscribe(&self, id: &JobId) -> watch::Receiver<()> {
+        self.feed.subscribe(id)
     }
 
     /// Identifies this store's history; a new database (a wiped data directory) has a new one.
@@ -223,18 +264,77 @@ impl Jobs {
         &self.epoch
     }
 
-    /// Resumes what a previous run of the origin left running, and starts the periodic retention
-    /// sweep; call once, at start.
+    /// Takes over the running jobs nobody owns (on SQLite: all those a previous run left), and
+    /// starts the keeper that renews this origin's leases, takes over lapsed ones, and sweeps
+    /// past retention; call once, at start. Returns how many jobs it took over.
     pub async fn resume(&self) -> Result<usize, StoreError> {
         self.sweep().await;
-        let jobs = self.store.take_over_running().await?;
+        let mut resumed = 0;
+        loop {
+            let taken = self.take_over().await?;
+            resumed += taken;
+            if taken < CLAIM_BATCH as usize {
+                break;
+            }
+        }
+        let keeper = self.clone();
+        self.tasks.spawn(async move { keeper.keep().await });
+        Ok(resumed)
+    }
+
+    /// Renews the leases of this origin's runners a few times per lease, stops those whose lease
+    /// is lost, and takes over lapsed jobs (at once when another origin hands some back).
+    async fn keep(&self) {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.tick().await;
+        loop {
+            tokio::select! {
+                () = self.stopping.cancelled() => return,
+                () = tokio::time::sleep(self.lease.period / 3) => {}
+                () = self.feed.handback() => {}
+                _ = sweep.tick() => {
+                    self.sweep().await;
+                    continue;
+                }
+            }
+            self.renew().await;
+            if let Err(err) = self.take_over().await {
+                tracing::warn!(%err, "cannot look for jobs to take over");
+            }
+        }
+    }
+
+    async fn renew(&self) {
+        let mine: Vec<JobId> = self.lock_running().keys().cloned().collect();
+        if mine.is_empty() {
+            return;
+        }
+        let held = match self.store.renew(mine.clone()).await {
+            Ok(held) => held,
+            Err(err) => {
+                tracing::warn!(%err, jobs = mine.len(), "cannot renew the leases of the jobs running here");
+                return;
+            }
+        };
+        let running = self.lock_running();
+        for id in mine.iter().filter(|id| !held.contains(id)) {
+            if let Some(stop) = running.get(id) {
+                tracing::warn!(job = %id, "lease lost (cancelled, or taken over by another origin): stopping its runner here");
+                stop.cancel();
+            }
+        }
+    }
+
+    /// Claims one batch of lapsed jobs and runs them here.
+    async fn take_over(&self) -> Result<usize, StoreError> {
+        let jobs = self.store.claim(CLAIM_BATCH).await?;
         for job in &jobs {
             tracing::info!(
                 job = %job.id,
                 lines_written = job.lines_written,
                 lines = job.spec.lines,
                 run = job.runs,
-                "resuming a job a previous run left running"
+                "taking over a running job whose runner is gone"
             );
             self.spawn(
                 job.id.clone(),
@@ -244,15 +344,6 @@ impl Jobs {
                 None,
             );
         }
-        let jobs_handle = self.clone();
-        self.tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = jobs_handle.stopping.cancelled() => return,
-                    () = tokio::time::sleep(SWEEP_EVERY) => jobs_handle.sweep().await,
-                }
-            }
-        });
         Ok(jobs.len())
     }
 
@@ -282,21 +373,13 @@ impl Jobs {
         Ok(job)
     }
 
-    /// Cancels a running job; `false` when it is not running here.
-    pub fn cancel(&self, id: &JobId) -> bool {
-        let running = self.running.lock().unwrap_or_else(|err| err.into_inner());
-        running.get(id).map(|job| job.cancel.cancel()).is_some()
-    }
-
-    /// A receiver of the job's committed line count, while the job runs in this process; its
-    /// `changed()` waits for the next line (the current count is marked seen).
-    pub fn watch(&self, id: &JobId) -> Option<watch::Receiver<u64>> {
-        let running = self.running.lock().unwrap_or_else(|err| err.into_inner());
-        running.get(id).map(|job| {
-            let mut progress = job.progress.clone();
-            progress.borrow_and_update();
-            progress
-        })
+    /// Cancels a running job, whichever origin runs it; `false` when it was not running.
+    pub async fn cancel(&self, id: &JobId) -> Result<bool, StoreError> {
+        let cancelled = self.store.cancel(id).await?;
+        if let Some(stop) = self.lock_running().get(id) {
+            stop.cancel();
+        }
+        Ok(cancelled)
     }
 
     async fn sweep(&self) {
@@ -308,6 +391,10 @@ impl Jobs {
         }
     }
 
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, CancellationToken>> {
+        self.running.lock().unwrap_or_else(|err| err.into_inner())
+    }
+
     /// Runs a job; its client's slot (`claim`) is held until the runner ends.
     fn spawn(
         &self,
@@ -317,45 +404,37 @@ impl Jobs {
         started_at: SystemTime,
         claim: Option<Claim>,
     ) {
-        let (progress_tx, progress) = watch::channel(written);
-        let cancel = CancellationToken::new();
-        self.running
-            .lock()
-            .unwrap_or_else(|err| err.into_inner())
-            .insert(
-                id.clone(),
-                Running {
-                    progress,
-                    cancel: cancel.clone(),
-                },
-            );
+        let stop = CancellationToken::new();
+        self.lock_running().insert(id.clone(), stop.clone());
         let jobs = self.clone();
         self.tasks.spawn(async move {
             let _claim = claim;
-            // Declared after `progress_tx` was captured, so dropped before it: readers woken by the
-            // sender's drop no longer find the job here, even if this task panicked.
             let _entry = RunningEntry {
                 jobs: jobs.clone(),
                 id: id.clone(),
             };
-            let Some(state) = jobs
-                .run(&id, spec, written, started_at, &progress_tx, &cancel)
-                .await
-            else {
-                tracing::info!(job = %id, "job suspended: the origin is stopping; it resumes at the next start");
-                return;
-            };
-            jobs.record_end(&id, state).await;
-            tracing::info!(job = %id, state = state.as_str(), "job ended");
+            match jobs.run(&id, spec, written, started_at, &stop).await {
+                Outcome::Ended(state) => {
+                    jobs.record_end(&id, state).await;
+                    tracing::info!(job = %id, state = state.as_str(), "job ended");
+                }
+                Outcome::Suspended => tracing::info!(job = %id, "job suspended: the origin is stopping; it is handed back to be taken over"),
+                Outcome::Gone => tracing::info!(job = %id, "job runner stopped here: the job was cancelled or another origin runs it"),
+                Outcome::Interrupted(err) => tracing::warn!(job = %id, %err, "job suspended: the job database went away; whoever reaches it once the lease lapses takes the job over"),
+            }
         });
     }
 
-    /// Records how a job ended, trying a few times: while it stays `running` in the store, readers
-    /// wait for it and it counts against `SERVER_JOB_MAX` until the next start.
+    /// Records how a job ended, trying a few times: while it stays `running` in the store, it
+    /// counts against `SERVER_JOB_MAX`, until its lease lapses and it is taken over.
     async fn record_end(&self, id: &JobId, state: JobState) {
         for attempt in 1..=3 {
             match self.store.finish(id, state).await {
-                Ok(()) => return,
+                Ok(true) => return,
+                Ok(false) => {
+                    tracing::info!(job = %id, "the job's end was not recorded: it was no longer this origin's");
+                    return;
+                }
                 Err(err) => {
                     tracing::error!(job = %id, %err, attempt, "cannot record the job's end");
                     tokio::time::sleep(Duration::from_millis(100) * attempt).await;
@@ -365,16 +444,15 @@ impl Jobs {
     }
 
     /// Writes lines `written + 1 ..= spec.lines` on the poem's clock: a new job's first line at
-    /// once, a resumed job's next one a `sleep` after the take-over. `None` when the origin stops.
+    /// once, a taken-over job's next one a `sleep` after the take-over.
     async fn run(
         &self,
         id: &JobId,
         spec: JobSpec,
         written: u64,
         started_at: SystemTime,
-        progress: &watch::Sender<u64>,
-        cancel: &CancellationToken,
-    ) -> Option<JobState> {
+        stop: &CancellationToken,
+    ) -> Outcome {
         let mut due = Instant::now()
             + if written == 0 {
                 Duration::ZERO
@@ -384,20 +462,24 @@ impl Jobs {
         for number in written + 1..=spec.lines {
             // Only between lines: a line being committed is always committed whole.
             tokio::select! {
-                () = self.stopping.cancelled() => return None,
-                () = cancel.cancelled() => return Some(JobState::Cancelled),
+                () = self.stopping.cancelled() => return Outcome::Suspended,
+                () = stop.cancelled() => return Outcome::Gone,
                 () = tokio::time::sleep_until(due) => {}
             }
             let elapsed = started_at.elapsed().unwrap_or_default().as_secs();
             let text = render::line_text(number, elapsed);
-            if let Err(err) = self.store.append(id, number, text).await {
-                tracing::error!(job = %id, line = number, %err, "cannot commit a line: job failed");
-                return Some(JobState::Failed);
+            match self.store.append(id, number, text).await {
+                Ok(true) => {}
+                Ok(false) => return Outcome::Gone,
+                Err(err) if err.is_disconnect() => return Outcome::Interrupted(err),
+                Err(err) => {
+                    tracing::error!(job = %id, line = number, %err, "cannot commit a line: job failed");
+                    return Outcome::Ended(JobState::Failed);
+                }
             }
-            progress.send_replace(number);
             due += spec.sleep;
         }
-        Some(JobState::Completed)
+        Outcome::Ended(JobState::Completed)
     }
 }
 
@@ -409,11 +491,7 @@ struct RunningEntry {
 
 impl Drop for RunningEntry {
     fn drop(&mut self) {
-        self.jobs
-            .running
-            .lock()
-            .unwrap_or_else(|err| err.into_inner())
-            .remove(&self.id);
+        self.jobs.lock_running().remove(&self.id);
     }
 }
 
@@ -445,36 +523,5 @@ mod tests {
             let id = JobId::random();
             assert_eq!(id.as_str().parse::<JobId>(), Ok(id));
         }
-    }
-
-    #[tokio::test]
-    async fn a_watcher_waits_for_the_next_line_not_for_those_already_written() {
-        let retention = Retention {
-            max_age: Duration::from_secs(3600),
-            max_jobs: 10,
-        };
-        let jobs = Jobs::open(&Storage::Memory, retention, 10).expect("an in-memory store");
-        let spec = JobSpec {
-            sleep: Duration::from_secs(3600),
-            heartbeat: None,
-            lines: 2,
-        };
-        let job = jobs.start(spec, Client::Unknown).await.expect("started");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while jobs
-            .store()
-            .info(&job.id)
-            .await
-            .expect("info")
-            .map(|job| job.lines_written)
-            != Some(1)
-        {
-            assert!(Instant::now() < deadline, "the first line never came");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let mut progress = jobs.watch(&job.id).expect("running here");
-        let woke = tokio::time::timeout(Duration::from_millis(200), progress.changed()).await;
-        assert!(woke.is_err(), "woken with no new line: a reader would spin");
-        jobs.stop().await;
     }
 }

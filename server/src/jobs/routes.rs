@@ -17,7 +17,10 @@ use bytes::Bytes;
 use futures_util::stream;
 use keepalive_common::duration::display;
 use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
+use super::feed::POLL;
 use super::{range, render, Client, JobId, JobInfo, JobSpec, Jobs, StartError, StoreError};
 use crate::error::ApiError;
 use crate::params::{self, JobParams};
@@ -82,12 +85,8 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let jobs = state.jobs();
     let job = find(jobs, &id).await?;
-    if let Some(mut progress) = jobs.watch(&job.id) {
-        if jobs.cancel(&job.id) {
-            tracing::info!(job = %job.id, "job cancelled by request");
-        }
-        // The runner drops its sender once the end is recorded.
-        while progress.changed().await.is_ok() {}
+    if jobs.cancel(&job.id).await.map_err(unavailable)? {
+        tracing::info!(job = %job.id, "job cancelled by request");
     }
     let job = find(jobs, &id).await?;
     Ok(Json(JobView::new(&job, jobs)).into_response())
@@ -284,52 +283,13 @@ async fn ranged(jobs: &Jobs, job: JobInfo, asked: range::ByteRange) -> Result<Re
 
 /// Waits until the job's text is longer than `offset` or the job is over, and returns it then.
 async fn wait_for_bytes(jobs: &Jobs, mut job: JobInfo, offset: u64) -> Result<JobInfo, ApiError> {
-    let mut stalled = Stalled::default();
+    let mut changes = jobs.subscribe(&job.id);
     while !job.state.is_finished() && job.bytes_written <= offset {
-        match jobs.watch(&job.id) {
-            Some(mut progress) => {
-                stalled = Stalled::default();
-                // Re-read after subscribing: a line committed in between is not missed.
-                job = find(jobs, job.id.as_str()).await?;
-                if job.state.is_finished() || job.bytes_written > offset {
-                    break;
-                }
-                let _ = progress.changed().await;
-            }
-            None if stalled.give_up().await => {
-                return Err(ApiError::Unavailable {
-                    detail: format!(
-                        "job {} is running but makes no progress in this origin; try again later",
-                        job.id
-                    ),
-                })
-            }
-            None => {}
-        }
+        // Woken by the feed, or reading again after a while in case a wake-up was lost.
+        let _ = tokio::time::timeout(POLL, changes.changed()).await;
         job = find(jobs, job.id.as_str()).await?;
     }
     Ok(job)
-}
-
-/// Waiting for a job that is `running` in the store but has no runner here: its end is being
-/// recorded (a moment), or could not be, or the origin is stopping.
-#[derive(Default)]
-struct Stalled {
-    waited: Duration,
-}
-
-impl Stalled {
-    const STEP: Duration = Duration::from_millis(20);
-
-    /// Waits a step; `true` once waiting longer is pointless.
-    async fn give_up(&mut self) -> bool {
-        if self.waited >= super::STALLED_AFTER {
-            return true;
-        }
-        tokio::time::sleep(Self::STEP).await;
-        self.waited += Self::STEP;
-        false
-    }
 }
 
 /// Bytes `from..to` of the job's text.
@@ -391,7 +351,10 @@ struct Reader {
     heartbeat: Option<Duration>,
     pending: VecDeque<Bytes>,
     done: bool,
-    stalled: Stalled,
+    /// Made before the first read, so that no line committed after a read goes unnoticed.
+    changes: watch::Receiver<()>,
+    /// When the next heartbeat is due, counted from the last chunk sent.
+    heartbeat_at: Option<Instant>,
 }
 
 impl Reader {
@@ -406,6 +369,7 @@ impl Reader {
         if rendering == Rendering::Sse {
             pending.push_back(render::sse_retry(SSE_RETRY_MS));
         }
+        let changes = jobs.subscribe(&id);
         Self {
             jobs,
             id,
@@ -414,13 +378,15 @@ impl Reader {
             heartbeat,
             pending,
             done: false,
-            stalled: Stalled::default(),
+            changes,
+            heartbeat_at: None,
         }
     }
 
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
             if let Some(chunk) = self.pending.pop_front() {
+                self.heartbeat_at = None;
                 return Some(chunk);
             }
             if self.done {
@@ -467,29 +433,30 @@ impl Reader {
         Ok(())
     }
 
-    /// Waits for the next line; `true` when a heartbeat is due first.
+    /// Waits for the job to change, at most [`POLL`] (a lost wake-up costs a read, never a
+    /// line); `true` when a heartbeat is due first.
     async fn wait(&mut self) -> bool {
-        let Some(mut progress) = self.jobs.watch(&self.id) else {
-            if self.stalled.give_up().await {
-                // Ends the body without its last chunk: the client sees a cut and resumes later.
-                tracing::warn!(job = %self.id, "job makes no progress in this origin: stream cut");
-                self.done = true;
-            }
-            return false;
-        };
-        self.stalled = Stalled::default();
-        if *progress.borrow() > self.sent {
-            return false;
-        }
-        let heartbeat = self.heartbeat.filter(|_| self.rendering == Rendering::Sse);
-        match heartbeat {
-            None => {
-                let _ = progress.changed().await;
+        let now = Instant::now();
+        let heartbeat = self
+            .heartbeat
+            .filter(|_| self.rendering == Rendering::Sse)
+            .map(|period| *self.heartbeat_at.get_or_insert(now + period));
+        let poll = now + POLL;
+        let until = heartbeat.map_or(poll, |beat| beat.min(poll));
+        match tokio::time::timeout_at(until, self.changes.changed()).await {
+            Ok(Ok(())) => false,
+            // The feed keeps a job's sender while it has readers; were it gone, read at the poll.
+            Ok(Err(_)) => {
+                tokio::time::sleep_until(until).await;
                 false
             }
-            Some(period) => tokio::time::timeout(period, progress.changed())
-                .await
-                .is_err(),
+            Err(_) => {
+                let due = heartbeat.is_some_and(|beat| beat <= Instant::now());
+                if due {
+                    self.heartbeat_at = None;
+                }
+                due
+            }
         }
     }
 }
@@ -567,7 +534,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::jobs::{Line, Retention, Storage};
+    use crate::jobs::{Backend, Line, Retention, Storage};
 
     #[test]
     fn a_window_slices_lines_at_any_byte() {
@@ -653,7 +620,14 @@ mod tests {
             max_age: Duration::from_secs(60),
             max_jobs: 10,
         };
-        let jobs = Jobs::open(&Storage::Memory, retention, 10).expect("an in-memory store");
+        let jobs = runtime
+            .block_on(Jobs::open(
+                &Backend::Sqlite(Storage::Memory),
+                Duration::from_secs(5),
+                retention,
+                10,
+            ))
+            .expect("an in-memory store");
         proptest!(|(id in prop_oneof!["[0-9a-f]{16}", "\\PC{0,40}"])| {
             match runtime.block_on(find(&jobs, &id)) {
                 Err(ApiError::JobNotFound { id: named }) => prop_assert_eq!(named, id),
