@@ -11,6 +11,7 @@ pub mod echo;
 pub mod h2c;
 pub mod metrics;
 pub mod ports;
+pub mod postgres;
 pub mod program;
 pub mod response;
 pub mod servers;

@@ -104,6 +104,35 @@ impl Program {
         Ok(nginx)
     }
 
+    /// PostgreSQL's `postgres` with its data directory `data`, listening on `port` (loopback) and on a
+    /// socket in `sockets`, its log to `stderr`; stopped with SIGINT, its fast shutdown (SIGTERM
+    /// would wait for every client to disconnect). As root it runs as the `postgres` user, which
+    /// must own `data`: the server refuses to run as root.
+    pub fn postgres(
+        bin: &Path,
+        data: &Path,
+        sockets: &Path,
+        port: u16,
+        stderr: Stdio,
+    ) -> Result<Self, Error> {
+        let mut command = Command::new(bin.join("postgres"));
+        command
+            .arg("-D")
+            .arg(data)
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-k")
+            .arg(sockets)
+            // A scratch cluster: durability across a crash of the machine is not what it is for.
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        as_postgres_if_root(&mut command)?;
+        let mut postgres = Self::start("postgres", command)?;
+        postgres.signal = Signal::SIGINT;
+        Ok(postgres)
+    }
+
     /// Removes `dir` once the program has stopped (its configuration, logs and temp files).
     pub fn scratch(mut self, dir: PathBuf) -> Self {
         self.scratch = Some(dir);
@@ -177,6 +206,20 @@ impl Drop for Program {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// As root, makes `command` run as the `postgres` user (Debian's package makes it).
+pub fn as_postgres_if_root(command: &mut Command) -> Result<(), Error> {
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .ok_or_else(|| Error::Missing("postgresql".to_owned()))?;
+    command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+    Ok(())
 }
 
 /// Sends `signal` to `child` unless it has exited, waits up to [`STOP_WITHIN`], then kills it and

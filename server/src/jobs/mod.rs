@@ -175,8 +175,8 @@ pub struct Jobs {
     lease: Lease,
     retention: Retention,
     quota: Quota,
-    /// Jobs whose runner is in this process; cancelling the token stops it between two lines.
-    running: Arc<Mutex<HashMap<JobId, CancellationToken>>>,
+    /// Jobs whose runner is in this process.
+    running: Arc<Mutex<HashMap<JobId, Runner>>>,
     /// Suspends every runner when the origin stops.
     stopping: CancellationToken,
     tasks: TaskTracker,
@@ -190,6 +190,14 @@ impl std::fmt::Debug for Jobs {
             .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
+}
+
+/// A runner in this process, as the others see it.
+struct Runner {
+    /// Stops it between two lines.
+    stop: CancellationToken,
+    /// Cancelled once it has ended and given its client's slot back.
+    ended: CancellationToken,
 }
 
 /// How a runner ended.
@@ -318,9 +326,9 @@ impl Jobs {
         };
         let running = self.lock_running();
         for id in mine.iter().filter(|id| !held.contains(id)) {
-            if let Some(stop) = running.get(id) {
+            if let Some(runner) = running.get(id) {
                 tracing::warn!(job = %id, "lease lost (cancelled, or taken over by another origin): stopping its runner here");
-                stop.cancel();
+                runner.stop.cancel();
             }
         }
     }
@@ -373,11 +381,16 @@ impl Jobs {
         Ok(job)
     }
 
-    /// Cancels a running job, whichever origin runs it; `false` when it was not running.
+    /// Cancels a running job, whichever origin runs it; `false` when it was not running. When it
+    /// runs here, returns once its runner has ended and given its client's slot back.
     pub async fn cancel(&self, id: &JobId) -> Result<bool, StoreError> {
         let cancelled = self.store.cancel(id).await?;
-        if let Some(stop) = self.lock_running().get(id) {
-            stop.cancel();
+        let ended = self.lock_running().get(id).map(|runner| {
+            runner.stop.cancel();
+            runner.ended.clone()
+        });
+        if let Some(ended) = ended {
+            ended.cancelled().await;
         }
         Ok(cancelled)
     }
@@ -391,7 +404,7 @@ impl Jobs {
         }
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, CancellationToken>> {
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Runner>> {
         self.running.lock().unwrap_or_else(|err| err.into_inner())
     }
 
@@ -405,13 +418,21 @@ impl Jobs {
         claim: Option<Claim>,
     ) {
         let stop = CancellationToken::new();
-        self.lock_running().insert(id.clone(), stop.clone());
+        let ended = CancellationToken::new();
+        self.lock_running().insert(
+            id.clone(),
+            Runner {
+                stop: stop.clone(),
+                ended: ended.clone(),
+            },
+        );
         let jobs = self.clone();
         self.tasks.spawn(async move {
-            let _claim = claim;
             let _entry = RunningEntry {
                 jobs: jobs.clone(),
                 id: id.clone(),
+                claim,
+                ended,
             };
             match jobs.run(&id, spec, written, started_at, &stop).await {
                 Outcome::Ended(state) => {
@@ -483,15 +504,20 @@ impl Jobs {
     }
 }
 
-/// Takes a job off the running map when its runner ends, whichever way.
+/// Takes a job off the running map when its runner ends, whichever way (a panic too), gives its
+/// client's slot back, then says it has ended.
 struct RunningEntry {
     jobs: Jobs,
     id: JobId,
+    claim: Option<Claim>,
+    ended: CancellationToken,
 }
 
 impl Drop for RunningEntry {
     fn drop(&mut self) {
         self.jobs.lock_running().remove(&self.id);
+        drop(self.claim.take());
+        self.ended.cancel();
     }
 }
 

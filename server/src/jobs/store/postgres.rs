@@ -217,13 +217,14 @@ impl Postgres {
             .query(
                 "WITH job AS (
                      UPDATE keepalive_jobs
-                     SET lines_written = $2, bytes_written = bytes_written + $3,
+                     SET lines_written = $2::bigint, bytes_written = bytes_written + $3::bigint,
                          lease_until = now() + make_interval(secs => $5)
-                     WHERE id = $1 AND owner = $4 AND state = 'running' AND lines_written = $2 - 1
+                     WHERE id = $1 AND owner = $4 AND state = 'running'
+                       AND lines_written = $2::bigint - 1
                      RETURNING bytes_written
                  ), line AS (
                      INSERT INTO keepalive_lines (job_id, number, end_offset, text)
-                     SELECT $1, $2, bytes_written, $6 FROM job
+                     SELECT $1, $2::bigint, bytes_written, $6 FROM job
                      RETURNING job_id
                  )
                  SELECT pg_notify($7, job_id)::text FROM line",
@@ -439,7 +440,7 @@ async fn migrate(client: &mut Client) -> Result<String, StoreError> {
             known,
         });
     }
-    for (version, step) in (1..).zip(MIGRATIONS).skip(applied as usize) {
+    for (version, step) in (1_i64..).zip(MIGRATIONS).skip(applied as usize) {
         tx.batch_execute(step).await?;
         tx.execute(
             "INSERT INTO keepalive_migrations (version) VALUES ($1)",

@@ -1,6 +1,37 @@
 //! Durable jobs over a real socket: what only connections that get cut (and an origin that gets
 //! killed) can show, that a client resuming with `Last-Event-ID` or `Range` ends up with exactly the
 //! bytes of one uninterrupted read. Parsing and rendering are tested without a socket in the crate.
+//!
+//! The suite runs on both job stores: each test of [`on_both_stores!`] once on SQLite
+//! (`sqlite::…`) and once on PostgreSQL (`postgres::…`, ignored unless asked for, as it starts a
+//! PostgreSQL server). What only several replicas on one database can show is in [`replicas`]; the
+//! store's own guarantees, on both, in [`store`].
+
+/// Each `async fn name(db: Db)` named becomes two tests, `sqlite::name` and `postgres::name`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::Db::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                #[ignore = "starts a PostgreSQL server (Debian's postgresql package); scripts/test-all runs it"]
+                async fn $name() {
+                    super::$name(crate::Db::postgres()).await
+                }
+            )*
+        }
+    };
+}
+
+mod replicas;
+mod store;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -17,9 +48,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use keepalive_kit::ports;
+use keepalive_kit::postgres::Cluster;
 use keepalive_kit::program::{clear_settings, Program};
 use keepalive_kit::servers::{origin_config, start_origin as start_server, Running};
-use keepalive_server::jobs::Storage;
+use keepalive_server::jobs::{Backend, Storage};
 use keepalive_server::{serve, ServerConfig};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -28,6 +60,48 @@ use tokio::time::{sleep, timeout, timeout_at, Instant};
 /// Longest wait for one answer or one body: far above what a loaded CI machine needs.
 const PATIENCE: Duration = Duration::from_secs(10);
 const SSE: (&str, &str) = ("accept", "text/event-stream");
+
+/// Where the origin under test keeps its jobs.
+enum Db {
+    /// In memory.
+    Sqlite,
+    /// A database of its own, in the PostgreSQL server the tests of this process share.
+    Postgres {
+        url: String,
+        /// Kept running while the test holds it.
+        _cluster: Arc<Cluster>,
+    },
+}
+
+impl Db {
+    fn postgres() -> Self {
+        let cluster = Cluster::shared()
+            .unwrap_or_else(|err| panic!("a PostgreSQL server for the test: {err}"));
+        let url = cluster
+            .database()
+            .unwrap_or_else(|err| panic!("a database for the test: {err}"));
+        Self::Postgres {
+            url,
+            _cluster: cluster,
+        }
+    }
+
+    fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite => Backend::Sqlite(Storage::Memory),
+            Self::Postgres { url, .. } => Backend::Postgres(url.parse().expect("a database URL")),
+        }
+    }
+
+    /// The tests' origin configuration, with its jobs here.
+    fn config(&self) -> ServerConfig {
+        let mut config = origin_config();
+        if let Self::Postgres { url, .. } = self {
+            config.database_url = Some(url.parse().expect("a database URL"));
+        }
+        config
+    }
+}
 
 /// A plain HTTP/1.1 client for one origin; a response dropped mid-body closes its connection,
 /// which is the cut these tests make.
@@ -174,10 +248,10 @@ impl Http {
     }
 }
 
-/// The origin in-process on port 0 with jobs in memory, and a client for it; it runs as long as
-/// the client does.
-async fn start_origin() -> Http {
-    let origin = start_server(origin_config()).await;
+/// The origin in-process on port 0 with jobs in `db`, and a client for it; it runs as long as the
+/// client does.
+async fn start_origin(db: &Db) -> Http {
+    let origin = start_server(db.config()).await;
     let client = Http::new(origin.addr);
     Http {
         _origin: Some(Arc::new(origin)),
@@ -275,9 +349,8 @@ fn is_end(event: &Event) -> bool {
     event.name.as_deref() == Some("end")
 }
 
-#[tokio::test]
-async fn sse_client_cut_at_100_random_points_assembles_the_uninterrupted_output() {
-    let origin = start_origin().await;
+async fn sse_client_cut_at_100_random_points_assembles_the_uninterrupted_output(db: Db) {
+    let origin = start_origin(&db).await;
     let job = origin.start_job("lines=60&sleep=10ms").await;
     let id = job["id"].as_str().expect("id");
     let epoch = job["epoch"].as_str().expect("epoch");
@@ -352,9 +425,8 @@ async fn sse_client_cut_at_100_random_points_assembles_the_uninterrupted_output(
 
 /// Wherever the connection drops, an EventSource that resumes from the last id it dispatched shows
 /// every event of the stream once: the banner travels inside its line's event, never alone.
-#[tokio::test]
-async fn sse_cut_at_every_byte_never_shows_an_event_twice() {
-    let origin = start_origin().await;
+async fn sse_cut_at_every_byte_never_shows_an_event_twice(db: Db) {
+    let origin = start_origin(&db).await;
     let job = origin.start_job("lines=4&sleep=0").await;
     let id = job["id"].as_str().expect("id");
     origin.finished_text(id).await;
@@ -393,9 +465,8 @@ async fn sse_cut_at_every_byte_never_shows_an_event_twice() {
     }
 }
 
-#[tokio::test]
-async fn text_client_cut_at_100_random_points_assembles_the_full_text() {
-    let origin = start_origin().await;
+async fn text_client_cut_at_100_random_points_assembles_the_full_text(db: Db) {
+    let origin = start_origin(&db).await;
     // A longer text than the SSE test's: at the live edge an answer holds only the bytes written
     // so far and often ends before its cut, so 100 cuts need room.
     let job = origin.start_job("lines=200&sleep=3ms").await;
@@ -454,9 +525,8 @@ async fn text_client_cut_at_100_random_points_assembles_the_full_text() {
     assert_eq!(text, full);
 }
 
-#[tokio::test]
-async fn ranges_of_a_finished_job_follow_rfc_9110() {
-    let origin = start_origin().await;
+async fn ranges_of_a_finished_job_follow_rfc_9110(db: Db) {
+    let origin = start_origin(&db).await;
     let job = origin.start_job("lines=12&sleep=0").await;
     let id = job["id"].as_str().expect("id");
     let full = origin.finished_text(id).await;
@@ -526,9 +596,8 @@ async fn ranges_of_a_finished_job_follow_rfc_9110() {
     assert_eq!(matching.body, &full[10..]);
 }
 
-#[tokio::test]
-async fn a_range_of_a_running_job_has_no_total_yet() {
-    let origin = start_origin().await;
+async fn a_range_of_a_running_job_has_no_total_yet(db: Db) {
+    let origin = start_origin(&db).await;
     let job = origin.start_job("lines=100&sleep=1s").await;
     let id = job["id"].as_str().expect("id");
     let reply = origin
@@ -546,9 +615,8 @@ async fn a_range_of_a_running_job_has_no_total_yet() {
         .await;
 }
 
-#[tokio::test]
-async fn bad_and_unknown_ids_get_404_and_bad_parameters_400() {
-    let origin = start_origin().await;
+async fn bad_and_unknown_ids_get_404_and_bad_parameters_400(db: Db) {
+    let origin = start_origin(&db).await;
     let unknown = "0123456789abcdef";
     let not_found = [
         (Method::GET, "/jobs/x".to_owned()),
@@ -587,11 +655,10 @@ async fn bad_and_unknown_ids_get_404_and_bad_parameters_400() {
 /// One client could fill `SERVER_JOB_MAX` and lock everybody out: each peer address now runs at most
 /// `SERVER_JOBS_PER_CLIENT` jobs, the next `POST /jobs` gets a 429 that says why, another address
 /// still starts jobs, and a job that ends gives its slot back.
-#[tokio::test]
-async fn a_client_running_its_quota_of_jobs_gets_429_while_others_still_start() {
+async fn a_client_running_its_quota_of_jobs_gets_429_while_others_still_start(db: Db) {
     let origin = start_server(ServerConfig {
         jobs_per_client: 2,
-        ..origin_config()
+        ..db.config()
     })
     .await;
     let client = Http::new(origin.addr);
@@ -622,9 +689,8 @@ async fn a_client_running_its_quota_of_jobs_gets_429_while_others_still_start() 
     client.start_job(long).await;
 }
 
-#[tokio::test]
-async fn sse_positions_outside_the_jobs_history_are_refused() {
-    let origin = start_origin().await;
+async fn sse_positions_outside_the_jobs_history_are_refused(db: Db) {
+    let origin = start_origin(&db).await;
     let job = origin.start_job("lines=5&sleep=0").await;
     let id = job["id"].as_str().expect("id");
     let epoch = job["epoch"].as_str().expect("epoch");
@@ -679,9 +745,8 @@ async fn sse_positions_outside_the_jobs_history_are_refused() {
     assert_eq!(shown.json()["epoch"], epoch);
 }
 
-#[tokio::test]
-async fn deleting_a_running_job_cancels_it_and_ends_its_streams() {
-    let origin = start_origin().await;
+async fn deleting_a_running_job_cancels_it_and_ends_its_streams(db: Db) {
+    let origin = start_origin(&db).await;
     let job = origin.start_job("lines=100&sleep=1s").await;
     let id = job["id"].as_str().expect("id");
     let response = origin
@@ -740,12 +805,21 @@ struct Origin {
 
 impl Origin {
     fn spawn(addr: SocketAddr, data_dir: &Path, log: PathBuf) -> Self {
+        Self::spawn_with(
+            addr,
+            &[("SERVER_DATA_DIR", &data_dir.to_string_lossy())],
+            log,
+        )
+    }
+
+    /// The binary on `addr` with `settings` (env vars) besides the defaults.
+    fn spawn_with(addr: SocketAddr, settings: &[(&str, &str)], log: PathBuf) -> Self {
         let stderr = std::fs::File::create(&log).expect("create the server log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_keepalive-server"));
         clear_settings(&mut command);
+        command.envs(settings.iter().copied());
         command
             .env("SERVER_ADDR", addr.to_string())
-            .env("SERVER_DATA_DIR", data_dir)
             .env("LOG_FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -937,3 +1011,15 @@ async fn a_stopped_origin_suspends_its_jobs_and_the_next_one_resumes_them() {
     let done = origin.get(&format!("/jobs/{id}"), &[]).await.json();
     assert_eq!(done["state"], "completed", "{done}");
 }
+
+on_both_stores!(
+    sse_client_cut_at_100_random_points_assembles_the_uninterrupted_output,
+    sse_cut_at_every_byte_never_shows_an_event_twice,
+    text_client_cut_at_100_random_points_assembles_the_full_text,
+    ranges_of_a_finished_job_follow_rfc_9110,
+    a_range_of_a_running_job_has_no_total_yet,
+    bad_and_unknown_ids_get_404_and_bad_parameters_400,
+    a_client_running_its_quota_of_jobs_gets_429_while_others_still_start,
+    sse_positions_outside_the_jobs_history_are_refused,
+    deleting_a_running_job_cancels_it_and_ends_its_streams,
+);
