@@ -37,7 +37,7 @@ use tokio::sync::watch;
 
 pub use config::{InvalidSetting, ServerConfig};
 pub use drain::{DrainState, StreamsDrained};
-pub use metrics::Metrics;
+pub use metrics::{JobMetrics, Metrics};
 pub use routes::{app, POLLS_INDEX};
 pub use state::AppState;
 pub use stream::{end_marker_line, BANNER, POEM};

@@ -50,10 +50,20 @@ struct EndLabels {
     reason: EndReason,
 }
 
+/// What the job runners count; the store's owner holds them.
+#[derive(Debug, Clone, Default)]
+pub struct JobMetrics {
+    /// Jobs whose runner is in this origin now.
+    pub running: Gauge,
+    /// Running jobs this origin took over from another (or from its own previous run).
+    pub taken_over: Counter,
+}
+
 /// Handles on the origin's metrics; clones share the same values.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    jobs: JobMetrics,
     streams_active: Gauge,
     draining: Gauge,
     streams_started: Counter,
@@ -76,6 +86,7 @@ impl Metrics {
         let streams_ended = Family::<EndLabels, Counter>::default();
         let lines_sent = Counter::default();
         let heartbeats_sent = Counter::default();
+        let jobs = JobMetrics::default();
         for reason in [
             EndReason::ClientGone,
             EndReason::Completed,
@@ -117,8 +128,20 @@ impl Metrics {
             heartbeats_sent.clone(),
         );
 
+        registry.register(
+            "origin_jobs_running",
+            "Durable jobs whose runner is in this origin now",
+            jobs.running.clone(),
+        );
+        registry.register(
+            "origin_jobs_taken_over",
+            "Running jobs this origin took over: their runner's lease lapsed (it died) or was handed back (it stopped)",
+            jobs.taken_over.clone(),
+        );
+
         Self {
             registry: Arc::new(registry),
+            jobs,
             streams_active,
             draining,
             streams_started,
@@ -150,6 +173,11 @@ impl Metrics {
 
     pub(crate) fn heartbeat_sent(&self) {
         self.heartbeats_sent.inc();
+    }
+
+    /// The job runners' counts, for [`crate::jobs::Jobs::open`].
+    pub fn jobs(&self) -> JobMetrics {
+        self.jobs.clone()
     }
 
     /// Streams being sent right now.

@@ -24,6 +24,7 @@ impl AppState {
     /// A fresh origin: its own metrics, all at zero, and the job store `config.backend()`
     /// (opened, not yet resumed: see [`Jobs::resume`]).
     pub async fn new(config: ServerConfig) -> Result<Self, StoreError> {
+        let metrics = Metrics::new();
         let jobs = Jobs::open(
             &config.backend(),
             config.job_lease,
@@ -32,11 +33,12 @@ impl AppState {
                 max_jobs: config.job_max,
             },
             config.jobs_per_client,
+            metrics.jobs(),
         )
         .await?;
         Ok(Self {
             config: Arc::new(config),
-            metrics: Metrics::new(),
+            metrics,
             jobs,
             drain: DrainState::never(),
         })

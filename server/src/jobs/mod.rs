@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::JobMetrics;
 use feed::Feed;
 pub use quota::Client;
 pub use store::{Backend, DatabaseUrl, Lease, Storage, Store, StoreError};
@@ -175,6 +176,7 @@ pub struct Jobs {
     lease: Lease,
     retention: Retention,
     quota: Quota,
+    metrics: JobMetrics,
     /// Jobs whose runner is in this process.
     running: Arc<Mutex<HashMap<JobId, Runner>>>,
     /// Suspends every runner when the origin stops.
@@ -221,6 +223,7 @@ impl Jobs {
         lease: Duration,
         retention: Retention,
         per_client: u64,
+        metrics: JobMetrics,
     ) -> Result<Self, StoreError> {
         let feed = Feed::default();
         let lease = Lease::new(lease);
@@ -232,6 +235,7 @@ impl Jobs {
             lease,
             retention,
             quota: Quota::new(per_client),
+            metrics,
             running: Arc::default(),
             stopping: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -344,6 +348,7 @@ impl Jobs {
                 run = job.runs,
                 "taking over a running job whose runner is gone"
             );
+            self.metrics.taken_over.inc();
             self.spawn(
                 job.id.clone(),
                 job.spec,
@@ -419,6 +424,7 @@ impl Jobs {
     ) {
         let stop = CancellationToken::new();
         let ended = CancellationToken::new();
+        self.metrics.running.inc();
         self.lock_running().insert(
             id.clone(),
             Runner {
@@ -516,6 +522,7 @@ struct RunningEntry {
 impl Drop for RunningEntry {
     fn drop(&mut self) {
         self.jobs.lock_running().remove(&self.id);
+        self.jobs.metrics.running.dec();
         drop(self.claim.take());
         self.ended.cancel();
     }

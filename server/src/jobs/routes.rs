@@ -626,6 +626,7 @@ mod tests {
                 Duration::from_secs(5),
                 retention,
                 10,
+                crate::metrics::JobMetrics::default(),
             ))
             .expect("an in-memory store");
         proptest!(|(id in prop_oneof!["[0-9a-f]{16}", "\\PC{0,40}"])| {

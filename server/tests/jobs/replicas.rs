@@ -10,6 +10,7 @@ use keepalive_kit::ports;
 use keepalive_kit::servers::start_origin as start_server;
 use keepalive_server::jobs::feed::Feed;
 use keepalive_server::jobs::{JobId, JobSpec, Jobs, Lease, Retention, Store};
+use keepalive_server::JobMetrics;
 use keepalive_server::ServerConfig;
 use tokio::time::{sleep, timeout, Instant};
 
@@ -191,9 +192,16 @@ async fn replicas_starting_together_make_the_schema_once() {
     };
     let opening = (0..6).map(|_| {
         let backend = db.backend();
-        tokio::spawn(
-            async move { Jobs::open(&backend, Duration::from_secs(5), retention, 10).await },
-        )
+        tokio::spawn(async move {
+            Jobs::open(
+                &backend,
+                Duration::from_secs(5),
+                retention,
+                10,
+                JobMetrics::default(),
+            )
+            .await
+        })
     });
     let mut epochs = Vec::new();
     for opened in futures_util::future::join_all(opening).await {
