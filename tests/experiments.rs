@@ -4,6 +4,7 @@
 //! The silent-loss scenarios make a network namespace and drop its packets, which takes root,
 //! iproute2 and iptables: they are ignored by plain `cargo test`, and run by `cargo test --
 //! --include-ignored` (`scripts/test-all`, hence CI), where a machine that cannot run them fails them.
+//! So is the rolling deploy, which starts a PostgreSQL server and the origin's own binary.
 
 use keepalive_lab::experiment::scenarios::{self, Scale};
 use keepalive_lab::experiment::{run_scenario, table};
@@ -20,7 +21,8 @@ async fn passes(name: &str) {
 macro_rules! scenario_tests {
     (
         anywhere: $($test:ident => $name:literal),+ ;
-        network_namespaces: $($netns_test:ident => $netns_name:literal),+ $(,)?
+        network_namespaces: $($netns_test:ident => $netns_name:literal),+ ;
+        postgres: $($pg_test:ident => $pg_name:literal),+ $(,)?
     ) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,9 +39,17 @@ macro_rules! scenario_tests {
             }
         )+
 
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "starts a PostgreSQL server (Debian's postgresql package) and the origin's binary"]
+            async fn $pg_test() {
+                passes($pg_name).await;
+            }
+        )+
+
         #[test]
         fn every_scenario_has_a_test() {
-            let tested = [$($name,)+ $($netns_name),+];
+            let tested = [$($name,)+ $($netns_name,)+ $($pg_name),+];
             for scenario in scenarios::ALL {
                 assert!(tested.contains(&scenario.name), "{} has no test", scenario.name);
             }
@@ -71,5 +81,7 @@ scenario_tests! {
     a_killed_replica_truncates_only_its_streams_and_no_request_fails => "replica-killed";
     network_namespaces:
     tcp_user_timeout_drops_a_silently_lost_stream => "silent-loss",
-    without_tcp_user_timeout_the_origin_streams_to_nobody => "silent-loss-no-timeout",
+    without_tcp_user_timeout_the_origin_streams_to_nobody => "silent-loss-no-timeout";
+    postgres:
+    jobs_survive_a_rolling_deploy_and_a_kill_each_line_once => "rolling-deploy",
 }

@@ -242,6 +242,36 @@ fn judge(
                 "the proxy retried nothing: no request met the dead replica".to_owned()
             });
         }
+        Expect::EveryJobWhole => {
+            let rolling = seen.rolling.as_ref().ok_or("rolling deploy")?;
+            problems.check(!rolling.readers.is_empty(), || {
+                "no job was followed".to_owned()
+            });
+            for (index, job) in rolling.readers.iter().enumerate() {
+                problems.check(job.verified(), || {
+                    format!("job {}: {}", index + 1, job_problem(job))
+                });
+            }
+        }
+        Expect::TakenOver { within } => {
+            let rolling = seen.rolling.as_ref().ok_or("rolling deploy")?;
+            problems.check(rolling.victim_jobs >= 1.0, || {
+                "the killed replica ran no job: nothing was taken over".to_owned()
+            });
+            let limit = within.at(scale) + Duration::from_millis(300);
+            match rolling.resumed_after_kill {
+                Some(wait) => problems.check(wait <= limit, || {
+                    format!(
+                        "a job's next line came {} after the kill, want within {}",
+                        display(wait),
+                        ms(within.at(scale))
+                    )
+                }),
+                None => problems
+                    .0
+                    .push("no job wrote a line after the kill".to_owned()),
+            }
+        }
         Expect::Rejoins => {
             let served = seen
                 .replicas

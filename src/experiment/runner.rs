@@ -73,6 +73,11 @@ pub enum SetupError {
     Task(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Probe(#[from] scenarios::MetricsProbeError),
+    /// A program the scenario runs (PostgreSQL, the origin's binary) could not be had or started.
+    #[error(transparent)]
+    Program(#[from] keepalive_kit::program::Error),
+    #[error("keepalive-server is not beside {} (nor a directory up): `cargo build --release` builds it there", beside.display())]
+    NoServer { beside: std::path::PathBuf },
     /// The namespace was made, but configuring it failed.
     #[error(transparent)]
     Netns(#[from] NetnsError),
@@ -104,6 +109,8 @@ pub struct Seen {
     pub job: Option<Resumed>,
     /// What a replicas step saw.
     pub replicas: Option<scenarios::Run>,
+    /// What a rolling deploy saw.
+    pub rolling: Option<scenarios::Rolling>,
     pub client_view: String,
     pub origin_view: String,
     pub timeline: Timeline,
@@ -134,6 +141,12 @@ pub async fn run(scenario: &'static Scenario, scale: Scale) -> Result<Outcome, N
             health,
             max,
         } => scenarios::replicas(scenario, scale, fate, balance, after, health, max).await?,
+        Step::RollingDeploy {
+            drain,
+            lease,
+            health,
+            after,
+        } => scenarios::rolling_deploy(scenario, scale, drain, lease, health, after).await?,
     };
     let problems = judge::problems(scenario, scale, &seen);
     Ok(Outcome {

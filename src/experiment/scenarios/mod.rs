@@ -12,6 +12,7 @@ mod faults;
 mod hops;
 mod jobs;
 mod replicas;
+mod rolling;
 mod silent_loss;
 mod timers;
 mod title;
@@ -32,6 +33,8 @@ pub(crate) use disconnects::{client_resets, origin_down, origin_killed};
 pub(crate) use jobs::follow_job;
 pub(crate) use replicas::replicas;
 pub use replicas::{Fate, ReplicaStream, Run};
+pub(crate) use rolling::rolling_deploy;
+pub use rolling::Rolling;
 pub(crate) use silent_loss::network_silent;
 pub use silent_loss::MetricsProbeError;
 
@@ -305,6 +308,16 @@ pub enum Step {
         health: Millis,
         max: Millis,
     },
+    /// Three replicas on one PostgreSQL database (`SERVER_JOB_LEASE` of `lease`,
+    /// `SERVER_DRAIN_TIMEOUT` of `drain`) behind a proxy checking their health every `health`;
+    /// readers follow jobs across every cut; `after` the start every replica is restarted in turn,
+    /// then the busiest is killed with SIGKILL.
+    RollingDeploy {
+        drain: Millis,
+        lease: Millis,
+        health: Millis,
+        after: Millis,
+    },
 }
 
 /// How the client's stream ended, as a scenario expects it: a [`Verdict`] without its details.
@@ -396,6 +409,12 @@ pub enum Expect {
     Rejoins,
     /// The proxy sent at least one request elsewhere after the replica it chose refused it.
     Retried,
+    /// Every reader of a rolling deploy got every line of its job exactly once, in order, and
+    /// every job completed.
+    EveryJobWhole,
+    /// The killed replica ran jobs, and every job still running had its next line no later than
+    /// `within` after the kill (300 ms more for a loaded machine).
+    TakenOver { within: Millis },
 }
 
 /// Every scenario, in the order a run shows them.
@@ -422,6 +441,7 @@ pub const ALL: &[Scenario] = &[
     jobs::JOB_RESUME_RST,
     replicas::DEPLOY_DRAIN,
     replicas::REPLICA_KILLED,
+    rolling::ROLLING_DEPLOY,
 ];
 
 /// The named scenario, if there is one.

@@ -144,5 +144,17 @@ fn step(step: Step, scale: Scale) -> String {
             },
             ms(after.at(scale))
         ),
+        Step::RollingDeploy {
+            drain,
+            lease,
+            health,
+            after,
+        } => format!(
+            "{REPLICAS} replicas on one PostgreSQL (job lease {}, drain limit {}), /healthz checked every {}; readers resume after every cut; from {} each replica restarted in turn, then the busiest killed -9",
+            ms(lease.at(scale)),
+            ms(drain.at(scale)),
+            ms(health.at(scale)),
+            ms(after.at(scale))
+        ),
     }
 }
