@@ -21,7 +21,7 @@ const READY_WITHIN: Duration = Duration::from_secs(30);
 pub struct Cluster {
     port: u16,
     bin: PathBuf,
-    dir: PathBuf,
+    /// Its scratch directory (data, sockets, log) goes with it.
     _server: Program,
 }
 
@@ -74,7 +74,6 @@ impl Cluster {
         let cluster = Self {
             port,
             bin,
-            dir,
             _server: server,
         };
         // Listening comes before accepting logins; createdb retries until the server takes them.
@@ -107,15 +106,6 @@ impl Cluster {
     /// The URL of database `name` as the superuser.
     pub fn url(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Where the server logs.
-    pub fn log(&self) -> PathBuf {
-        self.dir.join("postgres.log")
     }
 
     fn wait_ready(&self) -> Result<(), Error> {

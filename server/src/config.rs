@@ -198,6 +198,12 @@ impl ServerConfig {
                 reason: "TCP_USER_TIMEOUT exists on Linux only".to_owned(),
             });
         }
+        if let Some(Err(reason)) = self.database_url.as_ref().map(DatabaseUrl::check) {
+            return Err(InvalidSetting {
+                variable: "SERVER_DATABASE_URL",
+                reason,
+            });
+        }
         let max = self.max_sleep;
         for (variable, value) in [
             ("SERVER_SLEEP", Some(self.sleep)),
@@ -226,10 +232,12 @@ pub struct InvalidSetting {
     pub reason: String,
 }
 
+/// Taken as it is and checked by [`ServerConfig::check`]: clap's own refusal would quote the
+/// value, password and all.
 fn database_url_setting(value: &str) -> Result<Option<DatabaseUrl>, String> {
     match value.trim() {
         "" => Ok(None),
-        url => url.parse().map(Some),
+        url => Ok(Some(DatabaseUrl::new(url))),
     }
 }
 
@@ -464,6 +472,21 @@ mod tests {
             .to_string();
         assert!(line.contains("SERVER_HEARTBEAT"), "{line}");
         assert_eq!(ServerConfig::default().check(), Ok(()));
+    }
+
+    #[test]
+    fn a_bad_database_url_is_refused_without_showing_its_password() {
+        let config = parse_without_env(&[
+            "keepalive-server",
+            "--database-url=postgres://ann:s3cret@db/jobs?sslmode=sometimes",
+        ]);
+        let err = config.check().expect_err("no such sslmode");
+        assert_eq!(err.variable, "SERVER_DATABASE_URL", "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let config = parse_without_env(&["keepalive-server", "--database-url= "]);
+        assert_eq!(config.database_url, None, "an empty URL is no URL");
+        let url: DatabaseUrl = "postgres://ann:s3cret@db:5433/jobs".parse().expect("a URL");
+        assert_eq!(url.to_string(), "postgres://ann@db:5433/jobs");
     }
 
     #[test]

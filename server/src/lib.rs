@@ -80,9 +80,11 @@ pub async fn serve(
     let drain_state = state.drain().clone();
     let shutdown = {
         let metrics = state.metrics().clone();
+        let jobs = jobs.clone();
         async move {
             shutdown.await;
             metrics.drain_started();
+            jobs.retire();
         }
     };
     let router = app(state);

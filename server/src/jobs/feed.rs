@@ -31,6 +31,8 @@ impl Feed {
     /// A receiver that wakes at the job's next change (not for those before this call).
     pub fn subscribe(&self, id: &JobId) -> watch::Receiver<()> {
         let mut jobs = self.lock();
+        // Jobs whose readers all left, and that never changed since (they are over).
+        jobs.retain(|_, sender| sender.receiver_count() > 0);
         jobs.entry(id.clone())
             .or_insert_with(|| watch::channel(()).0)
             .subscribe()

@@ -181,6 +181,9 @@ pub struct Jobs {
     running: Arc<Mutex<HashMap<JobId, Runner>>>,
     /// Suspends every runner when the origin stops.
     stopping: CancellationToken,
+    /// Set when the origin starts draining: it takes over no more jobs, which would only be handed
+    /// back again when it stops.
+    retiring: CancellationToken,
     tasks: TaskTracker,
 }
 
@@ -210,8 +213,8 @@ enum Outcome {
     Suspended,
     /// The job is no longer this origin's: cancelled, or its lease went to another.
     Gone,
-    /// The database went away mid-write: the lease lapses, and whoever reaches the database next
-    /// takes the job over.
+    /// The database failed mid-write (went away, stalled, restarted): the lease lapses, and
+    /// whoever reaches the database next takes the job over from what was really committed.
     Interrupted(StoreError),
 }
 
@@ -238,6 +241,7 @@ impl Jobs {
             metrics,
             running: Arc::default(),
             stopping: CancellationToken::new(),
+            retiring: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
     }
@@ -259,6 +263,12 @@ impl Jobs {
                 tracing::warn!(%err, "cannot hand the running jobs back: another origin takes them over when their lease lapses")
             }
         }
+    }
+
+    /// The origin is draining: from now on it takes over no job (those it runs go on until
+    /// [`Jobs::stop`]).
+    pub fn retire(&self) {
+        self.retiring.cancel();
     }
 
     pub fn store(&self) -> &Store {
@@ -298,6 +308,8 @@ impl Jobs {
     /// is lost, and takes over lapsed jobs (at once when another origin hands some back).
     async fn keep(&self) {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        // After a stall, one sweep rather than a burst of them ahead of the renewals.
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         sweep.tick().await;
         loop {
             tokio::select! {
@@ -310,6 +322,9 @@ impl Jobs {
                 }
             }
             self.renew().await;
+            if self.retiring.is_cancelled() {
+                continue;
+            }
             if let Err(err) = self.take_over().await {
                 tracing::warn!(%err, "cannot look for jobs to take over");
             }
@@ -339,7 +354,8 @@ impl Jobs {
 
     /// Claims one batch of lapsed jobs and runs them here.
     async fn take_over(&self) -> Result<usize, StoreError> {
-        let jobs = self.store.claim(CLAIM_BATCH).await?;
+        let mine: Vec<JobId> = self.lock_running().keys().cloned().collect();
+        let jobs = self.store.claim(CLAIM_BATCH, mine).await?;
         for job in &jobs {
             tracing::info!(
                 job = %job.id,
@@ -498,7 +514,7 @@ impl Jobs {
             match self.store.append(id, number, text).await {
                 Ok(true) => {}
                 Ok(false) => return Outcome::Gone,
-                Err(err) if err.is_disconnect() => return Outcome::Interrupted(err),
+                Err(err) if err.is_transient() => return Outcome::Interrupted(err),
                 Err(err) => {
                     tracing::error!(job = %id, line = number, %err, "cannot commit a line: job failed");
                     return Outcome::Ended(JobState::Failed);

@@ -282,8 +282,10 @@ async fn ranged(jobs: &Jobs, job: JobInfo, asked: range::ByteRange) -> Result<Re
 }
 
 /// Waits until the job's text is longer than `offset` or the job is over, and returns it then.
-async fn wait_for_bytes(jobs: &Jobs, mut job: JobInfo, offset: u64) -> Result<JobInfo, ApiError> {
+async fn wait_for_bytes(jobs: &Jobs, job: JobInfo, offset: u64) -> Result<JobInfo, ApiError> {
     let mut changes = jobs.subscribe(&job.id);
+    // Read again now that a change cannot be missed.
+    let mut job = find(jobs, job.id.as_str()).await?;
     while !job.state.is_finished() && job.bytes_written <= offset {
         // Woken by the feed, or reading again after a while in case a wake-up was lost.
         let _ = tokio::time::timeout(POLL, changes.changed()).await;
@@ -323,7 +325,7 @@ fn slice_text(line: &super::Line, from: u64, to: u64) -> Vec<u8> {
 fn streaming(reader: Reader) -> impl IntoResponse {
     let chunks = stream::unfold(reader, |mut reader| async move {
         let chunk = reader.next_chunk().await?;
-        Some((Ok::<_, std::convert::Infallible>(chunk), reader))
+        Some((chunk, reader))
     });
     (
         [
@@ -355,6 +357,9 @@ struct Reader {
     changes: watch::Receiver<()>,
     /// When the next heartbeat is due, counted from the last chunk sent.
     heartbeat_at: Option<Instant>,
+    /// The log is to be read again: the job changed, or [`POLL`] passed since the last read.
+    read_due: bool,
+    poll_at: Instant,
 }
 
 impl Reader {
@@ -380,25 +385,34 @@ impl Reader {
             done: false,
             changes,
             heartbeat_at: None,
+            read_due: true,
+            poll_at: Instant::now(),
         }
     }
 
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+    /// The next chunk of the body; an error when the log cannot be read, which ends the body
+    /// without its last chunk, so that the client sees a cut (and resumes) rather than an end.
+    async fn next_chunk(&mut self) -> Option<std::io::Result<Bytes>> {
         loop {
             if let Some(chunk) = self.pending.pop_front() {
                 self.heartbeat_at = None;
-                return Some(chunk);
+                return Some(Ok(chunk));
             }
             if self.done {
                 return None;
             }
-            if let Err(err) = self.refill().await {
-                // Ending the body without its last chunk: the client sees a cut and resumes.
-                tracing::error!(job = %self.id, %err, "cannot read the job's log: stream cut");
-                return None;
+            if self.read_due {
+                self.read_due = false;
+                self.poll_at = Instant::now() + POLL;
+                if let Err(err) = self.refill().await {
+                    tracing::warn!(job = %self.id, %err, "cannot read the job's log: stream cut, for the client to resume");
+                    self.done = true;
+                    return Some(Err(std::io::Error::other(err)));
+                }
+                continue;
             }
-            if self.pending.is_empty() && !self.done && self.wait().await {
-                return Some(Bytes::from_static(render::SSE_HEARTBEAT));
+            if self.wait().await {
+                return Some(Ok(Bytes::from_static(render::SSE_HEARTBEAT)));
             }
         }
     }
@@ -433,25 +447,31 @@ impl Reader {
         Ok(())
     }
 
-    /// Waits for the job to change, at most [`POLL`] (a lost wake-up costs a read, never a
-    /// line); `true` when a heartbeat is due first.
+    /// Waits until the job changes or [`POLL`] after the last read (a lost wake-up costs a read,
+    /// never a line), and marks a read due; `true` when a heartbeat is due first, which needs no
+    /// read of its own.
     async fn wait(&mut self) -> bool {
         let now = Instant::now();
         let heartbeat = self
             .heartbeat
             .filter(|_| self.rendering == Rendering::Sse)
             .map(|period| *self.heartbeat_at.get_or_insert(now + period));
-        let poll = now + POLL;
-        let until = heartbeat.map_or(poll, |beat| beat.min(poll));
+        let until = heartbeat.map_or(self.poll_at, |beat| beat.min(self.poll_at));
         match tokio::time::timeout_at(until, self.changes.changed()).await {
-            Ok(Ok(())) => false,
+            Ok(Ok(())) => {
+                self.read_due = true;
+                false
+            }
             // The feed keeps a job's sender while it has readers; were it gone, read at the poll.
             Ok(Err(_)) => {
                 tokio::time::sleep_until(until).await;
+                self.read_due = true;
                 false
             }
             Err(_) => {
-                let due = heartbeat.is_some_and(|beat| beat <= Instant::now());
+                let now = Instant::now();
+                self.read_due = self.poll_at <= now;
+                let due = heartbeat.is_some_and(|beat| beat <= now);
                 if due {
                     self.heartbeat_at = None;
                 }

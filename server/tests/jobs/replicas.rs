@@ -212,6 +212,165 @@ async fn replicas_starting_together_make_the_schema_once() {
     }
     epochs.dedup();
     assert_eq!(epochs.len(), 1, "one database, one epoch: {epochs:?}");
+    let client = connect(&db).await;
+    let applied: i64 = client
+        .query_one("SELECT count(*) FROM keepalive_migrations", &[])
+        .await
+        .expect("the migrations table")
+        .get(0);
+    assert_eq!(applied, 1, "each migration applied once");
+}
+
+/// The body up to its end or its cut (a stream whose log could not be read is cut, for the client
+/// to resume).
+async fn until_cut(response: hyper::Response<hyper::body::Incoming>) -> Vec<u8> {
+    use http_body_util::BodyExt;
+    let mut body = response.into_body();
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(frame))) = timeout(PATIENCE, body.frame()).await {
+        if let Ok(data) = frame.into_data() {
+            got.extend_from_slice(&data);
+        }
+    }
+    got
+}
+
+/// A client of the test's database, beside the origins'.
+async fn connect(db: &Db) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url(db), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+#[ignore = "starts a PostgreSQL server (Debian's postgresql package); scripts/test-all runs it"]
+async fn a_line_committed_on_one_replica_wakes_the_readers_of_another_at_once() {
+    let db = Db::postgres();
+    let backend = db.backend();
+    let lease = Lease::new(Duration::from_secs(30));
+    let (writer, _) = Store::open(&backend, lease.clone(), Feed::default())
+        .await
+        .expect("the store opens");
+    let heard = Feed::default();
+    let (_reader, _) = Store::open(&backend, Lease::new(Duration::from_secs(30)), heard.clone())
+        .await
+        .expect("the store opens");
+    let job: JobId = "00000000000000c1".parse().expect("a job id");
+    let spec = JobSpec {
+        sleep: Duration::ZERO,
+        heartbeat: None,
+        lines: 3,
+    };
+    writer.create(job.clone(), spec).await.expect("created");
+    let mut changes = heard.subscribe(&job);
+    let committed = Instant::now();
+    assert!(writer.append(&job, 1, "one".into()).await.expect("append"));
+    // Well within the readers' poll: only the notification can have woken it.
+    timeout(Duration::from_millis(500), changes.changed())
+        .await
+        .expect("woken by the other replica's commit within 500 ms")
+        .expect("the feed is open");
+    println!("woken {:?} after the commit", committed.elapsed());
+}
+
+#[tokio::test]
+#[ignore = "starts a PostgreSQL server (Debian's postgresql package); scripts/test-all runs it"]
+async fn a_lost_database_connection_costs_no_line_and_no_job() {
+    let db = Db::postgres();
+    let (origin, _origin) = replica(&db, Duration::from_secs(1)).await;
+    let job = origin.start_job("lines=30&sleep=100ms").await;
+    let id = job["id"].as_str().expect("id").to_owned();
+    sleep(Duration::from_millis(800)).await;
+    // What a database restart or failover does to a session: the server ends it.
+    let admin = connect(&db).await;
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS ended",
+            &[],
+        )
+        .await
+        .expect("terminate the origin's session")
+        .get(0);
+    assert!(ended >= 1, "no session of the origin's to end");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen: Vec<u64> = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "the job never ended: {seen:?}");
+        let last = seen.last().copied().unwrap_or(0).to_string();
+        let response = origin
+            .send(
+                Method::GET,
+                &format!("/jobs/{id}/stream"),
+                &[SSE, ("last-event-id", &last)],
+            )
+            .await;
+        match response.status() {
+            StatusCode::NO_CONTENT => break,
+            StatusCode::OK => {}
+            // The store was unreachable for a moment: as a client would, ask again.
+            _ => {
+                sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        }
+        let events = parse_events(&until_cut(response).await);
+        seen.extend(ids(&events));
+        if events.iter().any(is_end) {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        (1..=30).collect::<Vec<_>>(),
+        "every line once, in order"
+    );
+    let finished = origin.get(&format!("/jobs/{id}"), &[]).await.json();
+    assert_eq!(finished["state"], "completed", "{finished}");
+}
+
+#[tokio::test]
+#[ignore = "starts a PostgreSQL server (Debian's postgresql package); scripts/test-all runs it"]
+async fn a_job_cancelled_through_one_replica_stops_on_the_one_running_it() {
+    let db = Db::postgres();
+    let (a, _a) = replica(&db, Duration::from_secs(5)).await;
+    let (b, _b) = replica(&db, Duration::from_secs(5)).await;
+    let job = a.start_job("lines=1000&sleep=50ms").await;
+    let id = job["id"].as_str().expect("id").to_owned();
+    sleep(Duration::from_millis(300)).await;
+    let reading = {
+        let b = b.clone();
+        let id = id.clone();
+        tokio::spawn(async move { b.get(&format!("/jobs/{id}/stream"), &[SSE]).await })
+    };
+    sleep(Duration::from_millis(200)).await;
+    let cancelled = b
+        .fetch(Method::DELETE, &format!("/jobs/{id}"), &[])
+        .await
+        .json();
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    let at_cancel = cancelled["lines_written"].as_u64().expect("lines_written");
+    let events = parse_events(
+        &timeout(PATIENCE, reading)
+            .await
+            .expect("B's reader ends")
+            .expect("no panic")
+            .body,
+    );
+    assert_eq!(
+        events.last().map(|event| event.data.as_str()),
+        Some(format!(r#"{{"state":"cancelled","lines":{at_cancel}}}"#).as_str()),
+        "B's reader ends with the cancel"
+    );
+    sleep(Duration::from_millis(300)).await;
+    let later = a.get(&format!("/jobs/{id}"), &[]).await.json();
+    assert_eq!(
+        later["lines_written"].as_u64(),
+        Some(at_cancel),
+        "A wrote on after the cancel: {later}"
+    );
 }
 
 #[tokio::test]
@@ -240,7 +399,7 @@ async fn two_owners_never_write_the_same_line() {
     assert!(first.append(&job, 1, "one".into()).await.expect("append"));
     sleep(Duration::from_millis(1300)).await;
     assert_eq!(
-        second.claim(10).await.expect("claim").len(),
+        second.claim(10, Vec::new()).await.expect("claim").len(),
         1,
         "the lapsed job taken over"
     );

@@ -65,15 +65,15 @@ async fn a_held_lease_is_not_taken_over_and_a_lapsed_one_is_counting_a_run(db: D
     store.create(job.clone(), spec(3)).await.expect("created");
     assert!(store.append(&job, 1, "one".into()).await.expect("append"));
     assert!(
-        store.claim(10).await.expect("claim").is_empty(),
+        store.claim(10, Vec::new()).await.expect("claim").is_empty(),
         "a held job taken over"
     );
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let claimed = store.claim(10).await.expect("claim");
+    let claimed = store.claim(10, Vec::new()).await.expect("claim");
     assert_eq!(claimed.len(), 1, "the lapsed job is taken over");
     assert_eq!((claimed[0].lines_written, claimed[0].runs), (1, 2));
     assert!(
-        store.claim(10).await.expect("claim").is_empty(),
+        store.claim(10, Vec::new()).await.expect("claim").is_empty(),
         "taken over twice"
     );
 }
@@ -83,7 +83,7 @@ async fn a_job_handed_back_is_taken_over_at_once(db: Db) {
     let job = id("00000000000000a3");
     store.create(job.clone(), spec(3)).await.expect("created");
     assert_eq!(store.release().await.expect("release"), 1);
-    let claimed = store.claim(10).await.expect("claim");
+    let claimed = store.claim(10, Vec::new()).await.expect("claim");
     assert_eq!(claimed.len(), 1, "a job handed back was not taken over");
     assert_eq!(claimed[0].runs, 2);
 }

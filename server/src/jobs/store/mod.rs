@@ -33,26 +33,51 @@ pub enum StoreError {
     Busy { path: std::path::PathBuf },
     #[error("job database: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("job database: {0}")]
+    #[error("job database: {}", postgres::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("cannot reach the job database at {url} within {waited:?}: {source}")]
+    #[error("cannot reach the job database at {url} within {waited:?}: {}", postgres::describe(.source))]
     Unreachable {
         url: DatabaseUrl,
         waited: Duration,
         source: tokio_postgres::Error,
     },
+    #[error("the job database at {url} refused this origin: {}", postgres::describe(.source))]
+    Refused {
+        url: DatabaseUrl,
+        source: tokio_postgres::Error,
+    },
+    #[error("SERVER_DATABASE_URL: {0}")]
+    Url(String),
+    #[error("job database: no answer within {0:?}")]
+    Timeout(Duration),
     #[error("the job database has schema version {found}; this keepalive-server knows up to {known}: it was migrated by a newer one")]
     Newer { found: i64, known: i64 },
+    #[error("the job database has schema version {0}, which no keepalive-server writes")]
+    Schema(i64),
     #[error("job database: a blocking task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
 
 impl StoreError {
-    /// The database went away, rather than refusing what was asked: what was being done may
-    /// succeed later, elsewhere or here.
-    pub fn is_disconnect(&self) -> bool {
-        matches!(self, Self::Postgres(err) if err.is_closed())
+    /// PostgreSQL failed rather than refused what was asked: the connection went away or stalled,
+    /// the server restarted or ended the session. What was being done may succeed later,
+    /// elsewhere or here; and since every write is fenced, whoever takes a job over goes on from
+    /// what was really committed. (SQLite's errors are the disk's, and come back.)
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Postgres(_) | Self::Timeout(_))
     }
+}
+
+/// The schema version `applied` as an index into a list of `known` steps.
+fn applied_steps(applied: i64, known: usize) -> Result<usize, StoreError> {
+    let steps = usize::try_from(applied).map_err(|_| StoreError::Schema(applied))?;
+    if steps > known {
+        return Err(StoreError::Newer {
+            found: applied,
+            known: known as i64,
+        });
+    }
+    Ok(steps)
 }
 
 /// Which database keeps the jobs.
@@ -97,12 +122,16 @@ pub enum Store {
     Postgres(postgres::Postgres),
 }
 
-/// The same call on whichever database this is.
+/// The same call on whichever database this is. A PostgreSQL call is bounded: queries share one
+/// connection, and one that stalls must not hold every reader and runner behind it.
 macro_rules! on {
     ($store:expr, $db:ident => $call:expr) => {
         match $store {
             Store::Sqlite($db) => $call.await,
-            Store::Postgres($db) => $call.await,
+            Store::Postgres($db) => match tokio::time::timeout(postgres::PATIENCE, $call).await {
+                Ok(answer) => answer,
+                Err(_) => Err(StoreError::Timeout(postgres::PATIENCE)),
+            },
         }
     };
 }
@@ -171,9 +200,10 @@ impl Store {
     }
 
     /// Takes over at most `limit` running jobs that have no owner, or whose owner's lease lapsed,
-    /// counting a run more for each; the oldest first.
-    pub async fn claim(&self, limit: u64) -> Result<Vec<JobInfo>, StoreError> {
-        on!(self, db => db.claim(limit))
+    /// counting a run more for each; the oldest first. Never those in `except`: jobs whose runner
+    /// is in this origin, whose lease lapsed only because a renewal came late.
+    pub async fn claim(&self, limit: u64, except: Vec<JobId>) -> Result<Vec<JobInfo>, StoreError> {
+        on!(self, db => db.claim(limit, except))
     }
 
     /// Renews this origin's lease on `ids`; returns those it still holds.

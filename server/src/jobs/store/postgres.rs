@@ -19,31 +19,55 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 use super::{fresh_epoch, from_ms, millis, now_ms, Feed, Lease, StoreError};
 use crate::jobs::{render, JobId, JobInfo, JobSpec, JobState, Line};
 
-/// A database URL (`postgres://user:password@host:port/dbname`, or libpq's `key=value` form),
-/// checked when it is read; shown without its password.
+/// A database URL (`postgres://user:password@host:port/dbname`, or libpq's `key=value` form), as
+/// given; [`DatabaseUrl::check`] says whether it is one. Shown without its password, and never
+/// quoted whole in an error, which would show it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl(String);
 
 impl DatabaseUrl {
-    fn config(&self) -> tokio_postgres::Config {
-        self.0.parse().expect("checked when it was read")
+    pub fn new(url: &str) -> Self {
+        Self(url.to_owned())
+    }
+
+    /// Why this is not a PostgreSQL connection URL, if it is not.
+    pub fn check(&self) -> Result<(), String> {
+        self.0.parse::<tokio_postgres::Config>().map(drop).map_err(|err| {
+            format!("not a PostgreSQL connection URL ({err}); expected postgres://user:password@host:port/dbname")
+        })
+    }
+
+    /// How to connect: the URL, with bounds of this origin's own on a connection that cannot be
+    /// made or that goes silent (the defaults wait for ever, and two hours).
+    fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
+        let mut config: tokio_postgres::Config = self
+            .0
+            .parse()
+            .map_err(|_| StoreError::Url(self.check().err().unwrap_or_default()))?;
+        config
+            .connect_timeout(Duration::from_secs(5))
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .tcp_user_timeout(PATIENCE);
+        Ok(config)
     }
 }
 
 impl std::str::FromStr for DatabaseUrl {
-    type Err = String;
+    type Err = std::convert::Infallible;
 
-    fn from_str(value: &str) -> Result<Self, String> {
-        value
-            .parse::<tokio_postgres::Config>()
-            .map_err(|err| format!("not a PostgreSQL connection URL ({err}); expected postgres://user@host:port/dbname"))?;
-        Ok(Self(value.to_owned()))
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(url))
     }
 }
 
 impl std::fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let config = self.config();
+        let Ok(config) = self.0.parse::<tokio_postgres::Config>() else {
+            return f.write_str("(not a PostgreSQL URL)");
+        };
         let user = config.get_user().unwrap_or("");
         let host = config
             .get_hosts()
@@ -63,6 +87,27 @@ impl std::fmt::Debug for DatabaseUrl {
         write!(f, "DatabaseUrl({self})")
     }
 }
+
+/// tokio-postgres's own words ("db error", "error connecting to server") and what is behind them:
+/// the server's message and SQLSTATE, or the I/O error.
+pub fn describe(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
+/// The longest any one call to the database may take, and the longest sent data may go
+/// unacknowledged on its connection: beyond it the call fails (and a runner suspends its job) rather
+/// than holding everything queued behind it on the one connection.
+pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// How long an origin keeps trying to reach its database at start: long enough for a database
 /// container started alongside it.
@@ -110,6 +155,7 @@ pub struct Postgres {
 
 struct Inner {
     client: RwLock<Arc<Client>>,
+    config: tokio_postgres::Config,
     url: DatabaseUrl,
     lease: Lease,
     feed: Feed,
@@ -121,10 +167,19 @@ impl Postgres {
         lease: Lease,
         feed: Feed,
     ) -> Result<(Self, String), StoreError> {
+        let config = url.config()?;
         let started = Instant::now();
         let (mut client, connection) = loop {
-            match url.config().connect(NoTls).await {
+            match config.connect(NoTls).await {
                 Ok(connected) => break connected,
+                // The server answered, and said no (a password, a database that does not exist):
+                // asking again will not change its mind.
+                Err(source) if source.as_db_error().is_some() => {
+                    return Err(StoreError::Refused {
+                        url: url.clone(),
+                        source,
+                    })
+                }
                 Err(source) if started.elapsed() >= CONNECT_PATIENCE => {
                     return Err(StoreError::Unreachable {
                         url: url.clone(),
@@ -133,6 +188,7 @@ impl Postgres {
                     })
                 }
                 Err(err) => {
+                    let err = describe(&err);
                     tracing::warn!(%url, %err, "cannot reach the job database yet; trying again");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -147,6 +203,7 @@ impl Postgres {
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         let inner = Arc::new(Inner {
             client: RwLock::new(Arc::new(client)),
+            config,
             url: url.clone(),
             lease,
             feed,
@@ -312,7 +369,8 @@ impl Postgres {
         Ok(row.map(|row| small(row.get(0))))
     }
 
-    pub async fn claim(&self, limit: u64) -> Result<Vec<JobInfo>, StoreError> {
+    pub async fn claim(&self, limit: u64, except: Vec<JobId>) -> Result<Vec<JobInfo>, StoreError> {
+        let except: Vec<&str> = except.iter().map(JobId::as_str).collect();
         // SKIP LOCKED: replicas claiming at the same moment share the jobs instead of queueing
         // behind each other's locks.
         let rows = self
@@ -325,11 +383,12 @@ impl Postgres {
                      WHERE id IN (
                          SELECT id FROM keepalive_jobs
                          WHERE state = 'running' AND (owner IS NULL OR lease_until < now())
+                           AND NOT (id = ANY($4))
                          ORDER BY started_at_ms LIMIT $3
                          FOR UPDATE SKIP LOCKED)
                      RETURNING {INFO}"
                 ),
-                &[&self.owner(), &self.lease_secs(), &big(limit)],
+                &[&self.owner(), &self.lease_secs(), &big(limit), &except],
             )
             .await?;
         let mut claimed: Vec<JobInfo> = rows.iter().map(info).collect();
@@ -416,7 +475,6 @@ impl Postgres {
 /// Applies the migrations this database lacks, under an advisory lock so that replicas starting
 /// together take turns (the second finds them applied); returns the database's epoch.
 async fn migrate(client: &mut Client) -> Result<String, StoreError> {
-    let known = MIGRATIONS.len() as i64;
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
@@ -434,13 +492,8 @@ async fn migrate(client: &mut Client) -> Result<String, StoreError> {
         )
         .await?
         .get(0);
-    if applied > known {
-        return Err(StoreError::Newer {
-            found: applied,
-            known,
-        });
-    }
-    for (version, step) in (1_i64..).zip(MIGRATIONS).skip(applied as usize) {
+    let applied = super::applied_steps(applied, MIGRATIONS.len())?;
+    for (version, step) in (1_i64..).zip(MIGRATIONS).skip(applied) {
         tx.batch_execute(step).await?;
         tx.execute(
             "INSERT INTO keepalive_migrations (version) VALUES ($1)",
@@ -480,6 +533,7 @@ where
             },
             Some(Ok(_)) => {}
             Some(Err(err)) => {
+                let err = describe(&err);
                 tracing::warn!(%err, "the job database connection failed");
                 return;
             }
@@ -497,10 +551,11 @@ async fn reconnect(store: Weak<Inner>, first: tokio::task::JoinHandle<()>) {
         let Some(inner) = store.upgrade() else {
             return;
         };
-        let connected = inner.url.config().connect(NoTls).await;
+        let connected = inner.config.connect(NoTls).await;
         let (client, connection) = match connected {
             Ok(connected) => connected,
             Err(err) => {
+                let err = describe(&err);
                 tracing::warn!(url = %inner.url, %err, "cannot reach the job database; trying again");
                 drop(inner);
                 tokio::time::sleep(pause).await;
@@ -511,6 +566,7 @@ async fn reconnect(store: Weak<Inner>, first: tokio::task::JoinHandle<()>) {
         let feed = inner.feed.clone();
         let delivering = tokio::spawn(async move { deliver(connection, &feed).await });
         if let Err(err) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+            let err = describe(&err);
             tracing::warn!(%err, "cannot listen for job changes; connecting again");
             drop(inner);
             tokio::time::sleep(pause).await;

@@ -261,8 +261,10 @@ impl Sqlite {
         .await
     }
 
-    pub async fn claim(&self, limit: u64) -> Result<Vec<JobInfo>, StoreError> {
+    pub async fn claim(&self, limit: u64, except: Vec<JobId>) -> Result<Vec<JobInfo>, StoreError> {
         let now = now_ms();
+        // Read past the jobs excepted, which may be among the oldest.
+        let limit = limit + except.len() as u64;
         self.call(move |db, lease| {
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let ids: Vec<String> = tx
@@ -274,7 +276,11 @@ impl Sqlite {
                 .query_map(params![now, limit], |row| row.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             let mut claimed = Vec::with_capacity(ids.len());
-            for id in ids.iter().filter_map(|id| id.parse::<JobId>().ok()) {
+            let wanted = ids
+                .iter()
+                .filter_map(|id| id.parse::<JobId>().ok())
+                .filter(|id| !except.contains(id));
+            for id in wanted {
                 tx.execute(
                     "UPDATE jobs SET owner = ?2, lease_until_ms = ?3, runs = runs + 1 WHERE id = ?1",
                     params![id.as_str(), &*lease.owner, until(lease)],
@@ -397,19 +403,12 @@ fn open_blocking(storage: &Storage) -> Result<Opened, StoreError> {
 
 /// Applies the steps of [`MIGRATIONS`] not yet applied, all in one transaction.
 fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
-    let known = MIGRATIONS.len() as i64;
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let applied: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if applied > known {
-        return Err(StoreError::Newer {
-            found: applied,
-            known,
-        });
-    }
-    for step in &MIGRATIONS[applied as usize..] {
+    for step in &MIGRATIONS[super::applied_steps(applied, MIGRATIONS.len())?..] {
         tx.execute_batch(step)?;
     }
-    tx.pragma_update(None, "user_version", known)?;
+    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
     tx.commit()?;
     Ok(())
 }
@@ -517,7 +516,7 @@ mod tests {
         )
         .await
         .expect("migrated");
-        let claimed = store.claim(10).await.expect("claimed");
+        let claimed = store.claim(10, Vec::new()).await.expect("claimed");
         assert_eq!(claimed.len(), 1, "the old running job is taken over");
         assert_eq!((claimed[0].lines_written, claimed[0].runs), (1, 2));
         drop(store);
