@@ -387,7 +387,7 @@ async fn two_owners_never_write_the_same_line() {
                 .0
         }
     };
-    let first = open(Duration::from_secs(1)).await;
+    let first = open(Duration::from_secs(2)).await;
     let second = open(Duration::from_secs(30)).await;
     let job: JobId = "00000000000000b1".parse().expect("a job id");
     let spec = JobSpec {
@@ -397,7 +397,7 @@ async fn two_owners_never_write_the_same_line() {
     };
     first.create(job.clone(), spec).await.expect("created");
     assert!(first.append(&job, 1, "one".into()).await.expect("append"));
-    sleep(Duration::from_millis(1300)).await;
+    sleep(Duration::from_millis(2400)).await;
     assert_eq!(
         second.claim(10, Vec::new()).await.expect("claim").len(),
         1,

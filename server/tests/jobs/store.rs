@@ -60,7 +60,7 @@ async fn a_line_is_written_once_in_order_and_only_while_its_job_runs(db: Db) {
 }
 
 async fn a_held_lease_is_not_taken_over_and_a_lapsed_one_is_counting_a_run(db: Db) {
-    let store = open(&db, Duration::from_secs(1)).await;
+    let store = open(&db, Duration::from_secs(2)).await;
     let job = id("00000000000000a2");
     store.create(job.clone(), spec(3)).await.expect("created");
     assert!(store.append(&job, 1, "one".into()).await.expect("append"));
@@ -68,7 +68,7 @@ async fn a_held_lease_is_not_taken_over_and_a_lapsed_one_is_counting_a_run(db: D
         store.claim(10, Vec::new()).await.expect("claim").is_empty(),
         "a held job taken over"
     );
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(2400)).await;
     let claimed = store.claim(10, Vec::new()).await.expect("claim");
     assert_eq!(claimed.len(), 1, "the lapsed job is taken over");
     assert_eq!((claimed[0].lines_written, claimed[0].runs), (1, 2));
