@@ -229,7 +229,8 @@ pub(crate) async fn rolling_deploy(
                     Progress::Cut { at, how, after } => events.push(Event {
                         at: offset + at,
                         mark: Mark::Cut,
-                        label: format!("{} after id {after}", how.name()),
+                        // Short, so that the labels of cuts close together do not cover each other.
+                        label: format!("{}: {after}", how.name()),
                     }),
                 },
             )
@@ -247,10 +248,10 @@ pub(crate) async fn rolling_deploy(
         };
         replica
             .lane
-            .push(note(started.elapsed(), "SIGTERM: drain, jobs handed back"));
+            .push(note(started.elapsed(), "SIGTERM, drain"));
         stop(process).await?;
         replica.process = Some(launcher.start(replica.addr, 2).await?);
-        replica.lane.push(note(started.elapsed(), "started again"));
+        replica.lane.push(note(started.elapsed(), "started"));
         tokio::time::sleep(health.at(scale) + Duration::from_millis(100)).await;
     }
 
@@ -272,7 +273,7 @@ pub(crate) async fn rolling_deploy(
     }
     replicas[victim].lane.push(note(
         killed_at,
-        &format!("kill -9 with {} jobs running", running[victim]),
+        &format!("kill -9, {} jobs", running[victim]),
     ));
 
     let mut timeline = Timeline::new(scenario.title(scale));
