@@ -246,9 +246,7 @@ pub(crate) async fn rolling_deploy(
         let Some(process) = replica.process.take() else {
             continue;
         };
-        replica
-            .lane
-            .push(note(started.elapsed(), "SIGTERM, drain"));
+        replica.lane.push(note(started.elapsed(), "SIGTERM, drain"));
         stop(process).await?;
         replica.process = Some(launcher.start(replica.addr, 2).await?);
         replica.lane.push(note(started.elapsed(), "started"));
