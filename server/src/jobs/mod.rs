@@ -145,8 +145,7 @@ pub struct Line {
 
 /// How often finished jobs past retention are looked for, besides at start and at each new job.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// Most lapsed jobs one origin takes over at a time: replicas that look at the same moment share
-/// them rather than one taking all.
+/// Most lapsed jobs an origin takes over in one claim at start, where nobody else is taking turns.
 const CLAIM_BATCH: u64 = 16;
 
 /// How long finished jobs are kept, and how many jobs at most.
@@ -293,7 +292,7 @@ impl Jobs {
         self.sweep().await;
         let mut resumed = 0;
         loop {
-            let taken = self.take_over().await?;
+            let taken = self.take_over(CLAIM_BATCH).await?;
             resumed += taken;
             if taken < CLAIM_BATCH as usize {
                 break;
@@ -325,7 +324,7 @@ impl Jobs {
             if self.retiring.is_cancelled() {
                 continue;
             }
-            if let Err(err) = self.take_over().await {
+            if let Err(err) = self.share().await {
                 tracing::warn!(%err, "cannot look for jobs to take over");
             }
         }
@@ -352,10 +351,25 @@ impl Jobs {
         }
     }
 
-    /// Claims one batch of lapsed jobs and runs them here.
-    async fn take_over(&self) -> Result<usize, StoreError> {
+    /// Takes lapsed or handed-back jobs one at a time, with a short random pause between two, for
+    /// at most a sixth of a lease (the renewals wait meanwhile): replicas woken by the same handback
+    /// then take turns and share the jobs, instead of the quickest taking them all, to lose them all
+    /// in its next crash.
+    async fn share(&self) -> Result<(), StoreError> {
+        let until = Instant::now() + self.lease.period / 6;
+        while Instant::now() < until && !self.retiring.is_cancelled() {
+            if self.take_over(1).await? == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(10..50))).await;
+        }
+        Ok(())
+    }
+
+    /// Claims at most `batch` lapsed jobs and runs them here.
+    async fn take_over(&self, batch: u64) -> Result<usize, StoreError> {
         let mine: Vec<JobId> = self.lock_running().keys().cloned().collect();
-        let jobs = self.store.claim(CLAIM_BATCH, mine).await?;
+        let jobs = self.store.claim(batch, mine).await?;
         for job in &jobs {
             tracing::info!(
                 job = %job.id,
