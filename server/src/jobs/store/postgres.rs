@@ -169,8 +169,8 @@ impl Postgres {
     ) -> Result<(Self, String), StoreError> {
         let config = url.config()?;
         let started = Instant::now();
-        let (mut client, connection) = loop {
-            match config.connect(NoTls).await {
+        let (mut client, first) = loop {
+            match session(&config, &feed).await {
                 Ok(connected) => break connected,
                 // The server answered, and said no (a password, a database that does not exist):
                 // asking again will not change its mind.
@@ -194,13 +194,7 @@ impl Postgres {
                 }
             }
         };
-        // Driven before anything is asked of the client, which needs it to get answers.
-        let first = {
-            let feed = feed.clone();
-            tokio::spawn(async move { deliver(connection, &feed).await })
-        };
         let epoch = migrate(&mut client).await?;
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         let inner = Arc::new(Inner {
             client: RwLock::new(Arc::new(client)),
             config,
@@ -515,6 +509,20 @@ async fn migrate(client: &mut Client) -> Result<String, StoreError> {
     Ok(epoch)
 }
 
+/// A new session: connected, driven by a task of its own (the client needs it for its answers)
+/// that hands its notifications to `feed` and ends with the connection, and listening for job
+/// changes.
+async fn session(
+    config: &tokio_postgres::Config,
+    feed: &Feed,
+) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    let feed = feed.clone();
+    let delivering = tokio::spawn(async move { deliver(connection, &feed).await });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    Ok((client, delivering))
+}
+
 /// Drives one connection, handing its notifications to `feed`, until it ends.
 async fn deliver<S, T>(mut connection: tokio_postgres::Connection<S, T>, feed: &Feed)
 where
@@ -551,9 +559,8 @@ async fn reconnect(store: Weak<Inner>, first: tokio::task::JoinHandle<()>) {
         let Some(inner) = store.upgrade() else {
             return;
         };
-        let connected = inner.config.connect(NoTls).await;
-        let (client, connection) = match connected {
-            Ok(connected) => connected,
+        let (client, delivering) = match session(&inner.config, &inner.feed).await {
+            Ok(session) => session,
             Err(err) => {
                 let err = describe(&err);
                 tracing::warn!(url = %inner.url, %err, "cannot reach the job database; trying again");
@@ -563,15 +570,6 @@ async fn reconnect(store: Weak<Inner>, first: tokio::task::JoinHandle<()>) {
                 continue;
             }
         };
-        let feed = inner.feed.clone();
-        let delivering = tokio::spawn(async move { deliver(connection, &feed).await });
-        if let Err(err) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
-            let err = describe(&err);
-            tracing::warn!(%err, "cannot listen for job changes; connecting again");
-            drop(inner);
-            tokio::time::sleep(pause).await;
-            continue;
-        }
         pause = Duration::from_millis(100);
         *inner
             .client
