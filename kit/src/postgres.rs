@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::program::{as_postgres_if_root, Error, Program};
+use crate::program::{as_postgres_if_root, postgres_user, Error, Program};
 
 /// How long a new cluster may take to accept connections.
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -40,10 +40,7 @@ impl Cluster {
         };
         std::fs::create_dir_all(&dir).map_err(io)?;
         if nix::unistd::geteuid().is_root() {
-            let user = nix::unistd::User::from_name("postgres")
-                .ok()
-                .flatten()
-                .ok_or_else(|| Error::Missing("postgresql".to_owned()))?;
+            let user = postgres_user()?;
             nix::unistd::chown(&dir, Some(user.uid), Some(user.gid))
                 .map_err(|errno| io(errno.into()))?;
         }

@@ -214,12 +214,17 @@ pub fn as_postgres_if_root(command: &mut Command) -> Result<(), Error> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
-    let user = nix::unistd::User::from_name("postgres")
-        .ok()
-        .flatten()
-        .ok_or_else(|| Error::Missing("postgresql".to_owned()))?;
+    let user = postgres_user()?;
     command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
     Ok(())
+}
+
+/// The `postgres` user Debian's package makes, which PostgreSQL runs as when the caller is root.
+pub fn postgres_user() -> Result<nix::unistd::User, Error> {
+    nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .ok_or_else(|| Error::Missing("postgresql".to_owned()))
 }
 
 /// Sends `signal` to `child` unless it has exited, waits up to [`STOP_WITHIN`], then kills it and

@@ -331,7 +331,7 @@ impl Jobs {
     }
 
     async fn renew(&self) {
-        let mine: Vec<JobId> = self.lock_running().keys().cloned().collect();
+        let mine = self.running_here();
         if mine.is_empty() {
             return;
         }
@@ -368,7 +368,7 @@ impl Jobs {
 
     /// Claims at most `batch` lapsed jobs and runs them here.
     async fn take_over(&self, batch: u64) -> Result<usize, StoreError> {
-        let mine: Vec<JobId> = self.lock_running().keys().cloned().collect();
+        let mine = self.running_here();
         let jobs = self.store.claim(batch, mine).await?;
         for job in &jobs {
             tracing::info!(
@@ -437,6 +437,11 @@ impl Jobs {
             Ok(deleted) => tracing::info!(deleted, "finished jobs past retention deleted"),
             Err(err) => tracing::warn!(%err, "cannot delete finished jobs past retention"),
         }
+    }
+
+    /// The jobs whose runner is in this origin.
+    fn running_here(&self) -> Vec<JobId> {
+        self.lock_running().keys().cloned().collect()
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Runner>> {

@@ -402,7 +402,8 @@ impl Fate {
     }
 }
 
-fn note(at: Duration, label: &str) -> Event {
+/// A moment of the run's own (a kill, a restart) on a lane.
+pub(super) fn note(at: Duration, label: &str) -> Event {
     Event {
         at,
         mark: Mark::Note,

@@ -19,7 +19,7 @@ use keepalive_kit::program::{clear_settings, Program};
 use keepalive_proxy::{Balance, Upstream};
 use tokio::time::Instant;
 
-use super::replicas::REPLICAS;
+use super::replicas::{note, REPLICAS};
 use super::{ms, Expect, Family, Millis, Scale, Scenario, Setup, Step, Target, Timers};
 use crate::client::Client;
 use crate::experiment::lab::{read_metric, start_proxy};
@@ -336,14 +336,6 @@ pub(crate) async fn rolling_deploy(
         timeline,
         ..Seen::default()
     })
-}
-
-fn note(at: Duration, label: &str) -> Event {
-    Event {
-        at,
-        mark: Mark::Note,
-        label: label.to_owned(),
-    }
 }
 
 /// `keepalive-server`, built beside this program (`cargo build` builds it), or one directory up
