@@ -6,6 +6,7 @@ pub mod accept;
 pub mod address;
 pub mod config;
 pub mod duration;
+pub mod exposition;
 pub mod health;
 pub mod logging;
 pub mod shutdown;

@@ -7,14 +7,14 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Extension, Router};
+use keepalive_common::exposition;
 
 use crate::error::ApiError;
 use crate::jobs::routes as jobs;
-use crate::metrics;
 use crate::params::StreamParams;
 use crate::state::AppState;
 use crate::stream;
@@ -61,11 +61,13 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        state.metrics().encode(),
-    )
+/// OpenMetrics, or the classic text format for a scraper that asks for `text/plain` only.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok());
+    let (content_type, body) = exposition::negotiate(state.metrics().encode(), accept);
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
 
 /// `/polls/streamed`: the peer comes from [`crate::serve`]'s connection; absent under `oneshot`.
@@ -401,6 +403,28 @@ mod tests {
             "[         0 s] Little brown lady\n",
             "the stream's clock starts after the delay"
         );
+    }
+
+    #[tokio::test]
+    async fn metrics_come_as_classic_text_to_a_scraper_that_asks_only_for_text() {
+        let request = Request::get("/metrics")
+            .header("accept", "text/plain")
+            .body(Body::empty())
+            .expect("request");
+        let response = app(state().await)
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        assert_eq!(
+            header(&response, "content-type"),
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let exposition = text(response).await;
+        assert!(
+            exposition.contains("# TYPE origin_streams_started_total counter\n"),
+            "{exposition}"
+        );
+        assert!(!exposition.contains("# EOF"), "{exposition}");
     }
 
     #[tokio::test]
