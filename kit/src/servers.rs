@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use keepalive_proxy::cut_style::CutStyle;
-use keepalive_proxy::{admin, Metrics, ProxyConfig, TimerSet};
+use keepalive_proxy::{admin, ProxyConfig, TimerSet};
 use keepalive_server::jobs::Storage;
 use keepalive_server::ServerConfig;
 use tokio::net::TcpListener;
@@ -141,14 +141,13 @@ pub async fn proxy(
     configure(&mut config);
     let prepared = keepalive_proxy::prepare(config.with_timers(timers))
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
-    let metrics = Metrics::new();
     let stop = CancellationToken::new();
-    tokio::spawn(prepared.serve(listener, metrics.clone(), stop.clone().cancelled_owned()));
     tokio::spawn(admin::serve(
         admin_listener,
-        metrics,
+        prepared.admin(),
         stop.clone().cancelled_owned(),
     ));
+    tokio::spawn(prepared.serve(listener, stop.clone().cancelled_owned()));
     Ok(Proxy { addr, admin, stop })
 }
 

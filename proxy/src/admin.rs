@@ -1,30 +1,102 @@
-//! The admin listener (`PROXY_ADMIN_ADDR`): `/metrics` for Prometheus and `/healthz` for orchestrators.
-//! Kept off the proxy port so that a scrape or a health check never goes through the timers it measures.
+//! The admin listener (`PROXY_ADMIN_ADDR`): `/metrics` for Prometheus, `/healthz` for orchestrators
+//! and the control API (`control::api`). Kept off the proxy port so that a scrape, a health check
+//! or a control request never goes through the timers it measures or changes.
 //!
 //! From SIGTERM until the drain ends, `/healthz` answers `503`, as Envoy's `/ready` does while it
 //! drains: a balancer in front takes the proxy out of rotation while its open streams finish. So the
 //! binary keeps this listener up until the proxy has drained, not merely until the signal.
+//!
+//! Whoever reaches the control API can change every timer and cut every stream, so it stays on
+//! loopback unless a token guards it: [`check`] refuses a wider address without one.
 
-use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 
-use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Response, StatusCode};
-use http_body_util::Full;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use keepalive_common::exposition;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::config::ProxyConfig;
+use crate::control::{api, Control};
 use crate::metrics::Metrics;
 
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The admin listener bound beyond loopback with no token to guard the control API.
+#[derive(Debug, thiserror::Error)]
+#[error("PROXY_ADMIN_ADDR={addr} is not a loopback address and PROXY_ADMIN_TOKEN is unset: anyone who can reach it could change the timers and cut every stream. Set PROXY_ADMIN_TOKEN to a secret (clients send Authorization: Bearer TOKEN), or bind it to 127.0.0.1")]
+pub struct Exposed {
+    pub addr: SocketAddr,
+}
 
-/// Serves the admin routes until `shutdown` resolves; `/healthz` answers `503` once `metrics` says the
-/// proxy is draining.
-pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: impl Future<Output = ()>) {
+/// Refuses an admin address beyond loopback without a token.
+pub fn check(config: &ProxyConfig) -> Result<(), Exposed> {
+    if config.admin_addr.ip().is_loopback() || config.admin_token.is_some() {
+        Ok(())
+    } else {
+        Err(Exposed {
+            addr: config.admin_addr,
+        })
+    }
+}
+
+/// What the admin routes serve; made by [`crate::Prepared::admin`].
+#[derive(Clone)]
+pub struct Admin {
+    pub(crate) metrics: Metrics,
+    pub(crate) control: Control,
+    pub(crate) config: std::sync::Arc<ProxyConfig>,
+}
+
+/// Every admin route.
+pub fn app(admin: &Admin) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(admin.metrics.clone())
+        .merge(api::routes(
+            admin.control.clone(),
+            admin.metrics.clone(),
+            &admin.config,
+        ))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: the admin listener serves /metrics, /healthz, /config, /streams and /events\n",
+            )
+        })
+}
+
+/// OpenMetrics, or the classic text format for a scraper that asks for `text/plain` only.
+async fn metrics(State(metrics): State<Metrics>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok());
+    let (content_type, body) = exposition::negotiate(metrics.encode(), accept);
+    ([(header::CONTENT_TYPE, content_type)], body)
+}
+
+async fn healthz(State(metrics): State<Metrics>) -> (StatusCode, &'static str) {
+    if metrics.is_draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: shutting down, open streams are finishing\n",
+        )
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+/// Serves the admin routes until `shutdown` resolves; `/healthz` answers `503` once the proxy is
+/// draining. Open connections (an event follower's) end with it.
+pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
+    let app = app(&admin);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -32,11 +104,8 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: impl Futur
             () = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => {
-                    let metrics = metrics.clone();
+                    let service = TowerToHyperService::new(app.clone());
                     connections.spawn(async move {
-                        let service = service_fn(move |request| {
-                            std::future::ready(Ok::<_, Infallible>(route(request.uri().path(), &metrics)))
-                        });
                         if let Err(err) = http1::Builder::new()
                             .serve_connection(TokioIo::new(tcp), service)
                             .await
@@ -52,46 +121,83 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: impl Futur
     }
 }
 
-fn route(path: &str, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match path {
-        "/metrics" => (StatusCode::OK, OPENMETRICS, metrics.encode()),
-        "/healthz" if metrics.is_draining() => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain; charset=utf-8",
-            "draining: shutting down, open streams are finishing\n".to_owned(),
-        ),
-        "/healthz" => (
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            "ok\n".to_owned(),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found: the admin listener serves /metrics and /healthz\n".to_owned(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
 
-    #[test]
-    fn healthz_answers_503_once_the_proxy_drains() {
-        let metrics = Metrics::new();
-        assert_eq!(route("/healthz", &metrics).status(), StatusCode::OK);
-        metrics.drain_started();
+    use super::*;
+    use crate::control::settings::Settings;
+
+    fn admin() -> Admin {
+        let config = ProxyConfig::default();
+        Admin {
+            metrics: Metrics::new(),
+            control: Control::new(Settings::of(&config)),
+            config: std::sync::Arc::new(config),
+        }
+    }
+
+    async fn get(app: &Router, uri: &str, accept: Option<&str>) -> (StatusCode, String) {
+        let mut request = http::Request::builder().uri(uri);
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|value| value.to_str().unwrap_or("").to_owned())
+            .unwrap_or_default();
+        (response.status(), content_type)
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_503_once_the_proxy_drains() {
+        let admin = admin();
+        let app = app(&admin);
+        assert_eq!(get(&app, "/healthz", None).await.0, StatusCode::OK);
+        admin.metrics.drain_started();
         assert_eq!(
-            route("/healthz", &metrics).status(),
+            get(&app, "/healthz", None).await.0,
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(route("/metrics", &metrics).status(), StatusCode::OK);
+        assert_eq!(get(&app, "/metrics", None).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn metrics_are_openmetrics_unless_only_text_is_asked_for() {
+        let app = app(&admin());
+        assert!(get(&app, "/metrics", None)
+            .await
+            .1
+            .starts_with("application/openmetrics-text"));
+        assert!(get(&app, "/metrics", Some("text/plain"))
+            .await
+            .1
+            .starts_with("text/plain; version=0.0.4"));
+    }
+
+    #[test]
+    fn an_admin_address_beyond_loopback_needs_a_token() {
+        let mut config = ProxyConfig {
+            admin_addr: "0.0.0.0:9090".parse().expect("address"),
+            ..ProxyConfig::default()
+        };
+        let refused = check(&config).expect_err("open to all without a token");
+        assert!(
+            refused.to_string().contains("PROXY_ADMIN_TOKEN"),
+            "{refused}"
+        );
+        config.admin_token = api::Token::parse("s3cret").expect("infallible");
+        assert!(check(&config).is_ok());
+        assert!(
+            check(&ProxyConfig::default()).is_ok(),
+            "loopback needs none"
+        );
     }
 }

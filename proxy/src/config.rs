@@ -14,6 +14,7 @@ use keepalive_common::duration::{parse_duration, parse_timer, DurationError};
 use keepalive_common::logging::LogFormat;
 use keepalive_common::tls::{CertFile, KeyFile};
 
+use crate::control::api::Token;
 use crate::cut_style::CutStyle;
 use crate::deny::DenyPaths;
 use crate::faults::compression::CompressionHop;
@@ -117,9 +118,17 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_UPSTREAM", default_value = DEFAULT_UPSTREAM)]
     pub upstream: Upstream,
 
-    /// Address of the admin listener serving /metrics and /healthz
+    /// Address of the admin listener: /metrics and /healthz, and the control API (/config,
+    /// /streams, /events). Beyond loopback it needs PROXY_ADMIN_TOKEN, or the proxy refuses to start
     #[arg(long, env = "PROXY_ADMIN_ADDR", default_value = DEFAULT_ADMIN_ADDR)]
     pub admin_addr: SocketAddr,
+
+    /// Bearer token the control API requires (Authorization: Bearer TOKEN; keepalive-lab ctl
+    /// --token): with it, anyone who reaches the admin listener can change the timers and cut
+    /// streams. /metrics and /healthz never need it. Empty: no token, and the admin listener must
+    /// stay on loopback
+    #[arg(long, env = "PROXY_ADMIN_TOKEN", default_value = "", hide_default_value = true, hide_env_values = true, value_parser = Token::parse)]
+    pub admin_token: std::option::Option<Token>,
 
     /// Paths answered 404 by the proxy, never forwarded: the upstream's operator routes, which its
     /// operator reads on the upstream's own address. Comma-separated; each denies everything under it;
@@ -375,6 +384,7 @@ impl Default for ProxyConfig {
             admin_addr: DEFAULT_ADMIN_ADDR
                 .parse()
                 .expect("default admin address is valid"),
+            admin_token: None,
             deny_paths: DEFAULT_DENY_PATHS
                 .parse()
                 .expect("default deny paths are valid"),

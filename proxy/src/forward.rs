@@ -28,6 +28,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 
+use crate::control::streams::Tracked;
 use crate::deny::DenyPaths;
 use crate::edge::chain;
 use crate::headers::{append_via, set_forwarded, settle_host, strip_hop_by_hop, HostError};
@@ -190,6 +191,7 @@ impl Service<Request<Incoming>> for Forward {
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let tracked = request.extensions().get::<Arc<Tracked>>().cloned();
         let (request, tie, replay) = match self.upstream_request(request) {
             Ok(request) => request,
             Err(err) => return Box::pin(std::future::ready(Err(err))),
@@ -200,6 +202,9 @@ impl Service<Request<Incoming>> for Forward {
             let mut tried: Vec<String> = Vec::new();
             loop {
                 let replica = this.replicas.choose(&tried).ok_or(NoReplica)?;
+                if let Some(tracked) = &tracked {
+                    tracked.sent_to(&replica.label);
+                }
                 let mut sending = match (first.take(), &replay) {
                     (Some(first), _) => first,
                     (None, Some(replay)) => replay.request(),

@@ -5,12 +5,15 @@
 //! [`serve`] runs it on a listener the caller bound, until a shutdown future resolves; [`stack`] is the
 //! whole request path as one tower stack, readable top to bottom. Clients may be served over TLS, and
 //! the upstream may be `https://` (`tls`); [`prepare`] finds what is wrong with those settings before
-//! anyone is accepted.
+//! anyone is accepted. The admin listener ([`admin`]) serves metrics, health and the control API
+//! (`control`), which changes settings while the proxy runs and lists and cuts open streams.
 
 // Public: what the binary, the lab and the tests configure and start. The request path itself (edge,
 // forwarding, headers, timers) is this crate's business and reached only through `serve`.
+mod access;
 pub mod admin;
 pub mod config;
+mod control;
 pub mod cut_style;
 mod deny;
 pub mod descriptors;
@@ -28,6 +31,7 @@ mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -39,19 +43,22 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 pub use config::{MaxConnections, ProxyConfig};
+pub use control::api::Token;
 pub use metrics::Metrics;
 pub use preset::{Preset, TimerSet};
 pub use replicas::upstream::Upstream;
 pub use replicas::Balance;
 pub use tls::SetupError;
 
+use admin::Admin;
+use control::settings::{Live, Settings};
+use control::Control;
 use edge::EdgeLayer;
 use faults::FaultLayer;
 use forward::Forward;
 use replicas::{refresh, Replicas};
-use timeouts::client_conn::ClientConnLimits;
 use timeouts::connect::ConnectTimeout;
-use timeouts::stream::{StreamTimeouts, StreamTimeoutsLayer};
+use timeouts::stream::StreamTimeoutsLayer;
 use tls::termination::Termination;
 use tls::upstream::UpstreamConnector;
 
@@ -59,12 +66,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The request path, outermost first. Each timer and fault fails with a typed error; only the edge
 /// turns errors into responses, cuts, logs and metrics. Faults sit above the timers: the timers
-/// measure the upstream, the faults shape what the client receives.
+/// measure the upstream, the faults shape what the client receives. Each layer reads the settings
+/// in force (`live`) when a request reaches it.
 fn stack(
     config: &ProxyConfig,
     connector: UpstreamConnector,
     replicas: Replicas,
     metrics: Metrics,
+    control: &Control,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<impl http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + use<>>,
@@ -73,7 +82,7 @@ fn stack(
 > + Clone
        + Send
        + 'static {
-    let timers = config.timers();
+    let live: Live = control.live();
     ServiceBuilder::new()
         // Keep the id a client or an outer balancer sent; mint one otherwise.
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -98,80 +107,90 @@ fn stack(
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(EdgeLayer::new(
             metrics.clone(),
-            config.cut_style,
+            control.clone(),
             config.fault_headers.any(),
         ))
         .layer(FaultLayer::new(
-            config.faults(),
+            live.clone(),
             config.fault_headers,
-            &timers,
             metrics.clone(),
         ))
-        .layer(StreamTimeoutsLayer::new(StreamTimeouts {
-            first_byte: timers.first_byte,
-            idle: timers.idle,
-            max_duration: timers.max_duration,
-        }))
+        .layer(StreamTimeoutsLayer::new(live.clone()))
         .service(Forward::new(
             &config.upstream,
             replicas,
-            ConnectTimeout::new(connector, timers.connect),
+            ConnectTimeout::live(connector, live),
             config.deny_paths.clone(),
             metrics,
         ))
 }
 
 /// Proxies clients accepted on `listener` to `config.upstream` until `shutdown` resolves, then drains
-/// open streams for at most `config.drain_timeout`. From `shutdown` on, `metrics` says the proxy is
-/// draining (and the admin `/healthz` answers 503). Fails before accepting anyone when the TLS
-/// settings cannot be used ([`prepare`]).
+/// open streams for at most `config.drain_timeout`. Fails before accepting anyone when the TLS or
+/// admin settings cannot be used ([`prepare`]). The admin listener is the caller's to serve, with
+/// [`Prepared::admin`].
 pub async fn serve(
     listener: TcpListener,
     config: ProxyConfig,
-    metrics: Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SetupError> {
-    prepare(config)?.serve(listener, metrics, shutdown).await;
+    prepare(config)?.serve(listener, shutdown).await;
     Ok(())
 }
 
 /// Builds what the settings only describe: the TLS configuration towards clients (making and writing
 /// a self-signed certificate) and the connector towards the upstream. A certificate and a key that
 /// do not match, half a pair, an unwritable certificate path or unusable upstream CAs fail here, so
-/// that a program can refuse to start instead of failing every handshake.
+/// that a program can refuse to start instead of failing every handshake. So does an admin
+/// listener beyond loopback without a token ([`admin::check`]).
 pub fn prepare(config: ProxyConfig) -> Result<Prepared, SetupError> {
+    admin::check(&config)?;
     let tls = Termination::from_settings(
         config.tls_cert.as_ref(),
         config.tls_key.as_ref(),
         config.tls_self_signed.as_ref(),
     )?;
     let connector = UpstreamConnector::new(&config.upstream, config.upstream_ca.as_ref())?;
+    let metrics = Metrics::new();
+    let control = Control::new(Settings::of(&config));
+    metrics.limits(&config.timers());
     Ok(Prepared {
-        config,
+        config: Arc::new(config),
         tls,
         connector,
+        metrics,
+        control,
     })
 }
 
 /// A proxy whose settings have all been found usable ([`prepare`]), ready to [`Prepared::serve`].
 pub struct Prepared {
-    config: ProxyConfig,
+    config: Arc<ProxyConfig>,
     tls: Option<Termination>,
     connector: UpstreamConnector,
+    metrics: Metrics,
+    control: Control,
 }
 
 impl Prepared {
-    /// [`serve`], once prepared.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        metrics: Metrics,
-        shutdown: impl Future<Output = ()>,
-    ) {
+    /// What the admin listener serves for this proxy: its metrics, its health, its control API.
+    pub fn admin(&self) -> Admin {
+        Admin {
+            metrics: self.metrics.clone(),
+            control: self.control.clone(),
+            config: Arc::clone(&self.config),
+        }
+    }
+
+    /// [`serve`], once prepared. From `shutdown` on, the proxy is draining (and the admin
+    /// `/healthz` answers 503).
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let Self {
             config,
             tls,
             connector,
+            metrics,
+            control,
         } = self;
         let timers = config.timers();
         let max_connections = max_connections(config.max_connections);
@@ -198,11 +217,6 @@ impl Prepared {
             deny_paths = %config.deny_paths,
             "proxy listening",
         );
-        let limits = ClientConnLimits {
-            header: timers.header,
-            keepalive: timers.keepalive,
-            send: timers.send,
-        };
         // The replicas known before the first client: a name that does not resolve yet stands for
         // none (with no replica at all, requests get 502) until the refresh resolves it.
         let replicas = Replicas::new(config.balance, metrics.clone());
@@ -215,12 +229,12 @@ impl Prepared {
             config.health_interval,
             resolver,
         ));
-        let service = stack(&config, connector, replicas, metrics.clone());
+        let service = stack(&config, connector, replicas, metrics.clone(), &control);
         server::run(
             Listener::capped(listener, max_connections),
             service,
             tls,
-            limits,
+            control.live(),
             config.drain_timeout,
             metrics,
             shutdown,

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use keepalive_common::{config::parse_or_exit, health, logging, shutdown};
-use keepalive_proxy::{admin, descriptors, Metrics, ProxyConfig};
+use keepalive_proxy::{admin, descriptors, ProxyConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +26,7 @@ async fn main() -> ExitCode {
         Err(err) => tracing::warn!(%err, "cannot raise the descriptor limit to its hard limit"),
     }
     let (addr, admin_addr) = (config.addr, config.admin_addr);
+    let has_token = config.admin_token.is_some();
     let proxy = match keepalive_proxy::prepare(config) {
         Ok(proxy) => proxy,
         Err(err) => {
@@ -42,9 +43,10 @@ async fn main() -> ExitCode {
     };
     tracing::info!(
         addr = %admin_listener.local_addr().map_or_else(|err| err.to_string(), |addr| addr.to_string()),
-        "admin listening (/metrics, /healthz)"
+        token = if has_token { "required" } else { "none" },
+        "admin listening (/metrics, /healthz; control API: /config, /streams, /events)"
     );
-    let metrics = Metrics::new();
+    let admin = proxy.admin();
     let stop = CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
@@ -55,15 +57,15 @@ async fn main() -> ExitCode {
     });
     let drained = CancellationToken::new();
     let proxy = {
-        let (metrics, drained) = (metrics.clone(), drained.clone());
+        let drained = drained.clone();
         async move {
-            proxy.serve(listener, metrics, stop.cancelled_owned()).await;
+            proxy.serve(listener, stop.cancelled_owned()).await;
             drained.cancel();
         }
     };
     tokio::join!(
         proxy,
-        admin::serve(admin_listener, metrics, drained.cancelled_owned()),
+        admin::serve(admin_listener, admin, drained.cancelled_owned()),
     );
     ExitCode::SUCCESS
 }

@@ -7,10 +7,30 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
+use crate::access::Termination;
 use crate::faults::Fault;
+use crate::preset::TimerSet;
 use crate::timeouts::Timer;
+
+/// Seconds from well under a millisecond (a loopback origin) to the ten minutes some balancers
+/// allow a response to take.
+const SECONDS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+/// Streams last up to hours; silences between two chunks, up to the longest idle timers (an hour).
+const LONG_SECONDS: [f64; 16] = [
+    0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+    14400.0,
+];
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(LONG_SECONDS)
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -31,6 +51,12 @@ struct FaultLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReplicaLabel {
     replica: String,
+}
+
+/// How a stream ended: [`Termination::ender`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndedLabel {
+    ended: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,6 +81,12 @@ pub struct Metrics {
     replica_ready: Family<ReplicaLabel, Gauge>,
     replica_ejections: Family<ReplicaLabel, Counter>,
     retries: Counter,
+    api_cuts: Counter,
+    first_byte: Histogram,
+    stream_duration: Family<EndedLabel, Histogram, fn() -> Histogram>,
+    longest_gap: Histogram,
+    stream_bytes: Histogram,
+    timer_limits: Family<TimerLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -139,12 +171,57 @@ impl Metrics {
             "Requests sent to another replica after one could not be reached",
             retries.clone(),
         );
+        let api_cuts = Counter::default();
+        registry.register(
+            "proxy_api_cuts",
+            "Streams cut by the control API",
+            api_cuts.clone(),
+        );
+        let first_byte = Histogram::new(SECONDS);
+        registry.register(
+            "proxy_first_byte_seconds",
+            "Time from a request's arrival to the upstream's response headers",
+            first_byte.clone(),
+        );
+        let stream_duration =
+            Family::<EndedLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                seconds_histogram,
+            );
+        registry.register(
+            "proxy_stream_duration_seconds",
+            "Time from a request's arrival to the end of its exchange, by who ended it (completed, client, origin, timer, fault, api)",
+            stream_duration.clone(),
+        );
+        let longest_gap = Histogram::new(LONG_SECONDS);
+        registry.register(
+            "proxy_stream_longest_gap_seconds",
+            "Per response body, the longest silence between two chunks (heartbeats count as chunks): an idle timer above all of these cuts none of them",
+            longest_gap.clone(),
+        );
+        // 64 bytes to 1 GiB, a factor of 4 apart.
+        let stream_bytes = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(64.0, 4.0, 13),
+        );
+        registry.register(
+            "proxy_stream_bytes",
+            "Body bytes sent to the client per exchange",
+            stream_bytes.clone(),
+        );
+        let timer_limits = Family::<TimerLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "proxy_timer_limit_seconds",
+            "The limit each timer enforces on what starts now (0: off); changed by the control API",
+            timer_limits.clone(),
+        );
         // Every timer and fault shows up as 0 from the start, so a dashboard can tell "never fired"
         // from "unknown".
         for timer in Timer::ALL {
             drop(timeouts.get_or_create(&TimerLabel {
                 timer: timer.as_str(),
             }));
+        }
+        for ended in Termination::ENDERS {
+            drop(stream_duration.get_or_create(&EndedLabel { ended }));
         }
         for fault in Fault::ALL {
             drop(faults_injected.get_or_create(&FaultLabel {
@@ -166,6 +243,62 @@ impl Metrics {
             replica_ready,
             replica_ejections,
             retries,
+            api_cuts,
+            first_byte,
+            stream_duration,
+            longest_gap,
+            stream_bytes,
+            timer_limits,
+        }
+    }
+
+    /// The timers' limits now in force, for `proxy_timer_limit_seconds`.
+    pub fn limits(&self, timers: &TimerSet) {
+        for (timer, limit) in [
+            (Timer::Connect, timers.connect),
+            (Timer::FirstByte, timers.first_byte),
+            (Timer::Idle, timers.idle),
+            (Timer::MaxDuration, timers.max_duration),
+            (Timer::Header, timers.header),
+            (Timer::Keepalive, timers.keepalive),
+            (Timer::Send, timers.send),
+        ] {
+            self.timer_limits
+                .get_or_create(&TimerLabel {
+                    timer: timer.as_str(),
+                })
+                .set(limit.map_or(0.0, |limit| limit.as_secs_f64()));
+        }
+    }
+
+    pub fn api_cut(&self) {
+        self.api_cuts.inc();
+    }
+
+    /// The upstream's response headers arrived `after` the request.
+    pub fn first_byte(&self, after: Duration) {
+        self.first_byte.observe(after.as_secs_f64());
+    }
+
+    /// An exchange ended: how, after how long, with how many bytes, and (when it had a body) its
+    /// longest silence between two chunks.
+    pub fn stream_ended(
+        &self,
+        termination: Termination,
+        duration: Duration,
+        bytes: u64,
+        longest_gap: Option<Duration>,
+    ) {
+        self.stream_duration
+            .get_or_create(&EndedLabel {
+                ended: termination.ender(),
+            })
+            .observe(duration.as_secs_f64());
+        // Precision is lost only past 2^53 bytes.
+        #[allow(clippy::cast_precision_loss)]
+        self.stream_bytes.observe(bytes as f64);
+        if let Some(gap) = longest_gap {
+            self.longest_gap.observe(gap.as_secs_f64());
         }
     }
 

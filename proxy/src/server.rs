@@ -15,7 +15,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,12 +31,13 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tower::{Service, ServiceExt};
 
+use crate::control::settings::Live;
 use crate::faults::reset::{ResetIo, ResetSwitch};
 use crate::forward::{ClientAddr, ClientTls};
 use crate::metrics::Metrics;
-use crate::timeouts::client_conn::{watchdog, Activity, ActivityIo, ClientConnLimits};
+use crate::timeouts::client_conn::{watchdog, Activity, ActivityIo};
 use crate::timeouts::send::{stalled, SendBody, SendIo, Stall};
-use crate::timeouts::TimerExpired;
+use crate::timeouts::{Timer, TimerExpired};
 use crate::tls::close_notify::ClosingTls;
 use crate::tls::termination::Termination;
 
@@ -45,7 +46,7 @@ pub async fn run<S, B>(
     listener: Listener,
     service: S,
     tls: Option<Termination>,
-    limits: ClientConnLimits,
+    live: Live,
     drain_timeout: Duration,
     metrics: Metrics,
     shutdown: impl Future<Output = ()>,
@@ -65,7 +66,7 @@ pub async fn run<S, B>(
     let serving = Serving {
         builder: Arc::new(builder),
         tls,
-        limits,
+        live,
     };
     let shutdown = {
         let metrics = metrics.clone();
@@ -101,7 +102,8 @@ pub async fn run<S, B>(
 struct Serving {
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<Termination>,
-    limits: ClientConnLimits,
+    /// Where each connection reads its `header`, `keepalive` and `send` limits when accepted.
+    live: Live,
 }
 
 async fn connection<S, B>(
@@ -120,11 +122,8 @@ async fn connection<S, B>(
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<crate::BoxError>,
 {
-    let Serving {
-        builder,
-        tls,
-        limits,
-    } = serving;
+    let Serving { builder, tls, live } = serving;
+    let limits = live.now().client_conn_limits();
     let activity = Activity::new();
     let stall = Stall::new();
     let reset = ResetSwitch::default();
@@ -227,7 +226,7 @@ fn handshake_failed(err: &std::io::Error, peer: SocketAddr, metrics: &Metrics) {
 }
 
 fn closed(expired: TimerExpired, peer: SocketAddr, metrics: &Metrics, cut: &ConnectionCut) {
-    cut.0.store(true, Ordering::Release);
+    cut.closed_by(expired.timer);
     metrics.timer_fired(expired.timer);
     let limit = display(expired.limit);
     tracing::info!(
@@ -240,12 +239,26 @@ fn closed(expired: TimerExpired, peer: SocketAddr, metrics: &Metrics, cut: &Conn
 }
 
 /// Set when the proxy itself closes a client connection on one of its timers, so that the exchanges
-/// dropped with it are not also reported as clients that went away: the timer was counted and logged.
+/// dropped with it are not also reported as clients that went away: the timer was counted and
+/// logged, and their termination names it.
 #[derive(Clone, Default)]
-pub(crate) struct ConnectionCut(Arc<AtomicBool>);
+pub(crate) struct ConnectionCut(Arc<AtomicU8>);
 
 impl ConnectionCut {
-    pub(crate) fn by_proxy(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+    fn closed_by(&self, timer: Timer) {
+        // Zero stays "not closed": the timer is stored as its place in `Timer::ALL`, plus one.
+        let place = Timer::ALL
+            .iter()
+            .position(|each| *each == timer)
+            .unwrap_or(0)
+            + 1;
+        self.0
+            .store(u8::try_from(place).unwrap_or(u8::MAX), Ordering::Release);
+    }
+
+    /// The timer the proxy closed the connection on, if it did.
+    pub(crate) fn timer(&self) -> Option<Timer> {
+        let stored = self.0.load(Ordering::Acquire);
+        Timer::ALL.get(usize::from(stored).checked_sub(1)?).copied()
     }
 }

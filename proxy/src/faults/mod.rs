@@ -29,8 +29,8 @@ use http::{HeaderMap, Request, Response};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use crate::control::settings::Live;
 use crate::metrics::Metrics;
-use crate::preset::TimerSet;
 use crate::BoxError;
 use body::{FaultBody, SilenceTimers};
 use compression::{CompressionHop, GzipBody};
@@ -276,30 +276,22 @@ static FAULT_HEADERS: [FaultHeader; 8] = [
     },
 ];
 
+/// Each request gets the faults in force when it arrives, and keeps them to its end.
 #[derive(Clone)]
 pub struct FaultLayer {
-    settings: FaultSettings,
+    /// The faults, and the idle and total timers below this layer, which a blackhole keeps from
+    /// seeing its silence.
+    live: Live,
     policy: FaultHeaders,
-    /// The idle and total timers below this layer, which a blackhole keeps from seeing its silence.
-    idle: Option<Duration>,
-    max_duration: Option<Duration>,
     metrics: Metrics,
 }
 
 impl FaultLayer {
-    /// `policy`: which `x-keepalive-*` headers requests may set their own faults with; `timers`: the
-    /// proxy's, whose idle and total limits still end a blackholed stream.
-    pub fn new(
-        settings: FaultSettings,
-        policy: FaultHeaders,
-        timers: &TimerSet,
-        metrics: Metrics,
-    ) -> Self {
+    /// `policy`: which `x-keepalive-*` headers requests may set their own faults with.
+    pub fn new(live: Live, policy: FaultHeaders, metrics: Metrics) -> Self {
         Self {
-            settings,
+            live,
             policy,
-            idle: timers.idle,
-            max_duration: timers.max_duration,
             metrics,
         }
     }
@@ -338,7 +330,8 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let layer = &self.layer;
-        let settings = match layer.settings.with_headers(request.headers(), layer.policy) {
+        let now = layer.live.now();
+        let settings = match now.faults.with_headers(request.headers(), layer.policy) {
             Ok((requested, true)) => FaultSettings {
                 probability: 1.0,
                 ..requested
@@ -380,8 +373,9 @@ where
                 .cloned(),
             // The timers below fix their total deadline at this same call.
             silence: SilenceTimers {
-                idle: layer.idle,
-                deadline: layer
+                idle: now.timers.idle,
+                deadline: now
+                    .timers
                     .max_duration
                     .map(|limit| (Instant::now() + limit, limit)),
             },

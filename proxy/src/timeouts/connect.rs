@@ -15,18 +15,37 @@ use http::Uri;
 use tower::Service;
 
 use super::{Timer, TimerExpired};
+use crate::control::settings::Live;
 use crate::BoxError;
 
-/// A connector (`C`) whose connects give up after `limit` (never, when `None`).
+/// A connector (`C`) whose connects give up after their limit (never, when `None`).
 #[derive(Clone)]
 pub struct ConnectTimeout<C> {
     inner: C,
-    limit: Option<Duration>,
+    limit: Limit,
+}
+
+/// A limit fixed at start (the health checks'), or the `connect` timer in force at each connect.
+#[derive(Clone)]
+enum Limit {
+    Fixed(Option<Duration>),
+    Live(Live),
 }
 
 impl<C> ConnectTimeout<C> {
     pub fn new(inner: C, limit: Option<Duration>) -> Self {
-        Self { inner, limit }
+        Self {
+            inner,
+            limit: Limit::Fixed(limit),
+        }
+    }
+
+    /// Connects under the `connect` timer of the settings in force when each one starts.
+    pub fn live(inner: C, live: Live) -> Self {
+        Self {
+            inner,
+            limit: Limit::Live(live),
+        }
     }
 }
 
@@ -47,7 +66,10 @@ where
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.inner.call(uri);
-        let limit = self.limit;
+        let limit = match &self.limit {
+            Limit::Fixed(limit) => *limit,
+            Limit::Live(live) => live.now().timers.connect,
+        };
         Box::pin(async move {
             match limit {
                 None => connecting.await.map_err(Into::into),

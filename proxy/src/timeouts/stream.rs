@@ -29,6 +29,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -40,6 +41,8 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::{Expiry, Timer, TimerExpired};
+use crate::control::settings::Live;
+use crate::control::streams::Tracked;
 use crate::BoxError;
 
 /// The limits of one exchange; `None` turns a timer off, and an off timer registers nothing.
@@ -50,14 +53,15 @@ pub struct StreamTimeouts {
     pub max_duration: Option<Duration>,
 }
 
-#[derive(Clone, Copy)]
+/// Each exchange runs under the limits in force when it is called, to its end.
+#[derive(Clone)]
 pub struct StreamTimeoutsLayer {
-    timeouts: StreamTimeouts,
+    live: Live,
 }
 
 impl StreamTimeoutsLayer {
-    pub fn new(timeouts: StreamTimeouts) -> Self {
-        Self { timeouts }
+    pub fn new(live: Live) -> Self {
+        Self { live }
     }
 }
 
@@ -67,7 +71,7 @@ impl<S> Layer<S> for StreamTimeoutsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         EnforceTimeouts {
             inner,
-            timeouts: self.timeouts,
+            live: self.live.clone(),
         }
     }
 }
@@ -75,7 +79,7 @@ impl<S> Layer<S> for StreamTimeoutsLayer {
 #[derive(Clone)]
 pub struct EnforceTimeouts<S> {
     inner: S,
-    timeouts: StreamTimeouts,
+    live: Live,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for EnforceTimeouts<S>
@@ -91,17 +95,23 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let deadline = self
-            .timeouts
+        let timeouts = self.live.now().stream_timeouts();
+        // The control API lists each stream with the time its timers have left.
+        let tracked = request.extensions().get::<Arc<Tracked>>().cloned();
+        if let Some(tracked) = &tracked {
+            tracked.timed(timeouts);
+        }
+        let deadline = timeouts
             .max_duration
             .map(|limit| (Instant::now() + limit, limit));
         ResponseFuture {
             response: self.inner.call(request),
-            first_byte: Expiry::after(self.timeouts.first_byte),
-            idle: Expiry::after(self.timeouts.idle),
+            first_byte: Expiry::after(timeouts.first_byte),
+            idle: Expiry::after(timeouts.idle),
             max_duration: until(deadline),
-            idle_limit: self.timeouts.idle,
+            idle_limit: timeouts.idle,
             deadline,
+            tracked,
         }
     }
 }
@@ -127,6 +137,7 @@ pin_project! {
         max_duration: Expiry,
         idle_limit: Option<Duration>,
         deadline: Option<(Instant, Duration)>,
+        tracked: Option<Arc<Tracked>>,
     }
 }
 
@@ -139,13 +150,14 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(response) = this.response.poll(cx) {
-            let (idle, deadline) = (*this.idle_limit, *this.deadline);
+            let (idle, deadline, tracked) = (*this.idle_limit, *this.deadline, this.tracked.take());
             return Poll::Ready(response.map(|response| {
                 response.map(|body| ResponseBody {
                     body,
                     idle: Expiry::after(idle),
                     max_duration: until(deadline),
                     waiting: false,
+                    tracked,
                 })
             }));
         }
@@ -179,6 +191,7 @@ pin_project! {
         max_duration: Expiry,
         // Whether the idle timer is running for the current wait; it restarts when a new wait begins.
         waiting: bool,
+        tracked: Option<Arc<Tracked>>,
     }
 }
 
@@ -201,12 +214,20 @@ where
             )));
         }
         if let Poll::Ready(frame) = this.body.poll_frame(cx) {
-            *this.waiting = false;
+            if *this.waiting {
+                *this.waiting = false;
+                if let Some(tracked) = this.tracked {
+                    tracked.waiting(None);
+                }
+            }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
         if !*this.waiting {
             *this.waiting = true;
             this.idle.as_mut().restart();
+            if let Some(tracked) = this.tracked {
+                tracked.waiting(Some(Instant::now()));
+            }
         }
         this.idle
             .poll_expired(cx)
@@ -236,6 +257,7 @@ mod tests {
     use tokio::time::{advance, sleep};
 
     use super::*;
+    use crate::control::settings::Settings;
 
     const LIMIT: Duration = Duration::from_millis(500);
     // tokio's timers resolve to the millisecond: one tick before a limit is the last instant it holds.
@@ -293,6 +315,15 @@ mod tests {
         TimerExpired::new(timer, limit)
     }
 
+    /// Settings that hold `timeouts` and never change.
+    fn live(timeouts: StreamTimeouts) -> Live {
+        let mut settings = Settings::of(&crate::ProxyConfig::default());
+        settings.timers.first_byte = timeouts.first_byte;
+        settings.timers.idle = timeouts.idle;
+        settings.timers.max_duration = timeouts.max_duration;
+        Live::fixed(settings)
+    }
+
     fn timer_error(error: BoxError) -> TimerExpired {
         match error.downcast::<TimerExpired>() {
             Ok(expired) => *expired,
@@ -324,7 +355,7 @@ mod tests {
                         .ok_or_else(|| BoxError::from("the upstream answers one exchange"))
                 }) as UpstreamFuture<B>
             });
-            let mut service = StreamTimeoutsLayer::new(timeouts).layer(upstream);
+            let mut service = StreamTimeoutsLayer::new(live(timeouts)).layer(upstream);
             poll_fn(|cx| service.poll_ready(cx))
                 .await
                 .expect("a service_fn is always ready");

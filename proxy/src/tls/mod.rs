@@ -23,7 +23,8 @@ use std::path::PathBuf;
 
 use keepalive_common::tls::VerifierError;
 
-/// Why the proxy cannot start with its TLS settings; each names the variables involved, on one line.
+/// Why the proxy cannot start with its TLS settings (or an admin listener open to all); each names
+/// the variables involved, on one line.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("PROXY_TLS_CERT={} is set without PROXY_TLS_KEY: set both (the certificate chain and its private key), or PROXY_TLS_SELF_SIGNED=FILE instead", .cert.display())]
@@ -49,6 +50,8 @@ pub enum SetupError {
     UpstreamName { upstream: String, reason: String },
     #[error("PROXY_UPSTREAM_CA: {0}")]
     UpstreamCa(#[source] VerifierError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::Exposed),
     /// The crypto provider lacks what the configuration asks for; a build problem, not a setting's.
     #[error("TLS configuration: {0}")]
     Provider(String),
