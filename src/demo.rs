@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::Args;
 use keepalive_common::duration::display;
 use keepalive_proxy::cut_style::CutStyle;
-use keepalive_proxy::{admin, Metrics, ProxyConfig, SetupError, TimerSet};
+use keepalive_proxy::{admin, ProxyConfig, SetupError, TimerSet};
 use keepalive_server::jobs::Storage;
 use keepalive_server::ServerConfig;
 use tokio::net::TcpListener;
@@ -171,22 +171,20 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             outcome
         }
     };
-    let metrics = Metrics::new();
+    let admin = proxy_service.admin();
     // As the proxy binary does: the admin listener outlives the drain, answering 503 on /healthz.
     let drained = CancellationToken::new();
     let proxy = {
-        let (metrics, drained, stop) = (metrics.clone(), drained.clone(), stop.clone());
+        let (drained, stop) = (drained.clone(), stop.clone());
         async move {
-            proxy_service
-                .serve(proxy, metrics, stop.cancelled_owned())
-                .await;
+            proxy_service.serve(proxy, stop.cancelled_owned()).await;
             drained.cancel();
         }
     };
     let (origin_outcome, (), ()) = tokio::join!(
         origin,
         proxy,
-        admin::serve(admin_listener, metrics, drained.cancelled_owned()),
+        admin::serve(admin_listener, admin, drained.cancelled_owned()),
     );
     origin_outcome.map_err(DemoError::Origin)
 }
@@ -239,7 +237,8 @@ fn instructions(origin: SocketAddr, config: &ProxyConfig) -> String {
     let mut text = format!(
         "\nkeepalive-lab demo\n  origin  http://{origin}/polls/streamed  (the tutorial's view)\n  \
          proxy   {proxy}/polls/streamed  (a load balancer, preset {preset}: idle {idle}, first byte {first_byte}, max duration {max})\n  \
-         metrics http://{admin}/metrics and http://{origin}/metrics\n{trust}\nTry, in another terminal:\n",
+         metrics http://{admin}/metrics and http://{origin}/metrics\n  \
+         control keepalive-lab ctl --admin http://{admin} show  (change timers, list and cut streams, live)\n{trust}\nTry, in another terminal:\n",
         preset = config.preset.name(),
         admin = config.admin_addr,
         idle = show(timers.idle),

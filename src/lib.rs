@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod ctl;
 pub mod demo;
 pub mod expect;
 pub mod experiment;

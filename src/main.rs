@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use keepalive_common::config::parse_or_exit;
-use keepalive_lab::{bench, demo, experiment, probe, stdout, watch};
+use keepalive_lab::{bench, ctl, demo, experiment, probe, stdout, watch};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,6 +46,10 @@ enum Command {
     /// 10,000 heartbeated streams, idle-cut precision, disconnect propagation (needs nginx and wrk);
     /// or, with --soak DURATION, hold streams through keepalive-proxy and look for leaks
     Bench(bench::BenchArgs),
+    /// Drive a running keepalive-proxy through its control API (admin listener): show or change
+    /// its timers, faults and cut style without a restart, list the open streams, cut one or all
+    /// now in a chosen style, follow the events; for scripted disconnect tests
+    Ctl(ctl::CtlArgs),
 }
 
 #[tokio::main]
@@ -65,6 +69,7 @@ async fn run(cli: Cli) -> u8 {
         Some(Command::Experiment(args)) => return experiment::run(args).await,
         Some(Command::Probe(args)) => return probe::run(args).await,
         Some(Command::Bench(args)) => return bench::run(args).await,
+        Some(Command::Ctl(args)) => return ctl::run(args).await,
         Some(Command::Demo(args)) => demo::run(*args).await,
         None => demo::run(cli.demo).await,
     };

@@ -348,3 +348,56 @@ fn demo_tls_with_a_certificate_of_its_own_too_is_refused_with_exit_2() {
         "{stderr}"
     );
 }
+
+/// The README's scripted disconnect test, the shell block between its markers.
+fn scripted_disconnect() -> &'static str {
+    let readme = include_str!("../README.md");
+    readme
+        .split("<!-- scripted-disconnect -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- /scripted-disconnect -->").next())
+        .and_then(|block| block.trim().strip_prefix("```bash"))
+        .and_then(|block| block.strip_suffix("```"))
+        .expect("the README holds the scripted disconnect test as a bash block between its markers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs curl (apt-get install curl)"]
+async fn the_readme_scripted_disconnect_test_passes_against_the_demo() {
+    let script = scripted_disconnect();
+    let mut demo = Demo::start(&ANY_PORTS, &[]);
+    let proxy = address_in(&demo.line_with("proxy   http://", Duration::from_secs(20)));
+    let admin = address_in(&demo.line_with("metrics http://", Duration::from_secs(1)));
+    demo.line_with("proxy listening", Duration::from_secs(5));
+    keepalive_kit::program::installed("curl").unwrap_or_else(|err| panic!("{err}"));
+    // `keepalive-lab` on PATH, as the README's set-up leaves it.
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_keepalive-lab"));
+    let path = std::env::join_paths(
+        binary
+            .parent()
+            .into_iter()
+            .map(std::path::Path::to_path_buf)
+            .chain(std::env::split_paths(
+                &std::env::var_os("PATH").unwrap_or_default(),
+            )),
+    )
+    .expect("a PATH");
+    let mut command = Command::new("bash");
+    clear_settings(&mut command);
+    command
+        .args(["-c", script])
+        .env("PATH", path)
+        .env("PROXY", format!("http://{proxy}"))
+        .env("ADMIN", format!("http://{admin}"));
+    let output = tokio::task::spawn_blocking(move || run_to_exit(command, Duration::from_secs(30)))
+        .await
+        .expect("the script ran");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the README's test failed: {said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("both seen"), "{said}");
+    demo.line_with("cut by the control API mid-stream", Duration::from_secs(2));
+}

@@ -6,6 +6,7 @@
 //! servers and programs, reserving ports, reading a metric) returns `io::Result` or a typed error.
 //! Shorthands only tests use panic with a message saying what failed, which is a test's way to fail.
 
+pub mod admin;
 pub mod client;
 pub mod echo;
 pub mod h2c;

@@ -267,12 +267,14 @@ pub fn children(pid: u32) -> Vec<u32> {
 }
 
 /// Clears the settings this workspace's programs read from the environment (`PROXY_*`, `SERVER_*`,
-/// `LOG_FORMAT`, `RUST_LOG`), so that a developer's shell cannot change what a test sees.
+/// `KEEPALIVE_ADMIN`, `LOG_FORMAT`, `RUST_LOG`), so that a developer's shell cannot change what a
+/// test sees.
 pub fn clear_settings(command: &mut Command) {
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
         if key.starts_with("PROXY_")
             || key.starts_with("SERVER_")
+            || key == "KEEPALIVE_ADMIN"
             || key == "LOG_FORMAT"
             || key == "RUST_LOG"
         {
