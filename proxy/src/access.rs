@@ -43,11 +43,6 @@ pub struct Termination {
 }
 
 impl Termination {
-    pub const COMPLETE: Self = Self {
-        by: Ender::Nobody,
-        phase: Phase::Complete,
-    };
-
     pub fn new(by: Ender, phase: Phase) -> Self {
         Self { by, phase }
     }
@@ -202,7 +197,10 @@ mod tests {
 
     #[test]
     fn the_flags_say_who_and_when() {
-        assert_eq!(Termination::COMPLETE.to_string(), "--");
+        assert_eq!(
+            Termination::new(Ender::Nobody, Phase::Complete).to_string(),
+            "--"
+        );
         let cut = Termination::new(Ender::Timer(Timer::Idle), Phase::Body);
         assert_eq!(cut.to_string(), "TD");
         assert_eq!(cut.ender(), "timer");

@@ -60,11 +60,7 @@ pub fn app(admin: &Admin) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(admin.metrics.clone())
-        .merge(api::routes(
-            admin.control.clone(),
-            admin.metrics.clone(),
-            &admin.config,
-        ))
+        .merge(api::routes(admin.control.clone(), &admin.config))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -129,13 +125,17 @@ mod tests {
     use super::*;
     use crate::control::settings::Settings;
 
-    fn admin() -> Admin {
-        let config = ProxyConfig::default();
+    fn admin_with(config: ProxyConfig) -> Admin {
+        let metrics = Metrics::new();
         Admin {
-            metrics: Metrics::new(),
-            control: Control::new(Settings::of(&config)),
+            control: Control::new(Settings::of(&config), metrics.clone()),
+            metrics,
             config: std::sync::Arc::new(config),
         }
+    }
+
+    fn admin() -> Admin {
+        admin_with(ProxyConfig::default())
     }
 
     async fn get(app: &Router, uri: &str, accept: Option<&str>) -> (StatusCode, String) {
@@ -180,6 +180,18 @@ mod tests {
             .await
             .1
             .starts_with("text/plain; version=0.0.4"));
+    }
+
+    #[tokio::test]
+    async fn with_a_token_metrics_and_healthz_still_answer_without_it() {
+        let app = app(&admin_with(ProxyConfig {
+            admin_token: api::Token::parse("s3cret").expect("infallible"),
+            ..ProxyConfig::default()
+        }));
+        assert_eq!(get(&app, "/metrics", None).await.0, StatusCode::OK);
+        assert_eq!(get(&app, "/healthz", None).await.0, StatusCode::OK);
+        assert_eq!(get(&app, "/config", None).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(get(&app, "/nowhere", None).await.0, StatusCode::NOT_FOUND);
     }
 
     #[test]

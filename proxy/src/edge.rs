@@ -35,7 +35,7 @@ use tower::{Layer, Service};
 
 use crate::access::{self, Ender, Phase, Termination};
 use crate::control::settings::Live;
-use crate::control::streams::Entry;
+use crate::control::streams::{Entry, Hangup};
 use crate::control::Control;
 use crate::cut_style::{CutStyle, CUT_STYLE_HEADER};
 use crate::faults::reset::ResetSwitch;
@@ -117,11 +117,13 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let layer = &self.layer;
-        let default_style = layer.live.now().cut_style;
+        // One reading of the settings for the whole exchange: the layers below take it from here.
+        let settings = layer.live.now();
+        request.extensions_mut().insert(settings);
         let cut_style = if layer.from_headers {
-            CutStyle::requested(request.headers(), default_style)
+            CutStyle::requested(request.headers(), settings.cut_style)
         } else {
-            Ok(default_style)
+            Ok(settings.cut_style)
         };
         // The upstream is not part of the experiment's plumbing.
         request.headers_mut().remove(CUT_STYLE_HEADER);
@@ -171,6 +173,8 @@ struct Exchange {
     status: Option<StatusCode>,
     /// From the request's arrival to the upstream's response headers.
     first_byte: Option<Duration>,
+    /// Whether the upstream's body is being forwarded: only then are its silences measured.
+    bodied: bool,
     /// When the client last got a chunk (or the headers), and a chunk that was not a heartbeat.
     last_chunk: Instant,
     last_data: Instant,
@@ -190,10 +194,11 @@ impl Exchange {
             .extensions()
             .get::<ClientAddr>()
             .map(|ClientAddr(addr)| *addr);
+        let hangup = request.extensions().get::<Hangup>().cloned();
         let entry = layer
             .control
             .streams
-            .open(client, request.method().clone(), path);
+            .open(client, request.method().clone(), path, hangup);
         let started = entry.tracked.started;
         let exchange = Self {
             metrics: layer.metrics.clone(),
@@ -214,6 +219,7 @@ impl Exchange {
             _in_flight: request.extensions().get::<InFlight>().cloned(),
             status: None,
             first_byte: None,
+            bodied: false,
             last_chunk: started,
             last_data: started,
             longest_gap: None,
@@ -291,7 +297,7 @@ impl Exchange {
     /// A silence of the upstream's body, between its headers, its chunks and its end; the proxy's own
     /// answers (a 504's text) have none.
     fn silence(&mut self, gap: Duration) {
-        if self.first_byte.is_some() {
+        if self.bodied {
             self.longest_gap = Some(self.longest_gap.map_or(gap, |longest| longest.max(gap)));
         }
     }
@@ -300,6 +306,7 @@ impl Exchange {
     /// client is answered 502, and with the `reset` style its HTTP/1 connection is reset instead.
     fn cut_before_headers(&mut self, style: CutStyle) -> Response<UnsyncBoxBody<Bytes, BoxError>> {
         self.end(Ender::Api, Phase::Headers);
+        self.entry.tracked.ending();
         self.metrics.api_cut();
         let elapsed = display(self.elapsed());
         tracing::info!(
@@ -478,6 +485,13 @@ impl Exchange {
         } else {
             State::Streaming
         };
+        // The proxy's own answers (it already knows how the exchange ended) and bodiless ones
+        // cannot be cut; the upstream's bodies can, and their silences are measured.
+        if self.ended.is_some() {
+            self.entry.tracked.ending();
+        } else {
+            self.bodied = self.first_byte.is_some();
+        }
         // A body of announced length, or an encoded one, cannot end early and look complete: a
         // clean cut would be malformed (HTTP/2), a truncation anyway (HTTP/1), or a gzip stream
         // without its trailer, so it is cut the nginx way instead.
@@ -490,6 +504,55 @@ impl Exchange {
             state,
             exchange: self,
         })
+    }
+}
+
+impl Exchange {
+    /// The exchange was dropped unfinished in `phase`: its connection closed under it, by one of
+    /// the proxy's timers (which said so where it fired), by a cut of the control API the body
+    /// never saw (a client that stopped reading), or by the client.
+    fn gone(&mut self, phase: Phase) {
+        let before_headers = phase == Phase::Headers;
+        if let Some(style) = self.entry.asked() {
+            self.end(Ender::Api, phase);
+            self.metrics.api_cut();
+            let elapsed = display(self.elapsed());
+            tracing::info!(
+                cut_style = style.as_str(),
+                %elapsed,
+                bytes = self.entry.tracked.bytes(),
+                request_id = self.request_id(),
+                path = %self.path(),
+                "cut by the control API: the client was not reading, so its connection was closed",
+            );
+            self.event("cut", || {
+                json!({"by": "api", "style": style.as_str(), "before_headers": before_headers, "connection": true})
+            });
+            return;
+        }
+        if let Some(timer) = self.cut.as_ref().and_then(ConnectionCut::timer) {
+            self.end(Ender::Timer(timer), phase);
+            self.event("timer", || {
+                json!({"timer": timer.as_str(), "before_headers": before_headers, "connection": true})
+            });
+            return;
+        }
+        self.end(Ender::Client, phase);
+        self.metrics.client_disconnected();
+        let elapsed = display(self.elapsed());
+        let when = if before_headers {
+            "before the response headers"
+        } else {
+            "mid-stream"
+        };
+        tracing::info!(
+            %elapsed,
+            bytes = self.entry.tracked.bytes(),
+            request_id = self.request_id(),
+            path = %self.path(),
+            "client went away {when}: closing the upstream's connection",
+        );
+        self.event("client_gone", || json!({"before_headers": before_headers}));
     }
 }
 
@@ -519,11 +582,15 @@ fn is_heartbeat(data: &[u8]) -> bool {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        // Dropped without a response: the client went away while the upstream's headers were
-        // awaited (hyper drops the exchange with the connection).
-        let termination = *self
+        // Dropped without a response: the connection went while the upstream's headers were
+        // awaited (hyper drops the exchange with it), closed by one of the proxy's timers or by
+        // the client.
+        if self.ended.is_none() {
+            self.gone(Phase::Headers);
+        }
+        let termination = self
             .ended
-            .get_or_insert(Termination::new(Ender::Client, Phase::Headers));
+            .unwrap_or(Termination::new(Ender::Client, Phase::Headers));
         let duration = self.elapsed();
         // The last silence counts too: it is the one that got a stream cut.
         self.silence(self.last_chunk.elapsed());
@@ -659,6 +726,7 @@ impl EdgeBody {
     fn cut(&mut self, err: BoxError) -> Option<BoxError> {
         self.state = State::Cut;
         self.body = None;
+        self.exchange.entry.tracked.ending();
         let styled = self.styled(self.exchange.cut_style);
         let bytes = self.exchange.entry.tracked.bytes();
         let exchange = &mut self.exchange;
@@ -788,11 +856,10 @@ impl Body for EdgeBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.body.is_none() {
-            return Poll::Ready(None);
-        }
-        if let Poll::Ready(style) = this.exchange.entry.poll_cut(cx) {
-            return Poll::Ready(this.cut_by_api(style).map(Err));
+        if this.body.is_some() {
+            if let Poll::Ready(style) = this.exchange.entry.poll_cut(cx) {
+                return Poll::Ready(this.cut_by_api(style).map(Err));
+            }
         }
         let Some(body) = this.body.as_mut() else {
             return Poll::Ready(None);
@@ -833,35 +900,15 @@ impl EdgeBody {
     fn ended(&mut self) {
         self.state = State::Ended;
         self.body = None;
+        self.exchange.entry.tracked.ending();
         self.exchange.end(Ender::Nobody, Phase::Complete);
     }
 }
 
 impl Drop for EdgeBody {
     fn drop(&mut self) {
-        if self.state != State::Streaming || self.exchange.ended.is_some() {
-            return;
+        if self.state == State::Streaming && self.exchange.ended.is_none() {
+            self.exchange.gone(Phase::Body);
         }
-        let exchange = &mut self.exchange;
-        // The proxy closed the client's connection on one of its timers, and said so there.
-        if let Some(timer) = exchange.cut.as_ref().and_then(ConnectionCut::timer) {
-            exchange.end(Ender::Timer(timer), Phase::Body);
-            exchange.event(
-                "timer",
-                || json!({"timer": timer.as_str(), "before_headers": false, "connection": true}),
-            );
-            return;
-        }
-        exchange.end(Ender::Client, Phase::Body);
-        exchange.metrics.client_disconnected();
-        let elapsed = display(exchange.elapsed());
-        tracing::info!(
-            %elapsed,
-            bytes = exchange.entry.tracked.bytes(),
-            request_id = exchange.request_id(),
-            path = %exchange.path(),
-            "client went away mid-stream: closing the upstream's connection",
-        );
-        exchange.event("client_gone", || json!({}));
     }
 }

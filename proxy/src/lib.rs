@@ -152,8 +152,7 @@ pub fn prepare(config: ProxyConfig) -> Result<Prepared, SetupError> {
     )?;
     let connector = UpstreamConnector::new(&config.upstream, config.upstream_ca.as_ref())?;
     let metrics = Metrics::new();
-    let control = Control::new(Settings::of(&config));
-    metrics.limits(&config.timers());
+    let control = Control::new(Settings::of(&config), metrics.clone());
     Ok(Prepared {
         config: Arc::new(config),
         tls,
@@ -194,6 +193,7 @@ impl Prepared {
         } = self;
         let timers = config.timers();
         let max_connections = max_connections(config.max_connections);
+        metrics.max_connections(max_connections);
         if config.upstream_ca.is_some() && !config.upstream.is_https() {
             tracing::warn!(upstream = %config.upstream, "PROXY_UPSTREAM_CA is set but the upstream is plain http://: it is not used");
         }

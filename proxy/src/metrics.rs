@@ -87,6 +87,7 @@ pub struct Metrics {
     longest_gap: Histogram,
     stream_bytes: Histogram,
     timer_limits: Family<TimerLabel, Gauge<f64, AtomicU64>>,
+    max_connections: Gauge,
 }
 
 impl Metrics {
@@ -213,6 +214,12 @@ impl Metrics {
             "The limit each timer enforces on what starts now (0: off); changed by the control API",
             timer_limits.clone(),
         );
+        let max_connections = Gauge::default();
+        registry.register(
+            "proxy_max_connections",
+            "The most client connections served at once (PROXY_MAX_CONNECTIONS, auto resolved)",
+            max_connections.clone(),
+        );
         // Every timer and fault shows up as 0 from the start, so a dashboard can tell "never fired"
         // from "unknown".
         for timer in Timer::ALL {
@@ -249,7 +256,13 @@ impl Metrics {
             longest_gap,
             stream_bytes,
             timer_limits,
+            max_connections,
         }
+    }
+
+    pub fn max_connections(&self, max: usize) {
+        self.max_connections
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
     }
 
     /// The timers' limits now in force, for `proxy_timer_limit_seconds`.

@@ -28,10 +28,12 @@ use hyper_util::service::TowerToHyperService;
 use keepalive_common::accept::{serve_with_drain, Listener, Phase, Stopping};
 use keepalive_common::duration::display;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_util::either::Either;
 use tower::{Service, ServiceExt};
 
 use crate::control::settings::Live;
+use crate::control::streams::Hangup;
 use crate::faults::reset::{ResetIo, ResetSwitch};
 use crate::forward::{ClientAddr, ClientTls};
 use crate::metrics::Metrics;
@@ -132,6 +134,8 @@ async fn connection<S, B>(
         Arc::clone(&stall),
     );
     let cut = ConnectionCut::default();
+    // Notified when the control API cuts a stream whose body hyper does not poll (see `Hangup`).
+    let hang_up = Arc::new(Notify::new());
     let io = match tls {
         None => Either::Left(io),
         // The watchdog runs from accept: a handshake that never ends is closed at the header limit.
@@ -153,6 +157,7 @@ async fn connection<S, B>(
     let (requested, first_request) = tokio::sync::watch::channel(false);
     let service = {
         let (activity, stall, cut) = (Arc::clone(&activity), Arc::clone(&stall), cut.clone());
+        let hang_up = Arc::clone(&hang_up);
         let stopping = stopping.clone();
         tower::service_fn(move |mut request: Request<Incoming>| {
             // hyper calls the service once a head is complete: the connection has sent a request.
@@ -164,6 +169,12 @@ async fn connection<S, B>(
             }
             request.extensions_mut().insert(cut.clone());
             request.extensions_mut().insert(reset.clone());
+            // An HTTP/2 connection carries other streams: only HTTP/1 may be hung up on.
+            if request.version() < Version::HTTP_2 {
+                request
+                    .extensions_mut()
+                    .insert(Hangup::new(Arc::clone(&hang_up), reset.clone()));
+            }
             let in_flight = activity.request_started(request.version());
             request.extensions_mut().insert(in_flight);
             // An HTTP/2 stream stalls on flow control, out of the socket's sight (timeouts/send.rs).
@@ -205,6 +216,10 @@ async fn connection<S, B>(
             expired = watchdog(&activity, limits) => return closed(expired, peer, &metrics, &cut),
             // Dropping the connection drops its exchanges, whose upstream connections close with them.
             expired = stalled(&stall, limits.send) => return closed(expired, peer, &metrics, &cut),
+            () = hang_up.notified() => {
+                tracing::debug!(%peer, "closing the client connection: the control API cut its stream, whose writes were stalled");
+                return;
+            }
             () = &mut stop_once_requested, if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();

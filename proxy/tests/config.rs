@@ -136,3 +136,22 @@ fn proxy_help_explains_the_logging_env_vars() {
         assert!(help.contains(env), "{env} missing from --help:\n{help}");
     }
 }
+
+#[test]
+fn proxy_refuses_an_admin_listener_beyond_loopback_without_a_token() {
+    let admin = format!("0.0.0.0:{}", ports::free().expect("a free port").port());
+    let output = run_with_settings(
+        PROXY,
+        &[],
+        &[
+            ("PROXY_ADDR", ports::free_for_test()),
+            ("PROXY_ADMIN_ADDR", admin.clone()),
+        ],
+    );
+    assert_refused(&output, "PROXY_ADMIN_ADDR", &admin);
+    let line = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        line.contains("PROXY_ADMIN_TOKEN"),
+        "says how to allow it: {line}"
+    );
+}

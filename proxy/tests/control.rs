@@ -19,8 +19,10 @@ use keepalive_kit::servers::{
 };
 use keepalive_kit::timing::{assert_around, cutting_timers, quiet_timers, OFF};
 use keepalive_proxy::cut_style::CutStyle;
+use keepalive_proxy::TimerSet;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
 
 const WITHIN: Duration = Duration::from_secs(3);
@@ -62,6 +64,18 @@ async fn listed(admin: SocketAddr, path: &str, status: &str) -> Value {
         assert!(
             Instant::now() < deadline,
             "{path} never listed among the open streams as {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until stream `id` has left the table.
+async fn gone_from_the_list(admin: SocketAddr, id: u64) {
+    let deadline = Instant::now() + WITHIN;
+    while streams(admin).await.iter().any(|stream| stream["id"] == id) {
+        assert!(
+            Instant::now() < deadline,
+            "stream {id} still listed after its end"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -140,10 +154,9 @@ async fn an_open_stream_is_listed_and_cut_now_in_each_style() {
         let stream = listed(proxy.admin, &target, "streaming").await;
         assert_eq!(stream["method"], "GET");
         assert!(stream["client"].is_string(), "{stream}");
-        let idle = stream["timers"]["idle"].as_f64();
         assert!(
-            idle.is_none() || idle.is_some_and(|left| left <= 5.0),
-            "idle, when armed, has at most its limit left: {stream}"
+            stream["timers"].get("first_byte").is_none(),
+            "the first-byte timer is done once headers came: {stream}"
         );
         let id = stream["id"].as_u64().expect("an id");
         let asked = Instant::now();
@@ -180,6 +193,7 @@ async fn an_open_stream_is_listed_and_cut_now_in_each_style() {
             }
             CutStyle::Reset => assert_eq!(ending, Some(Ending::Reset)),
         }
+        gone_from_the_list(proxy.admin, id).await;
         let (status, _) = call(
             proxy.admin,
             Method::POST,
@@ -194,14 +208,13 @@ async fn an_open_stream_is_listed_and_cut_now_in_each_style() {
             "a cut stream is no longer open"
         );
     }
-    assert_eq!(
-        metric(
-            proxy.admin,
-            "proxy_stream_duration_seconds_count{ended=\"api\"}"
-        )
-        .await,
-        3.0
-    );
+    wait_for_metric(
+        proxy.admin,
+        "proxy_stream_duration_seconds_count{ended=\"api\"}",
+        3.0,
+        WITHIN,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,8 +279,13 @@ async fn a_stream_cut_before_its_headers_is_answered_502() {
     });
     let proxy = start_proxy(upstream, quiet_timers()).await;
     let mut conn = open(proxy.addr, "/waiting").await;
-    let stream = listed(proxy.admin, "/waiting", "waiting for headers").await;
-    assert_eq!(stream["status"], "waiting for headers");
+    // Listed from its arrival; its timers once the request reaches them, a moment later.
+    let mut stream = listed(proxy.admin, "/waiting", "waiting for headers").await;
+    let deadline = Instant::now() + WITHIN;
+    while stream["timers"].get("first_byte").is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stream = listed(proxy.admin, "/waiting", "waiting for headers").await;
+    }
     assert!(
         stream["timers"]["first_byte"].as_f64().is_some(),
         "{stream}"
@@ -363,4 +381,75 @@ async fn histograms_count_each_exchange_by_who_ended_it() {
     // The cut stream was silent for its whole idle limit after the first line.
     let sum = metric(proxy.admin, "proxy_stream_longest_gap_seconds_sum").await;
     assert!(sum >= idle.as_secs_f64() * 0.9, "longest gaps sum to {sum}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_reaches_a_client_that_stopped_reading() {
+    // No send timer: only the cut can end this stream.
+    let (origin, proxy) = start_origin_and_proxy(TimerSet {
+        send: OFF,
+        ..quiet_timers()
+    })
+    .await;
+    let target = "/polls/streamed?sleep=0&lines=2000000";
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut client = socket.connect(proxy.addr).await.expect("connect");
+    client
+        .write_all(get(target, "").as_bytes())
+        .await
+        .expect("send the request");
+    let stream = listed(proxy.admin, target, "streaming").await;
+    let id = stream["id"].as_u64().expect("an id");
+    // Until the proxy's writes to it stall: its byte count stops growing.
+    let mut sent = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = listed(proxy.admin, target, "streaming").await["bytes"]
+            .as_u64()
+            .unwrap_or(0);
+        if now == sent {
+            break;
+        }
+        sent = now;
+    }
+    let asked = Instant::now();
+    let (status, _) = call(
+        proxy.admin,
+        Method::POST,
+        &format!("/streams/{id}/cut"),
+        Some(json!({"style": "reset"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    gone_from_the_list(proxy.admin, id).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "the stalled stream ended {:?} after the cut",
+        asked.elapsed()
+    );
+    wait_for_metric(
+        origin.addr,
+        "origin_streams_ended_total{reason=\"client_gone\"}",
+        1.0,
+        WITHIN,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            proxy.admin,
+            "proxy_stream_duration_seconds_count{ended=\"api\"}"
+        )
+        .await,
+        1.0,
+        "ended by the API, not counted as a client that left"
+    );
+    // Reset: whatever the client reads now ends in a RST, never a clean end.
+    let mut rest = Vec::new();
+    let ending = tokio::time::timeout(WITHIN, client.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(ending, Ok(Err(ref err)) if err.kind() == std::io::ErrorKind::ConnectionReset),
+        "{ending:?}"
+    );
 }

@@ -8,8 +8,8 @@
 //!   them now, with `{"style": "truncate" | "clean" | "reset"}` or the style in force;
 //! - `GET /events`: what happens to every stream, as server-sent events.
 //!
-//! Every refusal is a 400 (404 for a stream that is not open) with `error`, `field` and `accepts`,
-//! and changes nothing. With a token set, each of these routes needs `Authorization: Bearer TOKEN`
+//! Every refusal is a 400 (404 for a stream that is not open, 409 for one already ending) with
+//! `error`, `field` and `accepts`, and changes nothing. With a token set, each of these routes needs `Authorization: Bearer TOKEN`
 //! (401 without); `/metrics` and `/healthz` never do, since scrapers and orchestrators hold no
 //! token.
 
@@ -29,10 +29,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
 use super::settings::{Rejected, KEYS};
+use super::streams::Cut;
 use super::Control;
 use crate::config::ProxyConfig;
 use crate::cut_style::CutStyle;
-use crate::metrics::Metrics;
 
 /// `PROXY_ADMIN_TOKEN`: a bearer token, never shown in logs or `Debug`.
 #[derive(Clone, PartialEq, Eq)]
@@ -54,9 +54,12 @@ impl Token {
     /// Whether an `Authorization` header carries this token. Compared in time that does not depend
     /// on where the first difference is, so that timing cannot guess the token byte by byte.
     fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
+        // RFC 9110 11.1: the scheme's name is case-insensitive.
         let Some(given) = authorization
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
         else {
             return false;
         };
@@ -74,16 +77,14 @@ impl Token {
 #[derive(Clone)]
 struct Api {
     control: Control,
-    metrics: Metrics,
     /// What `GET /config` reports as fixed at start.
     fixed: Value,
 }
 
-/// The control routes, behind `token` when there is one.
-pub fn routes(control: Control, metrics: Metrics, config: &ProxyConfig) -> Router {
+/// The control routes, behind `config.admin_token` when there is one.
+pub fn routes(control: Control, config: &ProxyConfig) -> Router {
     let api = Api {
         control,
-        metrics,
         fixed: fixed(config),
     };
     let router = Router::new()
@@ -204,19 +205,17 @@ fn object(body: &Bytes) -> Result<Map<String, Value>, Rejected> {
 
 async fn change(State(api): State<Api>, body: Bytes) -> Result<Json<Value>, Rejected> {
     let changes = object(&body)?;
-    let store = api.control.settings();
-    let before = store.now();
-    let after = store.change(&changes)?;
-    api.metrics.limits(&after.timers);
+    let (before, after) = api.control.settings().change(&changes)?;
     let changed = after.differences(&before);
     tracing::info!(changed = ?changed, "settings changed by the control API: new requests and connections get them");
     Ok(Json(config_json(&api)))
 }
 
 async fn reset(State(api): State<Api>) -> Json<Value> {
-    let start = api.control.settings().reset();
-    api.metrics.limits(&start.timers);
-    tracing::info!("settings reset by the control API to those at start");
+    let store = api.control.settings();
+    let before = store.reset();
+    let changed = store.start().differences(&before);
+    tracing::info!(changed = ?changed, "settings reset by the control API to those at start");
     Json(config_json(&api))
 }
 
@@ -268,15 +267,20 @@ async fn cut_one(State(api): State<Api>, Path(id): Path<String>, body: Bytes) ->
             "the id of an open stream, as GET /streams lists them",
         );
     };
-    if api.control.streams.cut(id, style) {
-        Json(json!({"cut": [id], "style": style.as_str()})).into_response()
-    } else {
-        refused(
+    match api.control.streams.cut(id, style) {
+        Cut::Asked => Json(json!({"cut": [id], "style": style.as_str()})).into_response(),
+        Cut::Ending => refused(
+            StatusCode::CONFLICT,
+            "id",
+            format!("stream {id} is already ending (cut, timed out or done)"),
+            "the id of an open stream, as GET /streams lists them",
+        ),
+        Cut::NotOpen => refused(
             StatusCode::NOT_FOUND,
             "id",
             format!("no open stream {id}"),
             "the id of an open stream, as GET /streams lists them",
-        )
+        ),
     }
 }
 
@@ -297,7 +301,7 @@ const FEED_HEARTBEAT: Duration = Duration::from_secs(10);
 async fn events(State(api): State<Api>) -> impl IntoResponse {
     let follower = api.control.events.follow();
     let feed = futures_util::stream::unfold(follower, |mut follower| async move {
-        let event = match follower.recv().await {
+        let event = match follower.receiver.recv().await {
             Ok(event) => Sse::default()
                 .id(event.seq.to_string())
                 .event(event.kind)
@@ -326,8 +330,8 @@ mod tests {
             admin_token: token.map(|token| Token(token.to_owned())),
             ..ProxyConfig::default()
         };
-        let control = Control::new(Settings::of(&config));
-        (routes(control.clone(), Metrics::new(), &config), control)
+        let control = Control::new(Settings::of(&config), crate::metrics::Metrics::new());
+        (routes(control.clone(), &config), control)
     }
 
     async fn send(app: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
@@ -414,6 +418,17 @@ mod tests {
             .expect("request");
         let response = app.clone().oneshot(request).await.expect("infallible");
         assert_eq!(response.status(), StatusCode::OK);
+        let lower = http::Request::builder()
+            .uri("/config")
+            .header("authorization", "bearer s3cret")
+            .body(Body::empty())
+            .expect("request");
+        let response = app.clone().oneshot(lower).await.expect("infallible");
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "the scheme is case-insensitive"
+        );
         let wrong = http::Request::builder()
             .uri("/config")
             .header("authorization", "Bearer s3cre")
@@ -430,6 +445,7 @@ mod tests {
             None,
             http::Method::GET,
             "/polls/streamed?sleep=3".to_owned(),
+            None,
         );
         let (_, listed) = send(&app, "GET", "/streams", "").await;
         assert_eq!(listed["count"], 1);
@@ -446,5 +462,7 @@ mod tests {
         assert_eq!(cut, json!({"cut": [id], "style": "clean"}));
         let style = std::future::poll_fn(|cx| entry.poll_cut(cx)).await;
         assert_eq!(style, CutStyle::Clean);
+        let (status, again) = send(&app, "POST", &format!("/streams/{id}/cut"), "").await;
+        assert_eq!(status, StatusCode::CONFLICT, "{again}");
     }
 }

@@ -4,10 +4,11 @@
 //!
 //! Events go through a broadcast channel: a follower that falls behind loses the oldest and is told
 //! how many (a `lagged` event), and the proxy never waits for a follower. With nobody following,
-//! an event costs one atomic load: it is not even built.
+//! an event costs one atomic load (the followers are counted apart from the channel, whose own
+//! count takes a lock): it is not even built.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
@@ -32,26 +33,45 @@ pub struct Event {
 #[derive(Clone)]
 pub struct Events {
     sender: broadcast::Sender<Arc<Event>>,
-    seq: Arc<AtomicU64>,
+    followers: Arc<AtomicUsize>,
+    /// The last event's number; held while an event is numbered and sent, so that followers get
+    /// them in the order of their numbers.
+    seq: Arc<Mutex<u64>>,
 }
 
 impl Default for Events {
     fn default() -> Self {
         Self {
             sender: broadcast::channel(BACKLOG).0,
+            followers: Arc::default(),
             seq: Arc::default(),
         }
     }
 }
 
+/// One follower of the feed; counted while it lives.
+pub struct Follower {
+    pub receiver: broadcast::Receiver<Arc<Event>>,
+    followers: Arc<AtomicUsize>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.followers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Events {
-    pub fn follow(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.sender.subscribe()
+    pub fn follow(&self) -> Follower {
+        self.followers.fetch_add(1, Ordering::Relaxed);
+        Follower {
+            receiver: self.sender.subscribe(),
+            followers: Arc::clone(&self.followers),
+        }
     }
 
-    /// Whether anyone follows: the edge skips measuring what only an event would report.
-    pub fn followed(&self) -> bool {
-        self.sender.receiver_count() > 0
+    fn followed(&self) -> bool {
+        self.followers.load(Ordering::Relaxed) > 0
     }
 
     /// Sends `kind` about `stream` with the fields `detail` makes, if anyone follows.
@@ -72,10 +92,13 @@ impl Events {
         if let Value::Object(fields) = detail() {
             data.extend(fields);
         }
+        let data = Value::Object(data).to_string();
+        let mut seq = self.seq.lock().unwrap_or_else(PoisonError::into_inner);
+        *seq += 1;
         let event = Event {
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            seq: *seq,
             kind,
-            data: Value::Object(data).to_string(),
+            data,
         };
         // Nobody may follow any more by now, which is no error.
         let _ = self.sender.send(Arc::new(event));
@@ -94,16 +117,20 @@ mod tests {
     async fn a_follower_gets_each_event_numbered_with_the_stream_id() {
         let events = Events::default();
         let streams = Streams::default();
-        let entry = streams.open(None, Method::GET, "/".to_owned());
+        let entry = streams.open(None, Method::GET, "/".to_owned(), None);
         events.emit("started", &entry.tracked, || {
             panic!("built with nobody following")
         });
         let mut follower = events.follow();
         events.emit("timer", &entry.tracked, || json!({"timer": "idle"}));
-        let event = follower.recv().await.expect("an event");
+        let event = follower.receiver.recv().await.expect("an event");
         assert_eq!((event.seq, event.kind), (1, "timer"));
         let data: Value = serde_json::from_str(&event.data).expect("JSON");
         assert_eq!(data["stream"], entry.tracked.id);
         assert_eq!(data["timer"], "idle");
+        drop(follower);
+        events.emit("ended", &entry.tracked, || {
+            panic!("built after the last follower left")
+        });
     }
 }

@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use events::Events;
 use settings::{Live, Settings, Store};
+
+use crate::metrics::Metrics;
 use streams::Streams;
 
 /// Everything the control API acts on; cheap to clone.
@@ -26,9 +28,10 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn new(start: Settings) -> Self {
+    /// Starts from `start`; the timer gauges of `metrics` follow every change.
+    pub fn new(start: Settings, metrics: Metrics) -> Self {
         Self {
-            settings: Arc::new(Store::new(start)),
+            settings: Arc::new(Store::new(start, metrics)),
             streams: Streams::default(),
             events: Events::default(),
         }

@@ -25,6 +25,7 @@ use crate::cut_style::CutStyle;
 use crate::faults::compression::CompressionHop;
 use crate::faults::value::{parse_buffering, parse_probability, parse_size, parse_switch};
 use crate::faults::FaultSettings;
+use crate::metrics::Metrics;
 use crate::preset::{Preset, TimerSet};
 use crate::timeouts::client_conn::ClientConnLimits;
 use crate::timeouts::stream::StreamTimeouts;
@@ -100,9 +101,8 @@ impl Settings {
                 reason,
                 accepts: key.form.to_owned(),
             };
-            let text = text_of(value).ok_or_else(|| {
-                rejected(format!("{value} is not a string, a number or a boolean"))
-            })?;
+            let text = text_of(value, key.form == SWITCH_FORM)
+                .ok_or_else(|| rejected(format!("{value} is not a value of this setting")))?;
             (key.set)(&mut next, &text).map_err(rejected)?;
         }
         Ok(next)
@@ -193,6 +193,9 @@ macro_rules! fault_key {
     };
 }
 
+/// Every key, in the order `GET /config` shows them. `compression_ignore_no_transform` stays a
+/// start-up setting: it only makes sense with a compressing hop an operator chose to misconfigure,
+/// not as an experiment's switch.
 pub static KEYS: [Key; 18] = [
     Key {
         name: "preset",
@@ -271,9 +274,6 @@ pub static KEYS: [Key; 18] = [
     },
 ];
 
-// `compression_ignore_no_transform` stays a start-up setting: it only makes sense together with a
-// compressing hop an operator chose to misconfigure, not as an experiment's switch.
-
 fn key_names() -> String {
     let mut names = String::from("one of ");
     for (index, key) in KEYS.iter().enumerate() {
@@ -286,14 +286,14 @@ fn key_names() -> String {
 }
 
 /// A JSON value as the text a setting is parsed from: a number as written (bare seconds for a
-/// timer, bytes for a size), a boolean as a switch, `null` as `off`.
-fn text_of(value: &Value) -> Option<String> {
+/// timer, bytes for a size), a boolean for a switch only, `null` as `off`.
+fn text_of(value: &Value, switch: bool) -> Option<String> {
     match value {
         Value::String(text) => Some(text.clone()),
         Value::Number(number) => Some(number.to_string()),
-        Value::Bool(switch) => Some(if *switch { "1" } else { "0" }.to_owned()),
+        Value::Bool(on) if switch => Some(if *on { "1" } else { "0" }.to_owned()),
         Value::Null => Some("off".to_owned()),
-        Value::Array(_) | Value::Object(_) => None,
+        Value::Bool(_) | Value::Array(_) | Value::Object(_) => None,
     }
 }
 
@@ -303,6 +303,7 @@ pub struct Live(watch::Receiver<Settings>);
 
 impl Live {
     /// Settings that never change: for a layer tested alone.
+    #[cfg(test)]
     pub fn fixed(settings: Settings) -> Self {
         Self(watch::channel(settings).1)
     }
@@ -312,17 +313,21 @@ impl Live {
     }
 }
 
-/// The one writer of the settings, and what they were at start (for `reset`).
+/// The one writer of the settings, what they were at start (for `reset`), and the gauges that show
+/// the timers in force, set under the same lock as the settings so that they never disagree.
 pub struct Store {
     start: Settings,
     sender: watch::Sender<Settings>,
+    metrics: Metrics,
 }
 
 impl Store {
-    pub fn new(start: Settings) -> Self {
+    pub fn new(start: Settings, metrics: Metrics) -> Self {
+        metrics.limits(&start.timers);
         Self {
             start,
             sender: watch::channel(start).0,
+            metrics,
         }
     }
 
@@ -338,28 +343,38 @@ impl Store {
         self.start
     }
 
-    /// Applies `changes` atomically: a concurrent change cannot interleave with this one.
-    pub fn change(&self, changes: &Map<String, Value>) -> Result<Settings, Rejected> {
-        let mut outcome = Ok(self.now());
-        self.sender
-            .send_if_modified(|settings| match settings.with(changes) {
+    /// Applies `changes` atomically (a concurrent change cannot interleave with this one): the
+    /// settings before and after.
+    pub fn change(&self, changes: &Map<String, Value>) -> Result<(Settings, Settings), Rejected> {
+        let mut outcome = None;
+        self.sender.send_if_modified(|settings| {
+            let before = *settings;
+            match before.with(changes) {
                 Ok(next) => {
-                    let modified = next != *settings;
+                    self.metrics.limits(&next.timers);
                     *settings = next;
-                    outcome = Ok(next);
-                    modified
+                    outcome = Some(Ok((before, next)));
+                    next != before
                 }
                 Err(rejected) => {
-                    outcome = Err(rejected);
+                    outcome = Some(Err(rejected));
                     false
                 }
-            });
-        outcome
+            }
+        });
+        // `send_if_modified` always calls the closure.
+        outcome.unwrap_or_else(|| Ok((self.now(), self.now())))
     }
 
+    /// Back to the start: the settings before.
     pub fn reset(&self) -> Settings {
-        self.sender.send_replace(self.start);
-        self.start
+        let mut before = self.start;
+        self.sender.send_modify(|settings| {
+            before = *settings;
+            *settings = self.start;
+            self.metrics.limits(&self.start.timers);
+        });
+        before
     }
 }
 
@@ -395,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_its_field_and_form_and_applies_nothing() {
-        let store = Store::new(start());
+        let store = Store::new(start(), Metrics::new());
         let rejected = store
             .change(&changes(serde_json::json!({"idle": "1s", "send": "soon"})))
             .expect_err("soon is no duration");
@@ -439,6 +454,20 @@ mod tests {
     }
 
     #[test]
+    fn a_boolean_is_a_value_of_switches_only() {
+        let next = start()
+            .with(&changes(
+                serde_json::json!({"buffering_ignore_header": true}),
+            ))
+            .expect("a switch");
+        assert!(next.faults.buffering_ignore_header);
+        let rejected = start()
+            .with(&changes(serde_json::json!({"idle": true})))
+            .expect_err("a timer is no switch");
+        assert_eq!(rejected.field, "idle");
+    }
+
+    #[test]
     fn numbers_are_seconds_and_bytes_and_null_is_off() {
         let next = start()
             .with(&changes(
@@ -452,7 +481,7 @@ mod tests {
 
     #[test]
     fn reset_restores_the_start() {
-        let store = Store::new(start());
+        let store = Store::new(start(), Metrics::new());
         let live = store.live();
         store
             .change(&changes(serde_json::json!({"idle": "1s"})))

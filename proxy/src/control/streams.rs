@@ -18,14 +18,52 @@ use std::time::Duration;
 
 use http::Method;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::cut_style::CutStyle;
+use crate::faults::reset::ResetSwitch;
 use crate::timeouts::stream::StreamTimeouts;
 
 /// Not yet: an offset of zero never stands for a moment that has happened.
 const NEVER: u64 = 0;
+
+/// How long a cut waits for the stream's body to end it before closing its connection.
+pub const GRACE: Duration = Duration::from_millis(200);
+
+/// An HTTP/1.1 connection's way out: closes it (the connection's task listens), with a RST when
+/// its reset switch is flipped first.
+#[derive(Clone)]
+pub struct Hangup {
+    close: Arc<Notify>,
+    reset: ResetSwitch,
+}
+
+impl Hangup {
+    pub fn new(close: Arc<Notify>, reset: ResetSwitch) -> Self {
+        Self { close, reset }
+    }
+
+    fn now(&self, style: CutStyle) {
+        if style == CutStyle::Reset {
+            self.reset.flip();
+        }
+        // A permit is kept if the connection's task is not waiting at this instant.
+        self.close.notify_one();
+    }
+}
+
+/// What asking to cut a stream did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The stream will end in the style asked.
+    Asked,
+    /// It is already ending: its body is done, another cut or a timer got there first, or the
+    /// proxy is sending its own answer.
+    Ending,
+    /// No such stream is open.
+    NotOpen,
+}
 
 /// One open exchange, shared by its edge, its timers and the table.
 pub struct Tracked {
@@ -42,7 +80,9 @@ pub struct Tracked {
     waiting_since: AtomicU64,
     bytes: AtomicU64,
     chunks: AtomicU64,
+    /// Taken by the first cut, or when the stream can no longer be cut.
     cut: Mutex<Option<oneshot::Sender<CutStyle>>>,
+    hangup: Option<Hangup>,
 }
 
 impl Tracked {
@@ -71,6 +111,15 @@ impl Tracked {
     /// The limits the stream's timers run with, as they read them at its call.
     pub fn timed(&self, timeouts: StreamTimeouts) {
         let _ = self.timeouts.set(timeouts);
+    }
+
+    /// The stream is ending (its body is done or cut, or the proxy answers itself): a cut asked
+    /// from now on would change nothing.
+    pub fn ending(&self) {
+        self.cut
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     pub fn headers_arrived(&self) {
@@ -168,6 +217,14 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The style of a cut asked and not yet acted on: the body was not polled to see it (the
+    /// connection is being closed under it).
+    pub fn asked(&mut self) -> Option<CutStyle> {
+        let style = self.cut.as_mut()?.try_recv().ok()?;
+        self.cut = None;
+        Some(style)
+    }
+
     /// `Ready(style)` once, when the control API asks to cut this stream; registers `cx` to be
     /// woken when it does.
     pub fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<CutStyle> {
@@ -201,7 +258,14 @@ impl Streams {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn open(&self, client: Option<SocketAddr>, method: Method, path: String) -> Entry {
+    /// Registers a stream; `hangup` is its HTTP/1.1 connection's (see the module docs).
+    pub fn open(
+        &self,
+        client: Option<SocketAddr>,
+        method: Method,
+        path: String,
+        hangup: Option<Hangup>,
+    ) -> Entry {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (sender, cut) = oneshot::channel();
         let tracked = Arc::new(Tracked {
@@ -218,6 +282,7 @@ impl Streams {
             bytes: AtomicU64::new(0),
             chunks: AtomicU64::new(0),
             cut: Mutex::new(Some(sender)),
+            hangup,
         });
         self.lock().insert(id, Arc::clone(&tracked));
         Entry {
@@ -234,25 +299,41 @@ impl Streams {
         streams
     }
 
-    /// Asks stream `id` to end in `style`; `false` when no such stream is open (or it was already
-    /// asked).
-    pub fn cut(&self, id: u64, style: CutStyle) -> bool {
+    fn is_open(&self, id: u64) -> bool {
+        self.lock().contains_key(&id)
+    }
+
+    /// Asks stream `id` to end in `style`, and closes its HTTP/1.1 connection if it has not ended
+    /// within [`GRACE`].
+    pub fn cut(&self, id: u64, style: CutStyle) -> Cut {
         let Some(tracked) = self.lock().get(&id).cloned() else {
-            return false;
+            return Cut::NotOpen;
         };
         let sender = tracked
             .cut
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        sender.is_some_and(|sender| sender.send(style).is_ok())
+        if sender.is_none_or(|sender| sender.send(style).is_err()) {
+            return Cut::Ending;
+        }
+        if let Some(hangup) = tracked.hangup.clone() {
+            let streams = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(GRACE).await;
+                if streams.is_open(id) {
+                    hangup.now(style);
+                }
+            });
+        }
+        Cut::Asked
     }
 
     /// Asks every open stream to end in `style`; the ids asked.
     pub fn cut_all(&self, style: CutStyle) -> Vec<u64> {
         self.list()
             .into_iter()
-            .filter(|tracked| self.cut(tracked.id, style))
+            .filter(|tracked| self.cut(tracked.id, style) == Cut::Asked)
             .map(|tracked| tracked.id)
             .collect()
     }
@@ -265,7 +346,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stream_is_listed_while_open_with_its_timers_counting_down() {
         let streams = Streams::default();
-        let entry = streams.open(None, Method::GET, "/polls/streamed".to_owned());
+        let entry = streams.open(None, Method::GET, "/polls/streamed".to_owned(), None);
         entry.tracked.timed(StreamTimeouts {
             first_byte: Some(Duration::from_secs(30)),
             idle: Some(Duration::from_secs(5)),
@@ -298,14 +379,49 @@ mod tests {
     #[tokio::test]
     async fn a_cut_reaches_the_stream_once() {
         let streams = Streams::default();
-        let mut entry = streams.open(None, Method::GET, "/".to_owned());
+        let mut entry = streams.open(None, Method::GET, "/".to_owned(), None);
         let id = entry.tracked.id;
-        assert!(!streams.cut(id + 1, CutStyle::Clean));
-        assert!(streams.cut(id, CutStyle::Reset));
-        assert!(!streams.cut(id, CutStyle::Clean), "cut twice");
+        assert_eq!(streams.cut(id + 1, CutStyle::Clean), Cut::NotOpen);
+        assert_eq!(streams.cut(id, CutStyle::Reset), Cut::Asked);
+        assert_eq!(streams.cut(id, CutStyle::Clean), Cut::Ending, "cut twice");
         let style = std::future::poll_fn(|cx| entry.poll_cut(cx)).await;
         assert_eq!(style, CutStyle::Reset);
         let again = std::future::poll_fn(|cx| Poll::Ready(entry.poll_cut(cx))).await;
         assert!(again.is_pending(), "a cut arrives once");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_is_ending_cannot_be_cut() {
+        let streams = Streams::default();
+        let entry = streams.open(None, Method::GET, "/".to_owned(), None);
+        entry.tracked.ending();
+        assert_eq!(streams.cut(entry.tracked.id, CutStyle::Reset), Cut::Ending);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_the_body_does_not_act_on_closes_the_connection_after_the_grace() {
+        let streams = Streams::default();
+        let close = Arc::new(Notify::new());
+        let reset = ResetSwitch::default();
+        let mut entry = streams.open(
+            None,
+            Method::GET,
+            "/".to_owned(),
+            Some(Hangup::new(Arc::clone(&close), reset.clone())),
+        );
+        assert_eq!(streams.cut(entry.tracked.id, CutStyle::Reset), Cut::Asked);
+        let closed = close.notified();
+        tokio::pin!(closed);
+        assert!(
+            tokio::time::timeout(GRACE / 2, closed.as_mut())
+                .await
+                .is_err(),
+            "the body gets its chance first"
+        );
+        tokio::time::timeout(GRACE, closed)
+            .await
+            .expect("then the connection is closed");
+        assert!(reset.is_flipped(), "with a RST, as asked");
+        assert_eq!(entry.asked(), Some(CutStyle::Reset));
     }
 }

@@ -29,7 +29,7 @@ use http::{HeaderMap, Request, Response};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::control::settings::Live;
+use crate::control::settings::{Live, Settings};
 use crate::metrics::Metrics;
 use crate::BoxError;
 use body::{FaultBody, SilenceTimers};
@@ -330,7 +330,12 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let layer = &self.layer;
-        let now = layer.live.now();
+        // The edge read the settings for this exchange; a layer tested alone reads them itself.
+        let now = request
+            .extensions()
+            .get::<Settings>()
+            .copied()
+            .unwrap_or_else(|| layer.live.now());
         let settings = match now.faults.with_headers(request.headers(), layer.policy) {
             Ok((requested, true)) => FaultSettings {
                 probability: 1.0,

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::{Expiry, Timer, TimerExpired};
-use crate::control::settings::Live;
+use crate::control::settings::{Live, Settings};
 use crate::control::streams::Tracked;
 use crate::BoxError;
 
@@ -95,7 +95,13 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let timeouts = self.live.now().stream_timeouts();
+        // The edge read the settings for this exchange; a layer tested alone reads them itself.
+        let timeouts = request
+            .extensions()
+            .get::<Settings>()
+            .copied()
+            .unwrap_or_else(|| self.live.now())
+            .stream_timeouts();
         // The control API lists each stream with the time its timers have left.
         let tracked = request.extensions().get::<Arc<Tracked>>().cloned();
         if let Some(tracked) = &tracked {
@@ -257,7 +263,6 @@ mod tests {
     use tokio::time::{advance, sleep};
 
     use super::*;
-    use crate::control::settings::Settings;
 
     const LIMIT: Duration = Duration::from_millis(500);
     // tokio's timers resolve to the millisecond: one tick before a limit is the last instant it holds.
