@@ -7,11 +7,8 @@
 //! without its last chunk and a closed connection (curl exits 18), HTTP/2 a RST_STREAM. A cut the
 //! proxy makes itself may instead end cleanly or with a reset ([`CutStyle`]).
 //!
-//! The edge also owns each exchange's bookkeeping: its place in the table of open streams (where the
-//! control API lists it and may cut it), its lifecycle events, `proxy_streams_active` and the
-//! histograms, the client connection's in-flight guard (which keeps the keep-alive timer off),
-//! noticing a client that went away, and the access-log line with its termination flags when it
-//! ends.
+//! Each exchange's bookkeeping (the table of open streams, events, histograms, the access log) is
+//! `exchange.rs`'s; the edge says how it ended, and cuts it when the control API asks.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -20,7 +17,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
@@ -30,20 +26,16 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use keepalive_common::duration::display;
 use serde_json::json;
-use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::access::{self, Ender, Phase, Termination};
+use crate::access::{Ender, Phase};
 use crate::control::settings::Live;
-use crate::control::streams::{Entry, Hangup};
 use crate::control::Control;
 use crate::cut_style::{CutStyle, CUT_STYLE_HEADER};
-use crate::faults::reset::ResetSwitch;
+use crate::exchange::Exchange;
 use crate::faults::{BadFaultHeader, Fault, FaultCut};
-use crate::forward::{ClientAddr, ClientError};
+use crate::forward::ClientError;
 use crate::metrics::Metrics;
-use crate::server::ConnectionCut;
-use crate::timeouts::client_conn::InFlight;
 use crate::timeouts::{Timer, TimerExpired};
 use crate::tls::upstream::UpstreamTlsError;
 use crate::BoxError;
@@ -129,7 +121,8 @@ where
         request.headers_mut().remove(CUT_STYLE_HEADER);
         let mut exchange = Exchange::begin(
             &request,
-            layer,
+            &layer.metrics,
+            &layer.control,
             cut_style.as_ref().copied().unwrap_or_default(),
         );
         request
@@ -158,150 +151,7 @@ where
     }
 }
 
-/// One request/response through the proxy, from arrival to the end (or abandonment) of the body.
-struct Exchange {
-    metrics: Metrics,
-    control: Control,
-    /// Its place in the table of open streams, which also counts its bytes and chunks.
-    entry: Entry,
-    request_id: HeaderValue,
-    cut_style: CutStyle,
-    /// The client connection's reset switch: HTTP/1 only, where a reset ends the whole connection.
-    reset: Option<ResetSwitch>,
-    cut: Option<ConnectionCut>,
-    _in_flight: Option<InFlight>,
-    status: Option<StatusCode>,
-    /// From the request's arrival to the upstream's response headers.
-    first_byte: Option<Duration>,
-    /// Whether the upstream's body is being forwarded: only then are its silences measured.
-    bodied: bool,
-    /// When the client last got a chunk (or the headers), and a chunk that was not a heartbeat.
-    last_chunk: Instant,
-    last_data: Instant,
-    longest_gap: Option<Duration>,
-    ended: Option<Termination>,
-}
-
 impl Exchange {
-    fn begin<B>(request: &Request<B>, layer: &EdgeLayer, cut_style: CutStyle) -> Self {
-        layer.metrics.stream_opened();
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or_else(|| request.uri().path(), |path| path.as_str())
-            .to_owned();
-        let client = request
-            .extensions()
-            .get::<ClientAddr>()
-            .map(|ClientAddr(addr)| *addr);
-        let hangup = request.extensions().get::<Hangup>().cloned();
-        let entry = layer
-            .control
-            .streams
-            .open(client, request.method().clone(), path, hangup);
-        let started = entry.tracked.started;
-        let exchange = Self {
-            metrics: layer.metrics.clone(),
-            control: layer.control.clone(),
-            entry,
-            request_id: request
-                .headers()
-                .get("x-request-id")
-                .cloned()
-                .unwrap_or_else(|| HeaderValue::from_static("-")),
-            cut_style,
-            reset: request
-                .extensions()
-                .get::<ResetSwitch>()
-                .filter(|_| request.version() < http::Version::HTTP_2)
-                .cloned(),
-            cut: request.extensions().get::<ConnectionCut>().cloned(),
-            _in_flight: request.extensions().get::<InFlight>().cloned(),
-            status: None,
-            first_byte: None,
-            bodied: false,
-            last_chunk: started,
-            last_data: started,
-            longest_gap: None,
-            ended: None,
-        };
-        exchange.event("started", || {
-            let tracked = &exchange.entry.tracked;
-            json!({
-                "client": tracked.client.map(|addr| addr.to_string()),
-                "method": tracked.method.as_str(),
-                "path": tracked.path,
-                "request_id": exchange.request_id(),
-            })
-        });
-        exchange
-    }
-
-    fn request_id(&self) -> &str {
-        self.request_id.to_str().unwrap_or("-")
-    }
-
-    fn path(&self) -> &str {
-        &self.entry.tracked.path
-    }
-
-    fn elapsed(&self) -> Duration {
-        self.entry.tracked.started.elapsed()
-    }
-
-    fn event(&self, kind: &'static str, detail: impl FnOnce() -> serde_json::Value) {
-        self.control.events.emit(kind, &self.entry.tracked, detail);
-    }
-
-    fn end(&mut self, by: Ender, phase: Phase) {
-        self.ended.get_or_insert(Termination::new(by, phase));
-    }
-
-    /// The upstream's response headers arrived.
-    fn headers_arrived(&mut self, status: StatusCode) {
-        let now = Instant::now();
-        let after = now - self.entry.tracked.started;
-        self.first_byte = Some(after);
-        self.last_chunk = now;
-        self.last_data = now;
-        self.entry.tracked.headers_arrived();
-        self.metrics.first_byte(after);
-        self.event(
-            "headers",
-            || json!({"status": status.as_u16(), "replica": self.entry.tracked.replica()}),
-        );
-    }
-
-    /// A chunk of the body went to the client.
-    fn sent(&mut self, data: &Bytes) {
-        let now = Instant::now();
-        let gap = now - self.last_chunk;
-        self.silence(gap);
-        self.last_chunk = now;
-        self.entry.tracked.sent(data.len() as u64, now);
-        if is_heartbeat(data) {
-            let silent = now - self.last_data;
-            self.event(
-                "heartbeat",
-                || json!({"bytes": data.len(), "silent": silent.as_secs_f64()}),
-            );
-        } else {
-            self.last_data = now;
-            self.event(
-                "data",
-                || json!({"bytes": data.len(), "gap": gap.as_secs_f64()}),
-            );
-        }
-    }
-
-    /// A silence of the upstream's body, between its headers, its chunks and its end; the proxy's own
-    /// answers (a 504's text) have none.
-    fn silence(&mut self, gap: Duration) {
-        if self.bodied {
-            self.longest_gap = Some(self.longest_gap.map_or(gap, |longest| longest.max(gap)));
-        }
-    }
-
     /// The control API cut the stream before any header arrived: there is no body to end, so the
     /// client is answered 502, and with the `reset` style its HTTP/1 connection is reset instead.
     fn cut_before_headers(&mut self, style: CutStyle) -> Response<UnsyncBoxBody<Bytes, BoxError>> {
@@ -507,55 +357,6 @@ impl Exchange {
     }
 }
 
-impl Exchange {
-    /// The exchange was dropped unfinished in `phase`: its connection closed under it, by one of
-    /// the proxy's timers (which said so where it fired), by a cut of the control API the body
-    /// never saw (a client that stopped reading), or by the client.
-    fn gone(&mut self, phase: Phase) {
-        let before_headers = phase == Phase::Headers;
-        if let Some(style) = self.entry.asked() {
-            self.end(Ender::Api, phase);
-            self.metrics.api_cut();
-            let elapsed = display(self.elapsed());
-            tracing::info!(
-                cut_style = style.as_str(),
-                %elapsed,
-                bytes = self.entry.tracked.bytes(),
-                request_id = self.request_id(),
-                path = %self.path(),
-                "cut by the control API: the client was not reading, so its connection was closed",
-            );
-            self.event("cut", || {
-                json!({"by": "api", "style": style.as_str(), "before_headers": before_headers, "connection": true})
-            });
-            return;
-        }
-        if let Some(timer) = self.cut.as_ref().and_then(ConnectionCut::timer) {
-            self.end(Ender::Timer(timer), phase);
-            self.event("timer", || {
-                json!({"timer": timer.as_str(), "before_headers": before_headers, "connection": true})
-            });
-            return;
-        }
-        self.end(Ender::Client, phase);
-        self.metrics.client_disconnected();
-        let elapsed = display(self.elapsed());
-        let when = if before_headers {
-            "before the response headers"
-        } else {
-            "mid-stream"
-        };
-        tracing::info!(
-            %elapsed,
-            bytes = self.entry.tracked.bytes(),
-            request_id = self.request_id(),
-            path = %self.path(),
-            "client went away {when}: closing the upstream's connection",
-        );
-        self.event("client_gone", || json!({"before_headers": before_headers}));
-    }
-}
-
 fn text_response(status: StatusCode, message: String) -> Response<UnsyncBoxBody<Bytes, BoxError>> {
     let mut response = Response::new(
         Full::new(Bytes::from(message))
@@ -568,65 +369,6 @@ fn text_response(status: StatusCode, message: String) -> Response<UnsyncBoxBody<
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// A chunk that only keeps the connection alive: whitespace (the Django tutorial's heartbeat) or
-/// server-sent-event comment lines, which EventSource discards.
-fn is_heartbeat(data: &[u8]) -> bool {
-    !data.is_empty()
-        && (data.iter().all(u8::is_ascii_whitespace)
-            || data
-                .split(|byte| *byte == b'\n')
-                .all(|line| line.is_empty() || line == b"\r" || line.starts_with(b":")))
-}
-
-impl Drop for Exchange {
-    fn drop(&mut self) {
-        // Dropped without a response: the connection went while the upstream's headers were
-        // awaited (hyper drops the exchange with it), closed by one of the proxy's timers or by
-        // the client.
-        if self.ended.is_none() {
-            self.gone(Phase::Headers);
-        }
-        let termination = self
-            .ended
-            .unwrap_or(Termination::new(Ender::Client, Phase::Headers));
-        let duration = self.elapsed();
-        // The last silence counts too: it is the one that got a stream cut.
-        self.silence(self.last_chunk.elapsed());
-        let tracked = &self.entry.tracked;
-        let bytes = tracked.bytes();
-        self.metrics
-            .stream_ended(termination, duration, bytes, self.longest_gap);
-        let replica = tracked.replica();
-        access::write(&access::Record {
-            request_id: self.request_id(),
-            client: tracked.client,
-            method: &tracked.method,
-            path: &tracked.path,
-            status: self.status,
-            replica: replica.as_deref(),
-            duration,
-            first_byte: self.first_byte,
-            bytes,
-            chunks: tracked.chunks(),
-            longest_gap: self.longest_gap,
-            termination,
-        });
-        self.event("ended", || {
-            json!({
-                "status": self.status.map(|status| status.as_u16()),
-                "termination": termination.to_string(),
-                "ended_by": termination.ender(),
-                "cause": termination.cause(),
-                "duration": duration.as_secs_f64(),
-                "bytes": bytes,
-                "chunks": tracked.chunks(),
-                "longest_gap": self.longest_gap.map(|gap| gap.as_secs_f64()),
-            })
-        });
-        self.metrics.stream_closed();
-    }
 }
 
 /// What went wrong, read from the error chain the layers below produced.

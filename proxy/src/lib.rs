@@ -18,6 +18,7 @@ pub mod cut_style;
 mod deny;
 pub mod descriptors;
 mod edge;
+mod exchange;
 pub mod faults;
 mod forward;
 mod headers;
