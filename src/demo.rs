@@ -238,7 +238,8 @@ fn instructions(origin: SocketAddr, config: &ProxyConfig) -> String {
         "\nkeepalive-lab demo\n  origin  http://{origin}/polls/streamed  (the tutorial's view)\n  \
          proxy   {proxy}/polls/streamed  (a load balancer, preset {preset}: idle {idle}, first byte {first_byte}, max duration {max})\n  \
          metrics http://{admin}/metrics and http://{origin}/metrics\n  \
-         control keepalive-lab ctl --admin http://{admin} show  (change timers, list and cut streams, live)\n{trust}\nTry, in another terminal:\n",
+         control keepalive-lab ctl --admin http://{admin} show  (change timers, list and cut streams, live)\n  \
+         page    http://{admin}/live  (every stream drawn as it happens, in the browser)\n{trust}\nTry, in another terminal:\n",
         preset = config.preset.name(),
         admin = config.admin_addr,
         idle = show(timers.idle),

@@ -1,5 +1,5 @@
-//! The admin listener (`PROXY_ADMIN_ADDR`): `/metrics` for Prometheus, `/healthz` for orchestrators
-//! and the control API (`control::api`). Kept off the proxy port so that a scrape, a health check
+//! The admin listener (`PROXY_ADMIN_ADDR`): `/metrics` for Prometheus, `/healthz` for orchestrators,
+//! the control API (`control::api`) and the live page that draws it (`live`). Kept off the proxy port so that a scrape, a health check
 //! or a control request never goes through the timers it measures or changes.
 //!
 //! From SIGTERM until the drain ends, `/healthz` answers `503`, as Envoy's `/ready` does while it
@@ -61,10 +61,11 @@ pub fn app(admin: &Admin) -> Router {
         .route("/healthz", get(healthz))
         .with_state(admin.metrics.clone())
         .merge(api::routes(admin.control.clone(), &admin.config))
+        .merge(crate::live::routes(&admin.config))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "not found: the admin listener serves /metrics, /healthz, /config, /streams and /events\n",
+                "not found: the admin listener serves /metrics, /healthz, /live, /config, /streams and /events\n",
             )
         })
 }

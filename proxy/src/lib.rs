@@ -22,6 +22,7 @@ mod exchange;
 pub mod faults;
 mod forward;
 mod headers;
+mod live;
 mod metrics;
 mod preset;
 mod replicas;

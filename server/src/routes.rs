@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Extension, Router};
 use keepalive_common::exposition;
+use tower_http::cors::{Any, CorsLayer};
 
 use crate::error::ApiError;
 use crate::jobs::routes as jobs;
@@ -35,7 +36,21 @@ pub fn app(state: AppState) -> Router {
         .merge(job_routes(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(cors())
         .with_state(state)
+}
+
+/// Any page may read the poem and the jobs, as any curl may: they are public, and the proxy's live
+/// page, served on the proxy's admin port, runs its streams from there. Nothing is credentialed.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::HeaderName::from_static("last-event-id"),
+            header::RANGE,
+        ])
+        .expose_headers([header::LOCATION, jobs::EPOCH_HEADER])
 }
 
 /// The tutorial's "special measures": work that outlives its connection (see [`crate::jobs`]).
