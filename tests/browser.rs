@@ -12,7 +12,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use keepalive_kit::ports;
-use keepalive_kit::program::{installed, Program};
+use keepalive_kit::program::{installed, run_to_exit, Program};
 use keepalive_kit::servers::start_origin_and_proxy;
 use keepalive_kit::timing::{cutting_timers, OFF};
 use serde_json::json;
@@ -57,22 +57,26 @@ async fn browser() -> (Program, Client) {
     panic!("no WebDriver session through chromedriver: {last:?}");
 }
 
-/// The verdict the page shows once `done` accepts it, within `within`.
-async fn verdict(client: &Client, within: Duration, done: impl Fn(&str) -> bool) -> String {
+/// The verdict run `n` (from 1) shows once it has one that is no longer `open`, within `within`.
+async fn verdict(client: &Client, n: usize, within: Duration) -> String {
     let deadline = tokio::time::Instant::now() + within;
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
         let value = client
-            .execute("return document.body.dataset.verdict || ''", vec![])
+            .execute(
+                "const run = document.querySelectorAll('.run .verdict')[arguments[0] - 1];
+                 return (run && run.dataset.verdict) || '';",
+                vec![json!(n)],
+            )
             .await
             .expect("the page answers");
         last = value.as_str().unwrap_or_default().to_owned();
-        if done(&last) {
+        if !last.is_empty() && !last.starts_with("open") {
             return last;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the page's verdict is still {last:?} after {within:?}");
+    panic!("run {n}'s verdict is still {last:?} after {within:?}");
 }
 
 /// Fills the page's form with `settings` and presses Run, as a person would.
@@ -101,10 +105,7 @@ async fn the_live_page_shows_an_idle_cut_a_heartbeat_save_and_a_job_resume() {
         .goto(&page("sleep=3s&run=1"))
         .await
         .expect("the page loads");
-    let cut = verdict(&client, Duration::from_secs(15), |v| {
-        !v.is_empty() && !v.starts_with("open")
-    })
-    .await;
+    let cut = verdict(&client, 1, Duration::from_secs(15)).await;
     assert!(cut.starts_with("truncated"), "an idle cut: {cut:?}");
     assert!(cut.contains("idle"), "the page names the timer: {cut:?}");
 
@@ -114,10 +115,7 @@ async fn the_live_page_shows_an_idle_cut_a_heartbeat_save_and_a_job_resume() {
         json!({"sleep": "1500ms", "heartbeat": "300ms", "lines": "3"}),
     )
     .await;
-    let saved = verdict(&client, Duration::from_secs(15), |v| {
-        !v.is_empty() && !v.starts_with("open")
-    })
-    .await;
+    let saved = verdict(&client, 2, Duration::from_secs(15)).await;
     assert_eq!(saved, "completed", "a heartbeat saves the stream");
 
     // A durable job, cut every 1.5 s by the total timer the page sets: EventSource resumes it.
@@ -126,10 +124,7 @@ async fn the_live_page_shows_an_idle_cut_a_heartbeat_save_and_a_job_resume() {
         json!({"format": "job", "sleep": "400ms", "heartbeat": "", "lines": "8", "max_duration": "1500ms"}),
     )
     .await;
-    let resumed = verdict(&client, Duration::from_secs(30), |v| {
-        !v.is_empty() && !v.starts_with("open")
-    })
-    .await;
+    let resumed = verdict(&client, 3, Duration::from_secs(30)).await;
     assert!(
         resumed.starts_with("completed: 8 lines, each once, across "),
         "the job resumes across cuts: {resumed:?}"
@@ -153,4 +148,34 @@ async fn the_live_page_shows_an_idle_cut_a_heartbeat_save_and_a_job_resume() {
         std::fs::write(&path, &png).unwrap_or_else(|err| panic!("write {path:?}: {err}"));
     }
     client.close().await.expect("the session ends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium (apt-get install chromium)"]
+async fn a_browser_that_dumps_the_page_once_loaded_dumps_the_autoruns_verdict() {
+    let (_origin, proxy) =
+        start_origin_and_proxy(cutting_timers(Some(Duration::from_secs(1)), OFF)).await;
+    let chromium =
+        installed("chromium").unwrap_or_else(|err| panic!("{err} (apt-get install chromium)"));
+    let profile =
+        std::env::temp_dir().join(format!("keepalive-chromium-dump-{}", proxy.admin.port()));
+    let mut command = Command::new(chromium);
+    command
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("http://{}/live?sleep=3s&run=1", proxy.admin))
+        .stderr(Stdio::null());
+    let output = tokio::task::spawn_blocking(move || run_to_exit(command, Duration::from_secs(60)))
+        .await
+        .expect("chromium ran");
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let body = dom
+        .split("<body")
+        .nth(1)
+        .and_then(|rest| rest.split('>').next())
+        .unwrap_or_default();
+    assert!(
+        body.contains(r#"data-verdict="truncated"#),
+        "the page finished loading with its verdict: <body{body}>"
+    );
 }
