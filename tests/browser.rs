@@ -17,8 +17,9 @@ use keepalive_kit::servers::start_origin_and_proxy;
 use keepalive_kit::timing::{cutting_timers, OFF};
 use serde_json::json;
 
-/// chromedriver on a free port, and a headless Chromium session through it.
-async fn browser() -> (Program, Client) {
+/// chromedriver on a free port, a headless Chromium session through it, and the session's profile
+/// directory (for the test to remove).
+async fn browser() -> (Program, Client, std::path::PathBuf) {
     let driver = installed("chromedriver")
         .unwrap_or_else(|err| panic!("{err} (apt-get install chromium chromium-driver)"));
     let chromium = installed("chromium")
@@ -49,7 +50,7 @@ async fn browser() -> (Program, Client) {
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
         {
-            Ok(client) => return (program, client),
+            Ok(client) => return (program, client, profile),
             Err(err) => last = Some(err),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -97,7 +98,7 @@ async fn run_from_the_form(client: &Client, settings: serde_json::Value) {
 async fn the_live_page_shows_an_idle_cut_a_heartbeat_save_and_a_job_resume() {
     let (_origin, proxy) =
         start_origin_and_proxy(cutting_timers(Some(Duration::from_secs(1)), OFF)).await;
-    let (_driver, client) = browser().await;
+    let (_driver, client, profile) = browser().await;
     let page = |query: &str| format!("http://{}/live?{query}", proxy.admin);
 
     // Linked with its settings and run=1: a line every 3 s, past the proxy's 1 s idle limit.
@@ -148,6 +149,7 @@ async fn the_live_page_shows_an_idle_cut_a_heartbeat_save_and_a_job_resume() {
         std::fs::write(&path, &png).unwrap_or_else(|err| panic!("write {path:?}: {err}"));
     }
     client.close().await.expect("the session ends");
+    let _ = std::fs::remove_dir_all(profile);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,6 +170,7 @@ async fn a_browser_that_dumps_the_page_once_loaded_dumps_the_autoruns_verdict() 
     let output = tokio::task::spawn_blocking(move || run_to_exit(command, Duration::from_secs(60)))
         .await
         .expect("chromium ran");
+    let _ = std::fs::remove_dir_all(&profile);
     let dom = String::from_utf8_lossy(&output.stdout);
     let body = dom
         .split("<body")
