@@ -158,20 +158,11 @@ impl Exchange {
     /// The control API cut the stream before any header arrived: there is no body to end, so the
     /// client is answered 502, and with the `reset` style its HTTP/1 connection is reset instead.
     fn cut_before_headers(&mut self, style: CutStyle) -> Response<UnsyncBoxBody<Bytes, BoxError>> {
-        self.end(Ender::Api, Phase::Headers);
-        self.entry.tracked.ending();
-        self.metrics.api_cut();
-        let elapsed = display(self.elapsed());
-        tracing::info!(
-            cut_style = style.as_str(),
-            %elapsed,
-            request_id = self.request_id(),
-            path = %self.path(),
-            "cut by the control API before response headers: answering 502",
-        );
-        self.event(
-            "cut",
-            || json!({"by": "api", "style": style.as_str(), "before_headers": true}),
+        self.cut_by_api(
+            style,
+            Phase::Headers,
+            " before response headers: answering 502",
+            false,
         );
         let mut response = text_response(
             StatusCode::BAD_GATEWAY,
@@ -565,23 +556,8 @@ impl EdgeBody {
         self.state = State::Cut;
         self.body = None;
         let style = self.styled(asked);
-        let exchange = &mut self.exchange;
-        exchange.end(Ender::Api, Phase::Body);
-        exchange.metrics.api_cut();
-        let elapsed = display(exchange.elapsed());
-        tracing::info!(
-            cut_style = style.as_str(),
-            %elapsed,
-            bytes = exchange.entry.tracked.bytes(),
-            request_id = exchange.request_id(),
-            path = %exchange.path(),
-            "cut by the control API mid-stream: {}",
-            style.describe(),
-        );
-        exchange.event(
-            "cut",
-            || json!({"by": "api", "style": style.as_str(), "before_headers": false}),
-        );
+        let how = format!(" mid-stream: {}", style.describe());
+        self.exchange.cut_by_api(style, Phase::Body, &how, false);
         self.finish(style, ApiCut(style).into())
     }
 

@@ -171,26 +171,50 @@ impl Exchange {
         }
     }
 
+    /// The control API's cut, in `style`, in `phase`: counted, logged with `how` (the rest of the
+    /// line: how the client got it), and reported (`connection`: by closing the client's connection, the body never polled).
+    pub(crate) fn cut_by_api(
+        &mut self,
+        style: CutStyle,
+        phase: Phase,
+        how: &str,
+        connection: bool,
+    ) {
+        self.end(Ender::Api, phase);
+        self.entry.tracked.ending();
+        self.metrics.api_cut();
+        let elapsed = display(self.elapsed());
+        tracing::info!(
+            cut_style = style.as_str(),
+            %elapsed,
+            bytes = self.entry.tracked.bytes(),
+            request_id = self.request_id(),
+            path = %self.path(),
+            "cut by the control API{how}",
+        );
+        let before_headers = phase == Phase::Headers;
+        self.event("cut", || {
+            let mut detail =
+                json!({"by": "api", "style": style.as_str(), "before_headers": before_headers});
+            if connection {
+                detail["connection"] = json!(true);
+            }
+            detail
+        });
+    }
+
     /// The exchange was dropped unfinished in `phase`: its connection closed under it, by one of
     /// the proxy's timers (which said so where it fired), by a cut of the control API the body
     /// never saw (a client that stopped reading), or by the client.
     pub(crate) fn gone(&mut self, phase: Phase) {
         let before_headers = phase == Phase::Headers;
         if let Some(style) = self.entry.asked() {
-            self.end(Ender::Api, phase);
-            self.metrics.api_cut();
-            let elapsed = display(self.elapsed());
-            tracing::info!(
-                cut_style = style.as_str(),
-                %elapsed,
-                bytes = self.entry.tracked.bytes(),
-                request_id = self.request_id(),
-                path = %self.path(),
-                "cut by the control API: the client was not reading, so its connection was closed",
+            self.cut_by_api(
+                style,
+                phase,
+                ": the client was not reading, so its connection was closed",
+                true,
             );
-            self.event("cut", || {
-                json!({"by": "api", "style": style.as_str(), "before_headers": before_headers, "connection": true})
-            });
             return;
         }
         if let Some(timer) = self.cut.as_ref().and_then(ConnectionCut::timer) {
