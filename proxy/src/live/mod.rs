@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -85,9 +85,8 @@ impl Drop for Hold {
     }
 }
 
-async fn show(State(live): State<Live>, RawQuery(query): RawQuery) -> Response {
-    let autorun = form_urlencoded_pairs(query.as_deref().unwrap_or_default())
-        .any(|(key, value)| key == "run" && value == "1");
+async fn show(State(live): State<Live>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let autorun = query.get("run").is_some_and(|run| run == "1");
     let headers = [
         (header::CONTENT_TYPE, "text/html; charset=utf-8"),
         (header::CACHE_CONTROL, "no-cache"),
@@ -136,12 +135,6 @@ async fn release(State(live): State<Live>, Path(hold): Path<u64>) -> StatusCode 
         }
         None => StatusCode::NOT_FOUND,
     }
-}
-
-fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
-    query
-        .split('&')
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
 }
 
 #[cfg(test)]
