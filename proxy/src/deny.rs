@@ -20,6 +20,15 @@ impl DenyPaths {
         if self.0.is_empty() {
             return false;
         }
+        // Most paths need no decoding and no dot segments: compared as they are, without allocating.
+        if !path.bytes().any(|byte| matches!(byte, b'%' | b';' | b'.')) {
+            return self.0.iter().any(|denied| {
+                let mut plain = path.split('/').filter(|segment| !segment.is_empty());
+                denied
+                    .iter()
+                    .all(|segment| plain.next().map(str::as_bytes) == Some(segment.as_slice()))
+            });
+        }
         let segments = segments(path);
         self.0.iter().any(|denied| segments.starts_with(denied))
     }

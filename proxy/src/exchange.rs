@@ -63,7 +63,7 @@ impl Exchange {
         let client = request
             .extensions()
             .get::<ClientAddr>()
-            .map(|ClientAddr(addr)| *addr);
+            .map(|client| client.addr);
         let hangup = request.extensions().get::<Hangup>().cloned();
         let entry = control
             .streams

@@ -101,6 +101,10 @@ fn is_host(text: &str) -> bool {
 
 /// Removes hop-by-hop fields, first those listed in `Connection`, then the fixed set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over their few names costs less than nine removals.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -118,6 +122,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A client's address as `X-Forwarded-For` writes it.
+pub fn client_value(client: IpAddr) -> HeaderValue {
+    // An address's text is always a valid field value.
+    HeaderValue::from_str(&client.to_string()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
 /// Appends this proxy to `Via`, with the protocol version the message arrived in.
 pub fn append_via(headers: &mut HeaderMap, version: Version) {
     let hop = match version {
@@ -132,20 +142,22 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
 /// `over_tls`, once its `Host` is settled. `X-Forwarded-For` keeps the chain a previous proxy
 /// started; `-Proto` and `-Host` describe this hop's client side, which this proxy knows first-hand;
 /// `-Host` is always the `Host` forwarded.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, over_tls: bool) {
-    let chain = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let forwarded_for = if chain.is_empty() {
-        client.to_string()
+/// `client` is the client's address as a field value, made once per connection ([`client_value`]).
+pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, over_tls: bool) {
+    if headers.contains_key(&X_FORWARDED_FOR) {
+        let chain = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .filter(|value| !value.is_empty())
+            .chain(client.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Ok(value) = HeaderValue::from_str(&chain) {
+            headers.insert(&X_FORWARDED_FOR, value);
+        }
     } else {
-        format!("{chain}, {client}")
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(&X_FORWARDED_FOR, value);
+        headers.insert(&X_FORWARDED_FOR, client.clone());
     }
     let proto = if over_tls { "https" } else { "http" };
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -298,17 +310,29 @@ mod tests {
     #[test]
     fn forwarded_host_is_the_host_forwarded() {
         let mut map = headers(&[("x-forwarded-host", "spoofed.test"), ("host", "a.test")]);
-        set_forwarded(&mut map, "127.0.0.1".parse().expect("ip"), false);
+        set_forwarded(
+            &mut map,
+            &client_value("127.0.0.1".parse().expect("ip")),
+            false,
+        );
         assert_eq!(map["x-forwarded-host"], "a.test");
         let mut map = headers(&[("x-forwarded-host", "spoofed.test")]);
-        set_forwarded(&mut map, "127.0.0.1".parse().expect("ip"), false);
+        set_forwarded(
+            &mut map,
+            &client_value("127.0.0.1".parse().expect("ip")),
+            false,
+        );
         assert!(map.get("x-forwarded-host").is_none(), "{map:?}");
     }
 
     #[test]
     fn extends_an_existing_forwarded_for_chain() {
         let mut map = headers(&[("x-forwarded-for", "203.0.113.7"), ("host", "example.test")]);
-        set_forwarded(&mut map, "127.0.0.1".parse().expect("ip"), false);
+        set_forwarded(
+            &mut map,
+            &client_value("127.0.0.1".parse().expect("ip")),
+            false,
+        );
         assert_eq!(map["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(map["x-forwarded-proto"], "http");
         assert_eq!(map["x-forwarded-host"], "example.test");

@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::Termination;
@@ -64,10 +65,21 @@ struct KindLabel {
     kind: &'static str,
 }
 
-/// Every metric the proxy exports; cheap to clone (the counters are shared).
+/// Every metric the proxy exports; cheap to clone: one reference count, where cloning the families
+/// themselves would touch one per metric, on every request and from every thread.
 #[derive(Clone)]
-pub struct Metrics {
-    registry: std::sync::Arc<Registry>,
+pub struct Metrics(Arc<Families>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Families;
+
+    fn deref(&self) -> &Families {
+        &self.0
+    }
+}
+
+pub struct Families {
+    registry: Registry,
     requests: Family<StatusLabel, Counter>,
     streams_active: Gauge,
     draining: Gauge,
@@ -235,8 +247,8 @@ impl Metrics {
                 fault: fault.as_str(),
             }));
         }
-        Self {
-            registry: std::sync::Arc::new(registry),
+        Self(Arc::new(Families {
+            registry,
             requests,
             streams_active,
             draining,
@@ -257,7 +269,7 @@ impl Metrics {
             stream_bytes,
             timer_limits,
             max_connections,
-        }
+        }))
     }
 
     pub fn max_connections(&self, max: usize) {
