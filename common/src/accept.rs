@@ -17,10 +17,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 
@@ -40,10 +42,11 @@ const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
     \r\n\
     503: at the connection limit, try again soon\n";
 
-/// A listener and the most connections served from it at once.
+/// A listener, the most connections served from it at once, and the threads they run on.
 pub struct Listener {
     tcp: TcpListener,
     max_connections: usize,
+    workers: Vec<Worker>,
 }
 
 impl Listener {
@@ -52,7 +55,40 @@ impl Listener {
         Self {
             tcp,
             max_connections: max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            workers: Vec::new(),
         }
+    }
+
+    /// Runs each connection on the worker holding fewest, rather than on the accepting runtime.
+    /// A connection's task then stays on its worker; its socket, registered with the accepting
+    /// runtime's reactor, is the connection's to move to its worker's.
+    pub fn spread_over(self, workers: Vec<Worker>) -> Self {
+        Self { workers, ..self }
+    }
+}
+
+/// A runtime connections may be spread over (one per thread), and how many it holds now.
+#[derive(Clone)]
+pub struct Worker {
+    handle: Handle,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    pub fn new(handle: Handle) -> Self {
+        Self {
+            handle,
+            connections: Arc::default(),
+        }
+    }
+}
+
+/// One connection counted on its worker until dropped.
+struct Held(Arc<AtomicUsize>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -119,6 +155,7 @@ where
     let Listener {
         tcp: listener,
         max_connections,
+        workers,
     } = listener.into();
     let mut accept = Accept {
         addr: listener
@@ -129,6 +166,7 @@ where
         refused: 0,
         stopping: phase.subscribe(),
         connections: JoinSet::new(),
+        workers,
         connection,
     };
     tokio::pin!(shutdown);
@@ -188,6 +226,7 @@ struct Accept<F> {
     refused: u64,
     stopping: watch::Receiver<Phase>,
     connections: JoinSet<()>,
+    workers: Vec<Worker>,
     connection: F,
 }
 
@@ -217,10 +256,30 @@ where
             tracing::debug!(%peer, %err, "cannot set TCP_NODELAY");
         }
         let served = (self.connection)(tcp, peer, Stopping(self.stopping.clone()));
-        self.connections.spawn(async move {
+        let served = async move {
             served.await;
             drop(slot);
-        });
+        };
+        let least = self
+            .workers
+            .iter()
+            .min_by_key(|worker| worker.connections.load(Ordering::Relaxed));
+        match least {
+            None => {
+                self.connections.spawn(served);
+            }
+            Some(worker) => {
+                worker.connections.fetch_add(1, Ordering::Relaxed);
+                let held = Held(Arc::clone(&worker.connections));
+                self.connections.spawn_on(
+                    async move {
+                        served.await;
+                        drop(held);
+                    },
+                    &worker.handle,
+                );
+            }
+        }
     }
 }
 
@@ -331,6 +390,66 @@ mod tests {
             }
         );
         assert!(began.elapsed() >= Duration::from_millis(550));
+    }
+
+    #[tokio::test]
+    async fn connections_run_on_the_worker_holding_fewest() {
+        // Two worker threads, each its own runtime, named so that a connection can say where it runs.
+        let mut stops = Vec::new();
+        let mut workers = Vec::new();
+        for name in ["first", "second"] {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            workers.push(Worker::new(runtime.handle().clone()));
+            let (stop, stopped) = oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || {
+                    let _ = runtime.block_on(stopped);
+                })
+                .expect("a thread");
+            stops.push((stop, thread));
+        }
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("an address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (phase, _) = watch::channel(Phase::Serving);
+        let served = tokio::spawn(serve_with_drain(
+            Listener::from(tcp).spread_over(workers),
+            async {
+                let _ = stopped.await;
+            },
+            Duration::from_millis(100),
+            phase,
+            |mut tcp, _, _| async move {
+                let thread = std::thread::current().name().unwrap_or("-").to_owned();
+                let _ = tcp.write_all(thread.as_bytes()).await;
+                // Held until the client closes, so that it counts on its worker meanwhile.
+                let _ = tcp.read(&mut [0u8; 1]).await;
+            },
+        ));
+        let mut open = Vec::new();
+        let mut ran_on = Vec::new();
+        for _ in 0..4 {
+            let mut client = TcpStream::connect(addr).await.expect("connect");
+            ran_on.push(read_some(&mut client).await);
+            open.push(client);
+        }
+        assert_eq!(ran_on, ["first", "second", "first", "second"]);
+        // One leaves the second worker: the next connection goes there.
+        drop(open.remove(1));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(read_some(&mut client).await, "second");
+        drop((open, client));
+        let _ = stop.send(());
+        served.await.expect("the loop does not panic");
+        for (stop, thread) in stops {
+            let _ = stop.send(());
+            thread.join().expect("the worker thread ends");
+        }
     }
 
     #[tokio::test(start_paused = true)]

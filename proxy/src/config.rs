@@ -118,6 +118,24 @@ pub struct ProxyConfig {
     #[arg(long, env = "PROXY_UPSTREAM", default_value = DEFAULT_UPSTREAM)]
     pub upstream: Upstream,
 
+    /// What the proxy speaks to the upstream: http1 (HTTP/1.1, one pooled connection per request in
+    /// flight, as nginx does) or h2 (HTTP/2, many streams on one connection per replica, as Envoy
+    /// and cloud balancers can: one descriptor per client stream instead of two; h2c for http://, ALPN
+    /// h2 for https://). A client that leaves is told to the upstream by RST_STREAM instead of a close
+    #[arg(
+        long,
+        env = "PROXY_UPSTREAM_PROTOCOL",
+        value_enum,
+        default_value = "http1"
+    )]
+    pub upstream_protocol: UpstreamProtocol,
+
+    /// Threads serving clients, each its own event loop with its own upstream connections (as
+    /// nginx's worker_processes); connections are spread over them as they are accepted, each to
+    /// the thread holding fewest. auto: one per CPU core
+    #[arg(long, env = "PROXY_WORKERS", default_value = "auto", value_parser = Workers::parse)]
+    pub workers: Workers,
+
     /// Address of the admin listener: /metrics and /healthz, and the control API (/config,
     /// /streams, /events). Beyond loopback it needs PROXY_ADMIN_TOKEN, or the proxy refuses to start
     #[arg(long, env = "PROXY_ADMIN_ADDR", default_value = DEFAULT_ADMIN_ADDR)]
@@ -174,7 +192,7 @@ pub struct ProxyConfig {
 
     /// Most client connections served at once; beyond it a new connection is answered 503 and
     /// closed. auto: what the descriptor limit (RLIMIT_NOFILE, raised to its hard limit at start)
-    /// leaves after 64 in reserve, two for each connection (its own and its upstream's)
+    /// leaves after 64 in reserve, two for each connection (its own and its upstream's; one with PROXY_UPSTREAM_PROTOCOL=h2)
     #[arg(long, env = "PROXY_MAX_CONNECTIONS", default_value = "auto", value_parser = MaxConnections::parse)]
     pub max_connections: MaxConnections,
 
@@ -310,6 +328,59 @@ fn parse_self_signed(value: &str) -> Result<Option<PathBuf>, Infallible> {
     Ok(Some(PathBuf::from(trimmed)))
 }
 
+/// `PROXY_UPSTREAM_PROTOCOL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2 => "h2",
+        }
+    }
+}
+
+/// `PROXY_WORKERS`: a number of threads, or one per core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workers {
+    #[default]
+    Auto,
+    Threads(NonZeroUsize),
+}
+
+/// The most worker threads: beyond, threads only take turns on the same cores.
+const MAX_WORKERS: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a number of worker threads: expected auto or a whole number from 1 to 1024")]
+pub struct WorkersError(String);
+
+impl Workers {
+    pub fn parse(value: &str) -> Result<Self, WorkersError> {
+        let value = value.trim();
+        if value.eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        match value.parse::<NonZeroUsize>() {
+            Ok(threads) if threads.get() <= MAX_WORKERS => Ok(Self::Threads(threads)),
+            _ => Err(WorkersError(value.to_owned())),
+        }
+    }
+
+    /// How many threads: `auto` is the cores this process may use.
+    pub fn threads(self) -> usize {
+        match self {
+            Self::Auto => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            Self::Threads(threads) => threads.get(),
+        }
+    }
+}
+
 impl ProxyConfig {
     /// The timers in force: each explicit setting, else the preset's value.
     pub fn timers(&self) -> TimerSet {
@@ -381,6 +452,8 @@ impl Default for ProxyConfig {
         Self {
             addr: DEFAULT_ADDR.parse().expect("default address is valid"),
             upstream: DEFAULT_UPSTREAM.parse().expect("default upstream is valid"),
+            upstream_protocol: UpstreamProtocol::Http1,
+            workers: Workers::Auto,
             admin_addr: DEFAULT_ADMIN_ADDR
                 .parse()
                 .expect("default admin address is valid"),

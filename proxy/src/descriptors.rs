@@ -1,8 +1,9 @@
-//! The descriptor budget behind `PROXY_MAX_CONNECTIONS=auto`. Each proxied stream holds two
-//! descriptors, the client's socket and its upstream connection, so a proxy that accepts until
-//! `accept` fails with EMFILE has none left to reach the upstream: silent sockets hold every
-//! descriptor and real requests time out. The cap keeps headroom instead: half of what the limit
-//! leaves after a reserve for everything that is not a client.
+//! The descriptor budget behind `PROXY_MAX_CONNECTIONS=auto`. Over HTTP/1.1 towards the upstream
+//! each proxied stream holds two descriptors, the client's socket and its upstream connection, so a
+//! proxy that accepts until `accept` fails with EMFILE has none left to reach the upstream: silent
+//! sockets hold every descriptor and real requests time out. The cap keeps headroom instead: half
+//! of what the limit leaves after a reserve for everything that is not a client. Over HTTP/2 the
+//! streams share a few upstream connections, and a client costs one descriptor.
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
@@ -10,8 +11,16 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 /// admin scrapes, and upstream connections idle in the pool.
 pub const RESERVED: u64 = 64;
 
-/// A client connection and the upstream connection of the stream it carries.
-pub const PER_CONNECTION: u64 = 2;
+use crate::config::UpstreamProtocol;
+
+/// Descriptors a client connection costs: its own, and over HTTP/1.1 the upstream connection of the
+/// stream it carries.
+pub fn per_connection(protocol: UpstreamProtocol) -> u64 {
+    match protocol {
+        UpstreamProtocol::Http1 => 2,
+        UpstreamProtocol::H2 => 1,
+    }
+}
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, as Go's runtime does at start: the soft default
 /// (1024 on most distributions) is there for programs that use select(2), and an epoll server has no
@@ -30,10 +39,10 @@ pub fn soft_limit() -> Result<u64, nix::Error> {
     getrlimit(Resource::RLIMIT_NOFILE).map(|(soft, _)| soft)
 }
 
-/// How many client connections fit in `limit` descriptors: [`PER_CONNECTION`] each after
+/// How many client connections fit in `limit` descriptors: [`per_connection`] each after
 /// [`RESERVED`], and at least one.
-pub fn connections_within(limit: u64) -> usize {
-    let fit = limit.saturating_sub(RESERVED) / PER_CONNECTION;
+pub fn connections_within(limit: u64, protocol: UpstreamProtocol) -> usize {
+    let fit = limit.saturating_sub(RESERVED) / per_connection(protocol);
     usize::try_from(fit).unwrap_or(usize::MAX).max(1)
 }
 
@@ -43,14 +52,19 @@ mod tests {
 
     #[test]
     fn each_connection_gets_two_descriptors_after_the_reserve() {
-        assert_eq!(connections_within(1024), 480);
-        assert_eq!(connections_within(20_000), 9_968);
+        assert_eq!(connections_within(1024, UpstreamProtocol::Http1), 480);
+        assert_eq!(connections_within(20_000, UpstreamProtocol::Http1), 9_968);
+    }
+
+    #[test]
+    fn over_http2_each_connection_gets_one_descriptor() {
+        assert_eq!(connections_within(20_000, UpstreamProtocol::H2), 19_936);
     }
 
     #[test]
     fn a_tiny_limit_still_serves_one_connection() {
-        assert_eq!(connections_within(0), 1);
-        assert_eq!(connections_within(RESERVED + 1), 1);
+        assert_eq!(connections_within(0, UpstreamProtocol::Http1), 1);
+        assert_eq!(connections_within(RESERVED + 1, UpstreamProtocol::H2), 1);
     }
 
     #[test]

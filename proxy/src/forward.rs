@@ -26,14 +26,18 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use thread_local::ThreadLocal;
 use tower::Service;
 
+use crate::config::UpstreamProtocol;
 use crate::control::streams::Tracked;
 use crate::deny::DenyPaths;
 use crate::edge::chain;
-use crate::headers::{append_via, set_forwarded, settle_host, strip_hop_by_hop, HostError};
+use crate::headers::{
+    append_via, client_value, set_forwarded, settle_host, strip_hop_by_hop, HostError,
+};
 use crate::metrics::Metrics;
-use crate::replicas::Replicas;
+use crate::replicas::{Replica, Replicas};
 use crate::request_body::{RequestBody, ResponseTie, UpstreamBody};
 use crate::timeouts::connect::ConnectTimeout;
 use crate::tls::upstream::UpstreamConnector;
@@ -41,9 +45,22 @@ use crate::BoxError;
 
 pub use crate::replicas::upstream::Upstream;
 
-/// The client's address, put in each request's extensions by the connection that received it.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
+/// The client's address, put in each request's extensions by the connection that received it, and
+/// its `X-Forwarded-For` value, written once per connection rather than once per request.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    pub addr: SocketAddr,
+    pub forwarded_for: http::HeaderValue,
+}
+
+impl ClientAddr {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            forwarded_for: client_value(addr.ip()),
+        }
+    }
+}
 
 /// Put in a request's extensions when its connection is TLS the proxy terminated: the upstream is
 /// told `X-Forwarded-Proto: https`, as nginx's `$scheme` would say.
@@ -91,9 +108,17 @@ impl ClientError {
 /// How long an idle connection to the upstream stays pooled.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 
+/// Cloned for every request, as tower services are: one reference count to bump, not one per part.
 #[derive(Clone)]
-pub struct Forward {
-    client: Client<ConnectTimeout<UpstreamConnector>, RequestBody>,
+pub struct Forward(Arc<Parts>);
+
+pub struct Parts {
+    /// One client, and so one pool of upstream connections, per worker thread: a connection's task
+    /// runs where it was made, and a request sent over another thread's connection would cross
+    /// threads twice (nginx's workers each keep their own upstream connections too).
+    clients: ThreadLocal<Upstreams>,
+    connector: ConnectTimeout<UpstreamConnector>,
+    protocol: UpstreamProtocol,
     scheme: Scheme,
     replicas: Replicas,
     deny: DenyPaths,
@@ -110,25 +135,43 @@ struct Replay {
 impl Forward {
     pub fn new(
         upstream: &Upstream,
+        protocol: UpstreamProtocol,
         replicas: Replicas,
         connector: ConnectTimeout<UpstreamConnector>,
         deny: DenyPaths,
         metrics: Metrics,
     ) -> Self {
-        // An idle pooled connection is let go before an upstream would close it (keepalive-server
-        // after 60 s, nginx's keepalive_timeout 75 s): reusing one just as the upstream closes it
-        // fails a request that never reached the upstream.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Self {
-            client,
+        Self(Arc::new(Parts {
+            clients: ThreadLocal::new(),
+            connector,
+            protocol,
             scheme: upstream.scheme().clone(),
             replicas,
             deny,
             metrics,
-        }
+        }))
+    }
+}
+
+type Upstreams = Client<ConnectTimeout<UpstreamConnector>, RequestBody>;
+
+impl Parts {
+    /// This thread's client.
+    fn client(&self) -> &Upstreams {
+        self.clients.get_or(|| {
+            let mut builder = Client::builder(TokioExecutor::new());
+            // An idle pooled connection is let go before an upstream would close it
+            // (keepalive-server after 60 s, nginx's keepalive_timeout 75 s): reusing one just as
+            // the upstream closes it fails a request that never reached the upstream.
+            builder
+                .pool_idle_timeout(POOL_IDLE)
+                .pool_timer(TokioTimer::new());
+            if self.protocol == UpstreamProtocol::H2 {
+                // Prior knowledge for http:// (h2c); https:// offers only h2 in its ALPN.
+                builder.http2_only(true).timer(TokioTimer::new());
+            }
+            builder.build(self.connector.clone())
+        })
     }
 
     /// The request as the upstream gets it, but for the replica its target names (set when one is
@@ -154,14 +197,15 @@ impl Forward {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         strip_hop_by_hop(&mut parts.headers);
-        if let Some(ClientAddr(client)) = parts.extensions.get::<ClientAddr>() {
+        if let Some(client) = parts.extensions.get::<ClientAddr>() {
             let over_tls = parts.extensions.get::<ClientTls>().is_some();
-            set_forwarded(&mut parts.headers, client.ip(), over_tls);
+            set_forwarded(&mut parts.headers, &client.forwarded_for, over_tls);
         }
         append_via(&mut parts.headers, parts.version);
         parts.version = Version::HTTP_11;
         parts.uri = Uri::from(path.clone());
-        let replay = body.is_end_stream().then(|| Replay {
+        // Only a request that can go to another replica is worth keeping a copy of.
+        let replay = (body.is_end_stream() && self.replicas.several()).then(|| Replay {
             method: parts.method.clone(),
             path,
             headers: parts.headers.clone(),
@@ -172,10 +216,14 @@ impl Forward {
 }
 
 /// Points `request` at `replica`; the scheme is what tells the connector to speak TLS.
-fn aim(request: &mut Request<RequestBody>, scheme: &Scheme, replica: &str) -> Result<(), BoxError> {
+fn aim(
+    request: &mut Request<RequestBody>,
+    scheme: &Scheme,
+    replica: &Replica,
+) -> Result<(), BoxError> {
     let mut target = http::uri::Parts::default();
     target.scheme = Some(scheme.clone());
-    target.authority = Some(replica.parse()?);
+    target.authority = Some(replica.authority()?);
     target.path_and_query = request.uri().path_and_query().cloned();
     *request.uri_mut() = Uri::from_parts(target)?;
     Ok(())
@@ -192,11 +240,11 @@ impl Service<Request<Incoming>> for Forward {
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let tracked = request.extensions().get::<Arc<Tracked>>().cloned();
-        let (request, tie, replay) = match self.upstream_request(request) {
+        let (request, tie, replay) = match self.0.upstream_request(request) {
             Ok(request) => request,
             Err(err) => return Box::pin(std::future::ready(Err(err))),
         };
-        let this = self.clone();
+        let this = Arc::clone(&self.0);
         Box::pin(async move {
             let mut first = Some(request);
             let mut tried: Vec<String> = Vec::new();
@@ -211,9 +259,9 @@ impl Service<Request<Incoming>> for Forward {
                     // Only a request that can be replayed is ever retried.
                     (None, None) => return Err(NoReplica.into()),
                 };
-                aim(&mut sending, &this.scheme, &replica.label)?;
+                aim(&mut sending, &this.scheme, &replica)?;
                 let open = this.replicas.open(&replica);
-                match this.client.request(sending).await {
+                match this.client().request(sending).await {
                     Ok(mut response) => {
                         if response.status().is_server_error() {
                             let why = format!("answered {}", response.status());

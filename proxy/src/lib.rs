@@ -30,6 +30,7 @@ mod request_body;
 mod server;
 mod timeouts;
 mod tls;
+mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,7 +45,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
-pub use config::{MaxConnections, ProxyConfig};
+pub use config::{MaxConnections, ProxyConfig, UpstreamProtocol, Workers};
 pub use control::api::Token;
 pub use metrics::Metrics;
 pub use preset::{Preset, TimerSet};
@@ -63,6 +64,7 @@ use timeouts::connect::ConnectTimeout;
 use timeouts::stream::StreamTimeoutsLayer;
 use tls::termination::Termination;
 use tls::upstream::UpstreamConnector;
+use workers::Threads;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -120,6 +122,7 @@ fn stack(
         .layer(StreamTimeoutsLayer::new(live.clone()))
         .service(Forward::new(
             &config.upstream,
+            config.upstream_protocol,
             replicas,
             ConnectTimeout::live(connector, live),
             config.deny_paths.clone(),
@@ -152,7 +155,11 @@ pub fn prepare(config: ProxyConfig) -> Result<Prepared, SetupError> {
         config.tls_key.as_ref(),
         config.tls_self_signed.as_ref(),
     )?;
-    let connector = UpstreamConnector::new(&config.upstream, config.upstream_ca.as_ref())?;
+    let connector = UpstreamConnector::new(
+        &config.upstream,
+        config.upstream_ca.as_ref(),
+        config.upstream_protocol,
+    )?;
     let metrics = Metrics::new();
     let control = Control::new(Settings::of(&config), metrics.clone());
     Ok(Prepared {
@@ -194,7 +201,7 @@ impl Prepared {
             control,
         } = self;
         let timers = config.timers();
-        let max_connections = max_connections(config.max_connections);
+        let max_connections = max_connections(config.max_connections, config.upstream_protocol);
         metrics.max_connections(max_connections);
         if config.upstream_ca.is_some() && !config.upstream.is_https() {
             tracing::warn!(upstream = %config.upstream, "PROXY_UPSTREAM_CA is set but the upstream is plain http://: it is not used");
@@ -203,6 +210,8 @@ impl Prepared {
             addr = %listener.local_addr().map_or_else(|err| err.to_string(), |addr| addr.to_string()),
             tls = %tls.as_ref().map_or_else(|| "off".to_owned(), |tls| tls.source().to_string()),
             upstream = %config.upstream,
+            upstream_protocol = config.upstream_protocol.as_str(),
+            workers = config.workers.threads(),
             balance = config.balance.as_str(),
             health_interval = %show(config.health_interval),
             preset = config.preset.name(),
@@ -232,8 +241,20 @@ impl Prepared {
             resolver,
         ));
         let service = stack(&config, connector, replicas, metrics.clone(), &control);
+        let mut listener = Listener::capped(listener, max_connections);
+        let threads = config.workers.threads();
+        let workers = match Threads::start(threads) {
+            Ok(workers) => {
+                listener = listener.spread_over(workers.spread());
+                Some(workers)
+            }
+            Err(err) => {
+                tracing::error!(%err, threads, "cannot start the worker threads: serving clients on the caller's runtime");
+                None
+            }
+        };
         server::run(
-            Listener::capped(listener, max_connections),
+            listener,
             service,
             tls,
             control.live(),
@@ -242,15 +263,18 @@ impl Prepared {
             shutdown,
         )
         .await;
+        if let Some(workers) = workers {
+            workers.stop().await;
+        }
         refreshing.abort();
     }
 }
 
 /// `PROXY_MAX_CONNECTIONS` as a number: `auto` from the descriptor limit now in force, and a warning
 /// when a number set by hand leaves no headroom for upstream connections.
-fn max_connections(setting: MaxConnections) -> usize {
+fn max_connections(setting: MaxConnections, protocol: UpstreamProtocol) -> usize {
     let fit = match descriptors::soft_limit() {
-        Ok(limit) => descriptors::connections_within(limit),
+        Ok(limit) => descriptors::connections_within(limit, protocol),
         Err(err) => {
             tracing::warn!(%err, "cannot read RLIMIT_NOFILE: connections are capped only when PROXY_MAX_CONNECTIONS is set");
             usize::MAX

@@ -14,7 +14,9 @@ use keepalive_proxy::{admin, descriptors, ProxyConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
+// One thread here for accepting, the admin listener, signals and health checks: clients are served
+// on the worker threads (`PROXY_WORKERS`), each with a runtime of its own.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let config: ProxyConfig = parse_or_exit();
     if config.healthcheck {

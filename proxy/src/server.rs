@@ -24,7 +24,6 @@ use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use keepalive_common::accept::{serve_with_drain, Listener, Phase, Stopping};
 use keepalive_common::duration::display;
 use tokio::net::TcpStream;
@@ -125,6 +124,15 @@ async fn connection<S, B>(
     B::Error: Into<crate::BoxError>,
 {
     let Serving { builder, tls, live } = serving;
+    // Accepted on the accept loop's runtime, the socket is registered with its reactor: moved to
+    // the reactor of the worker this runs on, or each of its readiness events would cross threads.
+    let tcp = match tcp.into_std().and_then(TcpStream::from_std) {
+        Ok(tcp) => tcp,
+        Err(err) => {
+            tracing::warn!(%peer, %err, "cannot move the client connection to its worker: closing it");
+            return;
+        }
+    };
     let limits = live.now().client_conn_limits();
     let activity = Activity::new();
     let stall = Stall::new();
@@ -159,11 +167,14 @@ async fn connection<S, B>(
         let (activity, stall, cut) = (Arc::clone(&activity), Arc::clone(&stall), cut.clone());
         let hang_up = Arc::clone(&hang_up);
         let stopping = stopping.clone();
-        tower::service_fn(move |mut request: Request<Incoming>| {
+        let client = ClientAddr::new(peer);
+        // hyper's `service_fn` is called by reference: tower's would be cloned, with everything it
+        // holds, for every request.
+        hyper::service::service_fn(move |mut request: Request<Incoming>| {
             // hyper calls the service once a head is complete: the connection has sent a request.
             requested.send_replace(true);
             let close = stopping.has_begun() && request.version() == Version::HTTP_11;
-            request.extensions_mut().insert(ClientAddr(peer));
+            request.extensions_mut().insert(client.clone());
             if over_tls {
                 request.extensions_mut().insert(ClientTls);
             }
@@ -196,7 +207,7 @@ async fn connection<S, B>(
             }
         })
     };
-    let conn = builder.serve_connection(io, TowerToHyperService::new(service));
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let stop_once_requested = async {
         stopping.requested().await;

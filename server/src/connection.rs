@@ -49,8 +49,17 @@ pub fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
+    // A balancer that speaks HTTP/2 to its origins carries all its clients' streams on a few
+    // connections: hyper's default of 200 streams per connection would queue the 201st stream
+    // behind the others, which could last for hours.
+    builder
+        .http2()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     builder
 }
+
+/// Streams one HTTP/2 connection may carry at once (a proxy's, multiplexing its clients).
+const MAX_STREAMS_PER_CONNECTION: u32 = 100_000;
 
 /// Serves one connection until it closes, the drain ends it, or its first request head is late.
 pub async fn serve(

@@ -292,8 +292,10 @@ pub async fn disconnect_propagation(
     samples: usize,
 ) -> Result<Vec<f64>, BenchError> {
     let mut delays = Vec::new();
+    let mut log = LogTail::new(origin_log);
     for _ in 0..samples {
-        let before = client_gone_times(origin_log).len();
+        // What an earlier measurement left in the log is not this stream's end.
+        log.client_gone();
         let mut stream = open_stream(addr, "sleep=1h")
             .await
             .map_err(|source| BenchError::Open { addr, source })?;
@@ -306,9 +308,8 @@ pub async fn disconnect_propagation(
         let within = Duration::from_secs(5);
         let deadline = Instant::now() + within;
         let ended = loop {
-            let times = client_gone_times(origin_log);
-            if times.len() > before {
-                break times[times.len() - 1];
+            if let Some(ended) = log.client_gone().pop() {
+                break ended;
             }
             if Instant::now() > deadline {
                 return Err(BenchError::NeverGone { addr, within });
@@ -323,15 +324,45 @@ pub async fn disconnect_propagation(
     Ok(delays)
 }
 
-/// When the origin logged each "client gone", from its JSON log's timestamps.
-fn client_gone_times(log: &Path) -> Vec<SystemTime> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| line.contains("client gone"))
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter_map(|entry| humantime::parse_rfc3339(entry.get("timestamp")?.as_str()?).ok())
-        .collect()
+/// The origin's JSON log, read from where the last read stopped. Reading it whole every few
+/// milliseconds, once the streams measured before have filled it with thousands of lines, took
+/// enough of the CPUs being measured to delay the very departures it timed.
+struct LogTail {
+    file: Option<std::fs::File>,
+    /// A line whose end has not been written yet.
+    partial: String,
+}
+
+impl LogTail {
+    /// Reads from the log's end as it is now.
+    fn new(path: &Path) -> Self {
+        use std::io::{Seek, SeekFrom};
+        let file = std::fs::File::open(path)
+            .and_then(|mut file| file.seek(SeekFrom::End(0)).map(|_| file))
+            .ok();
+        Self {
+            file,
+            partial: String::new(),
+        }
+    }
+
+    /// When the origin logged each "client gone" since the last call, by its log's timestamps.
+    fn client_gone(&mut self) -> Vec<SystemTime> {
+        use std::io::Read;
+        let mut fresh = String::new();
+        if let Some(file) = &mut self.file {
+            let _ = file.read_to_string(&mut fresh);
+        }
+        self.partial.push_str(&fresh);
+        let complete = self.partial.rfind('\n').map_or(0, |end| end + 1);
+        let lines: String = self.partial.drain(..complete).collect();
+        lines
+            .lines()
+            .filter(|line| line.contains("client gone"))
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|entry| humantime::parse_rfc3339(entry.get("timestamp")?.as_str()?).ok())
+            .collect()
+    }
 }
 
 #[cfg(test)]

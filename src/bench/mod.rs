@@ -78,15 +78,35 @@ pub struct Report {
     pub proxy_kernel_us_per_request: f64,
     pub nginx_user_us_per_request: f64,
     pub nginx_kernel_us_per_request: f64,
+    /// The same small responses through keepalive-proxy speaking HTTP/2 to the origin.
+    pub proxy_h2_rps: f64,
+    pub proxy_h2_p50_ms: f64,
+    pub proxy_h2_p99_ms: f64,
+    pub proxy_h2_user_us_per_request: f64,
+    pub proxy_h2_kernel_us_per_request: f64,
+    /// keepalive-proxy's worker threads, and nginx's worker processes: the same number.
+    pub workers: usize,
+    /// Streams held through keepalive-proxy speaking `streams_upstream_protocol` to the origin (one
+    /// descriptor per stream: what lets this many fit the open-file limit), and through nginx.
     pub streams: usize,
+    pub streams_upstream_protocol: &'static str,
     pub proxy_streams_cut: usize,
     pub nginx_streams_cut: usize,
+    /// Resident memory with the streams open, in all (the per-stream figures count only what the
+    /// streams added).
     pub proxy_rss_mib: f64,
     pub nginx_rss_mib: f64,
     pub proxy_kib_per_stream: f64,
     pub nginx_kib_per_stream: f64,
     pub proxy_heartbeat_lag_p99_ms: f64,
     pub nginx_heartbeat_lag_p99_ms: f64,
+    /// Streams held through keepalive-proxy speaking HTTP/1.1 to the origin, as many as two
+    /// descriptors each fit.
+    pub http1_streams: usize,
+    pub proxy_http1_streams_cut: usize,
+    pub proxy_http1_rss_mib: f64,
+    pub proxy_http1_kib_per_stream: f64,
+    pub proxy_http1_heartbeat_lag_p99_ms: f64,
     pub idle_cut_error_p50_ms: f64,
     pub idle_cut_error_p99_ms: f64,
     pub nginx_idle_cut_error_p50_ms: f64,
@@ -101,6 +121,7 @@ struct Plan {
     wrk_for: Duration,
     connections: usize,
     streams: usize,
+    http1_streams: usize,
     hold: Duration,
     cut_streams: usize,
     disconnects: usize,
@@ -162,7 +183,7 @@ pub async fn run(args: BenchArgs) -> u8 {
 
 /// A soak run (see the `soak` module): exit 1 when something leaked.
 pub async fn soak(soak: Soak, progress: impl Fn(&str)) -> Result<SoakReport, BenchError> {
-    let streams = procs::raise_fd_limit(soak.streams)?;
+    let streams = procs::raise_fd_limit(soak.streams, 2)?;
     if streams < soak.streams {
         progress(&format!(
             "the open-file limit fits {streams} streams through a proxy, not {}: raise it (ulimit -Hn, as root) for the full count",
@@ -197,6 +218,7 @@ pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report
             wrk_for: Duration::from_secs(3),
             connections: 64,
             streams: 1_000,
+            http1_streams: 1_000,
             hold: Duration::from_secs(4),
             cut_streams: 50,
             disconnects: 20,
@@ -206,19 +228,29 @@ pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report
             wrk_for: Duration::from_secs(10),
             connections: 64,
             streams: 10_000,
+            http1_streams: 10_000,
             hold: Duration::from_secs(10),
             cut_streams: 100,
             disconnects: 50,
         }
     };
-    let streams = procs::raise_fd_limit(plan.streams)?;
-    if streams < plan.streams {
-        progress(&format!(
-            "the open-file limit fits {streams} streams through a proxy, not {}: raise it (ulimit -Hn, as root) for the full count",
-            plan.streams
-        ));
+    // The processes inherit this limit: HTTP/2 towards the origin costs the proxy one descriptor
+    // per stream, HTTP/1.1 two, and nginx's two are shared among its worker processes.
+    let http1_streams = procs::raise_fd_limit(plan.streams, 2)?;
+    let streams = procs::raise_fd_limit(plan.streams, 1)?;
+    for (fit, how) in [(streams, "HTTP/2"), (http1_streams, "HTTP/1.1")] {
+        if fit < plan.streams {
+            progress(&format!(
+                "the open-file limit fits {fit} streams through a proxy speaking {how} to its origin, not {}: raise it (ulimit -Hn, as root) for the full count",
+                plan.streams
+            ));
+        }
     }
-    let plan = Plan { streams, ..plan };
+    let plan = Plan {
+        streams,
+        http1_streams,
+        ..plan
+    };
     in_scratch(|scratch| async move { measure_in(&plan, &scratch, &progress).await }).await
 }
 
@@ -233,23 +265,27 @@ async fn measure_in(
     let origin_log = scratch.join("origin.log");
     let origin = procs::origin(&origin_log)?;
     let long = Duration::from_secs(60);
-    let proxy = procs::proxy(origin.addr, long)?;
+    let proxy = procs::proxy(origin.addr, long, "http1")?;
+    let proxy_h2 = procs::proxy(origin.addr, long, "h2")?;
     let nginx = procs::nginx(origin.addr, workers, long)?;
 
     let (direct, _) = small_responses(plan, "direct", origin.addr, origin.pid(), progress)?;
     let (via_proxy, proxy_cpu) =
         small_responses(plan, "keepalive-proxy", proxy.addr, proxy.pid(), progress)?;
     let (via_nginx, nginx_cpu) = small_responses(plan, "nginx", nginx.addr, nginx.pid(), progress)?;
+    let (via_proxy_h2, proxy_h2_cpu) =
+        small_responses(plan, proxy_h2.name, proxy_h2.addr, proxy_h2.pid(), progress)?;
 
-    let proxy_held = hold(plan, &proxy, progress).await?;
-    let nginx_held = hold(plan, &nginx, progress).await?;
+    let proxy_held = hold(plan.streams, plan, &proxy_h2, progress).await?;
+    let nginx_held = hold(plan.streams, plan, &nginx, progress).await?;
+    let http1_held = hold(plan.http1_streams, plan, &proxy, progress).await?;
 
     progress(&format!(
         "idle cut precision: {} streams, limit {} ms",
         plan.cut_streams,
         CUT_LIMIT.as_millis()
     ));
-    let proxy_cut = procs::proxy(origin.addr, CUT_LIMIT)?;
+    let proxy_cut = procs::proxy(origin.addr, CUT_LIMIT, "http1")?;
     let nginx_cut = procs::nginx(origin.addr, workers, CUT_LIMIT)?;
     let mut proxy_errors = idle_cut_errors(proxy_cut.addr, plan.cut_streams, CUT_LIMIT).await?;
     let mut nginx_errors = idle_cut_errors(nginx_cut.addr, plan.cut_streams, CUT_LIMIT).await?;
@@ -262,7 +298,7 @@ async fn measure_in(
         disconnect_propagation(proxy.addr, &origin_log, plan.disconnects).await?;
     let mut nginx_delays =
         disconnect_propagation(nginx.addr, &origin_log, plan.disconnects).await?;
-    drop((origin, proxy, nginx, proxy_cut, nginx_cut));
+    drop((origin, proxy, proxy_h2, nginx, proxy_cut, nginx_cut));
 
     let mib = |kib: u64| kib as f64 / 1024.0;
     Ok(Report {
@@ -279,7 +315,14 @@ async fn measure_in(
         proxy_kernel_us_per_request: proxy_cpu.kernel_us,
         nginx_user_us_per_request: nginx_cpu.user_us,
         nginx_kernel_us_per_request: nginx_cpu.kernel_us,
+        proxy_h2_rps: via_proxy_h2.rps,
+        proxy_h2_p50_ms: via_proxy_h2.p50_ms,
+        proxy_h2_p99_ms: via_proxy_h2.p99_ms,
+        proxy_h2_user_us_per_request: proxy_h2_cpu.user_us,
+        proxy_h2_kernel_us_per_request: proxy_h2_cpu.kernel_us,
+        workers,
         streams: plan.streams,
+        streams_upstream_protocol: "h2",
         proxy_streams_cut: proxy_held.cut,
         nginx_streams_cut: nginx_held.cut,
         proxy_rss_mib: mib(proxy_held.rss_kib),
@@ -288,6 +331,11 @@ async fn measure_in(
         nginx_kib_per_stream: nginx_held.rss_per_stream_kib,
         proxy_heartbeat_lag_p99_ms: proxy_held.lag_p99_ms,
         nginx_heartbeat_lag_p99_ms: nginx_held.lag_p99_ms,
+        http1_streams: plan.http1_streams,
+        proxy_http1_streams_cut: http1_held.cut,
+        proxy_http1_rss_mib: mib(http1_held.rss_kib),
+        proxy_http1_kib_per_stream: http1_held.rss_per_stream_kib,
+        proxy_http1_heartbeat_lag_p99_ms: http1_held.lag_p99_ms,
         idle_cut_error_p50_ms: percentile(&mut proxy_errors, 0.5),
         idle_cut_error_p99_ms: percentile(&mut proxy_errors, 0.99),
         nginx_idle_cut_error_p50_ms: percentile(&mut nginx_errors, 0.5),
@@ -322,21 +370,18 @@ fn small_responses(
 /// Many heartbeated streams held open through `process`, then a second for it to let them go
 /// before the next measurement.
 async fn hold(
+    streams: usize,
     plan: &Plan,
     process: &procs::Process,
     progress: &impl Fn(&str),
 ) -> Result<Held, BenchError> {
     progress(&format!(
-        "{} heartbeated streams held {} s through {}",
-        plan.streams,
+        "{streams} heartbeated streams held {} s through {}",
         plan.hold.as_secs(),
         process.name
     ));
     let pid = process.pid();
-    let held = hold_streams(process.addr, plan.streams, plan.hold, || {
-        procs::rss_kib(pid)
-    })
-    .await?;
+    let held = hold_streams(process.addr, streams, plan.hold, || procs::rss_kib(pid)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(held)
 }
@@ -382,6 +427,18 @@ pub fn table(report: &Report) -> String {
         "µs",
     );
     text += &row(
+        "req/s, keepalive-proxy speaking HTTP/2 to the origin",
+        report.proxy_h2_rps,
+        report.nginx_rps,
+        "",
+    );
+    text += &row(
+        "latency p99, HTTP/2 to the origin",
+        report.proxy_h2_p99_ms,
+        report.nginx_p99_ms,
+        "ms",
+    );
+    text += &row(
         &format!("RSS with {} streams", report.streams),
         report.proxy_rss_mib,
         report.nginx_rss_mib,
@@ -416,7 +473,19 @@ pub fn table(report: &Report) -> String {
         "ms",
     );
     text += &format!(
-        "\ndirect to the origin: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms; keepalive-proxy does {:.2}x of direct\n",
+        "\nstreams are held through keepalive-proxy speaking {} to the origin; over HTTP/1.1, {} streams: {:.2} KiB each, {} cut, heartbeat lag p99 {:.2} ms\n",
+        report.streams_upstream_protocol,
+        report.http1_streams,
+        report.proxy_http1_kib_per_stream,
+        report.proxy_http1_streams_cut,
+        report.proxy_http1_heartbeat_lag_p99_ms,
+    );
+    text += &format!(
+        "{} worker threads for keepalive-proxy, {} worker processes for nginx\n",
+        report.workers, report.workers
+    );
+    text += &format!(
+        "direct to the origin: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms; keepalive-proxy does {:.2}x of direct\n",
         report.direct_rps,
         report.direct_p50_ms,
         report.direct_p99_ms,

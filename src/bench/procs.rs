@@ -85,8 +85,9 @@ pub fn origin(log: &Path) -> Result<Process, BenchError> {
     listening("origin", program, addr, Some(addr))
 }
 
-/// keepalive-proxy in front of `upstream`, nginx's timers, idle as given.
-pub fn proxy(upstream: SocketAddr, idle: Duration) -> Result<Process, BenchError> {
+/// keepalive-proxy in front of `upstream`, nginx's timers, idle as given, speaking `protocol`
+/// (`PROXY_UPSTREAM_PROTOCOL`) to it.
+pub fn proxy(upstream: SocketAddr, idle: Duration, protocol: &str) -> Result<Process, BenchError> {
     let addr = free_addr()?;
     let admin = free_addr()?;
     let mut command = Command::new(sibling("keepalive-proxy")?);
@@ -94,6 +95,7 @@ pub fn proxy(upstream: SocketAddr, idle: Duration) -> Result<Process, BenchError
         .env("PROXY_ADDR", addr.to_string())
         .env("PROXY_ADMIN_ADDR", admin.to_string())
         .env("PROXY_UPSTREAM", format!("http://{upstream}"))
+        .env("PROXY_UPSTREAM_PROTOCOL", protocol)
         .env("PROXY_PRESET", "nginx")
         .env("PROXY_IDLE_TIMEOUT", format!("{}ms", idle.as_millis()))
         .env(
@@ -104,8 +106,12 @@ pub fn proxy(upstream: SocketAddr, idle: Duration) -> Result<Process, BenchError
         .env("PROXY_DRAIN_TIMEOUT", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let program = Program::start("keepalive-proxy", command)?;
-    listening("keepalive-proxy", program, addr, Some(admin))
+    let name = match protocol {
+        "h2" => "keepalive-proxy (HTTP/2 to the origin)",
+        _ => "keepalive-proxy",
+    };
+    let program = Program::start(name, command)?;
+    listening(name, program, addr, Some(admin))
 }
 
 /// nginx in front of `upstream` with `workers` worker processes, upstream keep-alive on, and
@@ -243,13 +249,14 @@ pub fn holdings(pid: u32) -> Holdings {
     }
 }
 
-/// Raises this process's open-file limit (which the children inherit) for `streams` connections,
-/// and returns how many streams fit: a proxy holds two descriptors per stream (client and origin),
-/// so where the hard limit cannot be raised (no CAP_SYS_RESOURCE), fewer streams than asked.
-pub fn raise_fd_limit(streams: usize) -> Result<usize, BenchError> {
+/// Raises this process's open-file limit (which the children inherit) for `streams` connections of
+/// `per_stream` descriptors each, and returns how many streams fit: a proxy speaking HTTP/1.1 to its
+/// origin holds two per stream (client and origin), over HTTP/2 one, so where the hard limit cannot
+/// be raised (no CAP_SYS_RESOURCE), fewer streams than asked.
+pub fn raise_fd_limit(streams: usize, per_stream: u64) -> Result<usize, BenchError> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     const SPARE: u64 = 200;
-    let want = streams as u64 * 2 + SPARE;
+    let want = streams as u64 * per_stream + SPARE;
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(BenchError::FdLimit)?;
     if soft >= want {
         return Ok(streams);
@@ -261,7 +268,7 @@ pub fn raise_fd_limit(streams: usize) -> Result<usize, BenchError> {
         limit: hard,
         source,
     })?;
-    let fit = usize::try_from(hard.saturating_sub(SPARE) / 2).unwrap_or(streams);
+    let fit = usize::try_from(hard.saturating_sub(SPARE) / per_stream).unwrap_or(streams);
     Ok(fit.min(streams))
 }
 

@@ -171,7 +171,7 @@ pub async fn run(
     let round_hold = soak.hold.clamp(SHORTEST, ROUND);
     let origin = procs::origin(&scratch.join("origin.log"))?;
     // An idle limit far above the 1 s heartbeat: a cut during the soak is news, not a timer.
-    let proxy = procs::proxy(origin.addr, Duration::from_secs(60))?;
+    let proxy = procs::proxy(origin.addr, Duration::from_secs(60), "http1")?;
     let before = (now(&proxy).await, now(&origin).await);
     progress(&format!(
         "soak: {} heartbeated streams through keepalive-proxy for {}",

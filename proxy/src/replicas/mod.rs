@@ -50,6 +50,8 @@ const EJECT_MAX: Duration = Duration::from_secs(30);
 pub struct Replica {
     /// The URI authority requests to it carry, and the metrics' `replica` label.
     pub label: String,
+    /// `label` parsed once, not for every request; `None` if it is not an authority.
+    authority: Option<http::uri::Authority>,
     open: AtomicUsize,
     healthy: AtomicBool,
     failures: AtomicU32,
@@ -61,6 +63,7 @@ pub struct Replica {
 impl Replica {
     fn new(label: String) -> Self {
         Self {
+            authority: label.parse().ok(),
             label,
             open: AtomicUsize::new(0),
             // Until its first check says otherwise: a new replica is tried at once, and a dead one
@@ -70,6 +73,13 @@ impl Replica {
             ejected_until: Mutex::new(None),
             departed: AtomicBool::new(false),
         }
+    }
+
+    /// Where requests to this replica go.
+    pub fn authority(&self) -> Result<http::uri::Authority, BadReplica> {
+        self.authority
+            .clone()
+            .ok_or_else(|| BadReplica(self.label.clone()))
     }
 
     fn departed(&self) -> bool {
@@ -89,6 +99,11 @@ impl Replica {
                 .unwrap_or(true)
     }
 }
+
+/// A replica whose address cannot be a request's target.
+#[derive(Debug, thiserror::Error)]
+#[error("replica {0:?} is not a host and port")]
+pub struct BadReplica(String);
 
 /// Held while a replica answers one request; dropped with the response body (or the failure).
 pub struct OpenStream {
@@ -122,6 +137,11 @@ impl Replicas {
             next: Arc::default(),
             metrics,
         }
+    }
+
+    /// Whether there is more than one replica, so that a request may be retried on another.
+    pub fn several(&self) -> bool {
+        self.set.read().is_ok_and(|set| set.len() > 1)
     }
 
     /// Every replica now in the set.

@@ -2,8 +2,8 @@
 //! `HttpConnector`, trusting the public roots built into the binary, or exactly the CAs of
 //! `PROXY_UPSTREAM_CA` (as curl's `--cacert` does, so a self-signed certificate made by
 //! `openssl req -x509`, which calls itself a CA, is trusted as the upstream's own). The server name (SNI, and the name the
-//! certificate must be valid for) is the upstream's host. ALPN offers `http/1.1` alone: towards
-//! origins the proxy keeps pooled HTTP/1.1 connections, as nginx does.
+//! certificate must be valid for) is the upstream's host. ALPN offers the one protocol
+//! `PROXY_UPSTREAM_PROTOCOL` names: pooled HTTP/1.1 connections by default, as nginx keeps, or `h2`.
 //!
 //! The connect timer wraps this whole connector, so that it bounds the TCP connect and the handshake
 //! together, as nginx's `proxy_connect_timeout` does. What failed is told apart here, where it is
@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tower::Service;
 
 use super::SetupError;
+use crate::config::UpstreamProtocol;
 use crate::forward::Upstream;
 use crate::BoxError;
 
@@ -45,7 +46,11 @@ impl UpstreamConnector {
     /// `ca`: the CAs to trust instead of the public roots (`PROXY_UPSTREAM_CA`). An https
     /// upstream's host must be one TLS can name (SNI, the certificate check): found here, not at
     /// every request's handshake.
-    pub fn new(upstream: &Upstream, ca: Option<&CertFile>) -> Result<Self, SetupError> {
+    pub fn new(
+        upstream: &Upstream,
+        ca: Option<&CertFile>,
+        protocol: UpstreamProtocol,
+    ) -> Result<Self, SetupError> {
         if upstream.is_https() {
             for host in upstream.hosts() {
                 // An IPv6 literal is bracketed in a URL, never in a server name.
@@ -70,7 +75,10 @@ impl UpstreamConnector {
                 verifier(ca, provider()).map_err(SetupError::UpstreamCa)?,
             )
             .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![match protocol {
+            UpstreamProtocol::Http1 => b"http/1.1".to_vec(),
+            UpstreamProtocol::H2 => b"h2".to_vec(),
+        }];
         Ok(Self {
             inner: HttpsConnector::from((Tcp(tcp), config)),
         })
@@ -139,10 +147,13 @@ mod tests {
             "http://a..b:8000",
         ] {
             let upstream: Upstream = good.parse().expect(good);
-            assert!(UpstreamConnector::new(&upstream, None).is_ok(), "{good}");
+            assert!(
+                UpstreamConnector::new(&upstream, None, UpstreamProtocol::Http1).is_ok(),
+                "{good}"
+            );
         }
         let upstream: Upstream = "https://a..b:8443".parse().expect("a URL's host");
-        let Err(err) = UpstreamConnector::new(&upstream, None) else {
+        let Err(err) = UpstreamConnector::new(&upstream, None, UpstreamProtocol::Http1) else {
             panic!("accepted a..b as a TLS server name");
         };
         assert!(
