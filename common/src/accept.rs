@@ -17,13 +17,15 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 
 use crate::duration::display;
@@ -80,6 +82,32 @@ impl Worker {
             handle,
             connections: Arc::default(),
         }
+    }
+}
+
+/// A connection's future and what it holds until it ends (its slot under the cap, its count on its
+/// worker). An `async` block awaiting the future would do the same, but an `async` block keeps the
+/// future it captured apart from the one it awaits: a connection's task would take twice its size,
+/// held by every open stream.
+struct Guarded<F> {
+    future: Pin<Box<F>>,
+    _guards: (OwnedSemaphorePermit, Option<Held>),
+}
+
+impl<F> Guarded<F> {
+    fn new(future: F, guards: (OwnedSemaphorePermit, Option<Held>)) -> Self {
+        Self {
+            future: Box::pin(future),
+            _guards: guards,
+        }
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Guarded<F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.future.as_mut().poll(cx)
     }
 }
 
@@ -256,28 +284,19 @@ where
             tracing::debug!(%peer, %err, "cannot set TCP_NODELAY");
         }
         let served = (self.connection)(tcp, peer, Stopping(self.stopping.clone()));
-        let served = async move {
-            served.await;
-            drop(slot);
-        };
         let least = self
             .workers
             .iter()
             .min_by_key(|worker| worker.connections.load(Ordering::Relaxed));
         match least {
             None => {
-                self.connections.spawn(served);
+                self.connections.spawn(Guarded::new(served, (slot, None)));
             }
             Some(worker) => {
                 worker.connections.fetch_add(1, Ordering::Relaxed);
                 let held = Held(Arc::clone(&worker.connections));
-                self.connections.spawn_on(
-                    async move {
-                        served.await;
-                        drop(held);
-                    },
-                    &worker.handle,
-                );
+                self.connections
+                    .spawn_on(Guarded::new(served, (slot, Some(held))), &worker.handle);
             }
         }
     }

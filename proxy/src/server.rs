@@ -15,13 +15,17 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::TryFutureExt;
 use http::header::CONNECTION;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use keepalive_common::accept::{serve_with_drain, Listener, Phase, Stopping};
@@ -64,8 +68,14 @@ pub async fn run<S, B>(
     // The watchdog enforces the header timer (see timeouts/client_conn.rs); hyper's own would also
     // close idle keep-alive connections at the header limit.
     builder.http1().header_read_timeout(None);
+    let mut http1 = http1::Builder::new();
+    http1.header_read_timeout(None);
     let serving = Serving {
-        builder: Arc::new(builder),
+        builders: Arc::new(Builders {
+            http1,
+            http2: builder.clone().http2_only(),
+            either: builder,
+        }),
         tls,
         live,
     };
@@ -101,10 +111,76 @@ pub async fn run<S, B>(
 /// What every connection is served with: made once, shared by all.
 #[derive(Clone)]
 struct Serving {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     tls: Option<Termination>,
     /// Where each connection reads its `header`, `keepalive` and `send` limits when accepted.
     live: Live,
+}
+
+/// One protocol builder for each way a connection is known to speak: HTTP/1.1, HTTP/2, or not yet
+/// known. The last reads the connection's first bytes itself and keeps them in a buffer of its own,
+/// in front of hyper's: hyper's read buffer, grown to take them too, is then twice its 8 KiB for
+/// as long as the connection lasts. So the protocol is found first where it can be without reading:
+/// by ALPN over TLS, by peeking at the bytes otherwise. HTTP/1.1 is served by hyper's own builder,
+/// whose connection is half the size of hyper-util's, which keeps room for HTTP/2 in every one.
+struct Builders {
+    http1: http1::Builder,
+    http2: auto::Builder<TokioExecutor>,
+    either: auto::Builder<TokioExecutor>,
+}
+
+/// The builder a connection is served with.
+enum Protocol<'a> {
+    Http1(&'a http1::Builder),
+    Auto(&'a auto::Builder<TokioExecutor>),
+}
+
+/// A connection being served, boxed at its own size (see [`Builders`]).
+enum Served<H, A> {
+    Http1(Pin<Box<H>>),
+    Auto(Pin<Box<A>>),
+}
+
+impl<H, A> Future for Served<H, A>
+where
+    H: Future<Output = hyper::Result<()>>,
+    A: Future<Output = Result<(), crate::BoxError>>,
+{
+    type Output = Result<(), crate::BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Self::Http1(conn) => conn.as_mut().poll(cx).map_err(Into::into),
+            Self::Auto(conn) => conn.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The connection preface of HTTP/2 with prior knowledge (RFC 9113 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Builders {
+    /// The builder for a TLS connection: HTTP/2 is what its ALPN named (RFC 9113 3.3).
+    fn by_alpn(&self, alpn: Option<&[u8]>) -> Protocol<'_> {
+        match alpn {
+            Some(b"h2") => Protocol::Auto(&self.http2),
+            _ => Protocol::Http1(&self.http1),
+        }
+    }
+
+    /// The builder for a plain connection whose first bytes are `peeked`: HTTP/2 if they are its
+    /// preface, HTTP/1.1 as soon as they cannot be; the one that reads for itself while they are
+    /// only the preface's start (a client that sent part of it and paused).
+    fn by_preface(&self, peeked: &[u8]) -> Protocol<'_> {
+        let common = peeked.len().min(PREFACE.len());
+        if peeked[..common] != PREFACE[..common] {
+            Protocol::Http1(&self.http1)
+        } else if common == PREFACE.len() {
+            Protocol::Auto(&self.http2)
+        } else {
+            Protocol::Auto(&self.either)
+        }
+    }
 }
 
 async fn connection<S, B>(
@@ -123,7 +199,11 @@ async fn connection<S, B>(
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<crate::BoxError>,
 {
-    let Serving { builder, tls, live } = serving;
+    let Serving {
+        builders,
+        tls,
+        live,
+    } = serving;
     // Accepted on the accept loop's runtime, the socket is registered with its reactor: moved to
     // the reactor of the worker this runs on, or each of its readiness events would cross threads.
     let tcp = match tcp.into_std().and_then(TcpStream::from_std) {
@@ -136,29 +216,52 @@ async fn connection<S, B>(
     let limits = live.now().client_conn_limits();
     let activity = Activity::new();
     let stall = Stall::new();
+    let cut = ConnectionCut::default();
+    // A plain connection's first bytes say which protocol it speaks, read without taking them
+    // (see `Builders`); the header timer runs meanwhile, as it does for a TLS handshake.
+    let mut first = [0u8; PREFACE.len()];
+    let peeked = match tls {
+        Some(_) => 0,
+        None => tokio::select! {
+            peeked = tcp.peek(&mut first) => match peeked {
+                Ok(0) => return,
+                Ok(peeked) => peeked,
+                Err(err) => {
+                    tracing::debug!(%peer, %err, "client connection failed before its first byte");
+                    return;
+                }
+            },
+            expired = watchdog(&activity, limits) => return closed(expired, peer, &metrics, &cut),
+        },
+    };
     let reset = ResetSwitch::default();
     let io = SendIo::new(
         ActivityIo::new(ResetIo::new(tcp, reset.clone()), Arc::clone(&activity)),
         Arc::clone(&stall),
     );
-    let cut = ConnectionCut::default();
     // Notified when the control API cuts a stream whose body hyper does not poll (see `Hangup`).
     let hang_up = Arc::new(Notify::new());
     let io = match tls {
         None => Either::Left(io),
         // The watchdog runs from accept: a handshake that never ends is closed at the header limit.
         Some(tls) => tokio::select! {
-            handshake = tls.accept(io) => match handshake {
+            handshake = Box::pin(tls.accept(io)) => match handshake {
                 Ok(stream) => {
                     let stream = ClosingTls::new(stream, reset.clone());
                     tracing::debug!(%peer, alpn = %String::from_utf8_lossy(stream.alpn().unwrap_or(b"-")), "TLS handshake done");
-                    Either::Right(stream)
+                    // Boxed: a TLS session is large, and inline it would make every plain
+                    // connection, which holds the same `Either`, as large.
+                    Either::Right(Box::new(stream))
                 }
                 Err(err) => return handshake_failed(&err, peer, &metrics),
             },
             expired = watchdog(&activity, limits) => return closed(expired, peer, &metrics, &cut),
             expired = stalled(&stall, limits.send) => return closed(expired, peer, &metrics, &cut),
         },
+    };
+    let builder = match &io {
+        Either::Left(_) => builders.by_preface(&first[..peeked]),
+        Either::Right(tls) => builders.by_alpn(tls.alpn()),
     };
     let over_tls = matches!(io, Either::Right(_));
     let io = TokioIo::new(io);
@@ -192,23 +295,28 @@ async fn connection<S, B>(
             // Watched only when the timer is on: nothing else would forget the closed streams.
             let stall = (request.version() == Version::HTTP_2 && limits.send.is_some())
                 .then(|| Arc::clone(&stall));
-            let response = service.clone().oneshot(request);
-            async move {
-                let mut response = response.await?;
-                if close {
-                    response
-                        .headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                Ok::<_, Infallible>(response.map(|body| match stall {
-                    Some(stall) => stall.watch(body),
-                    None => SendBody::unwatched(body),
-                }))
-            }
+            // A combinator, not an `async` block: hyper keeps room for this future for as long as
+            // the connection lasts, and an `async` block would hold the response future twice.
+            service
+                .clone()
+                .oneshot(request)
+                .map_ok(move |mut response| {
+                    if close {
+                        response
+                            .headers_mut()
+                            .insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    response.map(|body| match stall {
+                        Some(stall) => stall.watch(body),
+                        None => SendBody::unwatched(body),
+                    })
+                })
         })
     };
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
+    let mut conn = match builder {
+        Protocol::Http1(builder) => Served::Http1(Box::pin(builder.serve_connection(io, service))),
+        Protocol::Auto(builder) => Served::Auto(Box::pin(builder.serve_connection(io, service))),
+    };
     let stop_once_requested = async {
         stopping.requested().await;
         // The sender lives in the service, as long as the connection: an error cannot happen first.
@@ -218,7 +326,7 @@ async fn connection<S, B>(
     let mut draining = false;
     loop {
         tokio::select! {
-            result = conn.as_mut() => {
+            result = &mut conn => {
                 if let Err(err) = result {
                     tracing::debug!(%peer, %err, "client connection ended with an error");
                 }
@@ -233,7 +341,10 @@ async fn connection<S, B>(
             }
             () = &mut stop_once_requested, if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                match &mut conn {
+                    Served::Http1(conn) => conn.as_mut().graceful_shutdown(),
+                    Served::Auto(conn) => conn.as_mut().graceful_shutdown(),
+                }
             }
         }
     }
