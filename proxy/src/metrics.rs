@@ -327,16 +327,14 @@ impl Metrics {
         }
     }
 
-    pub fn replica_request(&self, replica: &str) {
-        self.replica_requests.get_or_create(&label(replica)).inc();
-    }
-
-    pub fn replica_stream_opened(&self, replica: &str) {
-        self.replica_streams.get_or_create(&label(replica)).inc();
-    }
-
-    pub fn replica_stream_closed(&self, replica: &str) {
-        self.replica_streams.get_or_create(&label(replica)).dec();
+    /// A replica's request counter and open-streams gauge, looked up once when it joins: per
+    /// request, a lookup would build its label and hash it under the family's lock, three times.
+    /// Once the replica leaves ([`Metrics::replica_removed`]) they count for no series.
+    pub fn replica_series(&self, replica: &str) -> ReplicaSeries {
+        ReplicaSeries {
+            requests: self.replica_requests.get_or_create(&label(replica)).clone(),
+            streams: self.replica_streams.get_or_create(&label(replica)).clone(),
+        }
     }
 
     pub fn replica_ready(&self, replica: &str, ready: bool) {
@@ -430,6 +428,12 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// See [`Metrics::replica_series`].
+pub struct ReplicaSeries {
+    pub requests: Counter,
+    pub streams: Gauge,
 }
 
 fn label(replica: &str) -> ReplicaLabel {

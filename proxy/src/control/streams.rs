@@ -7,7 +7,7 @@
 //! body is the one place that can end it in a chosen style, and it does so at its next poll, which
 //! the message wakes.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -204,7 +204,7 @@ impl Tracked {
 /// The table of open streams.
 #[derive(Clone, Default)]
 pub struct Streams {
-    table: Arc<Mutex<HashMap<u64, Arc<Tracked>>>>,
+    table: Arc<Mutex<BTreeMap<u64, Arc<Tracked>>>>,
     next: Arc<AtomicU64>,
 }
 
@@ -253,7 +253,7 @@ impl Drop for Entry {
 }
 
 impl Streams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Tracked>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Tracked>>> {
         // A panic elsewhere while holding the lock leaves the table as consistent as ever.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }

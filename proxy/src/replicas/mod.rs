@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReplicaSeries};
 
 /// How the next replica is chosen (`PROXY_BALANCE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -58,11 +58,13 @@ pub struct Replica {
     ejected_until: Mutex<Option<Instant>>,
     /// Left the set: its streams go on, but its metric series are gone and must stay gone.
     departed: AtomicBool,
+    series: ReplicaSeries,
 }
 
 impl Replica {
-    fn new(label: String) -> Self {
+    fn new(label: String, metrics: &Metrics) -> Self {
         Self {
+            series: metrics.replica_series(&label),
             authority: label.parse().ok(),
             label,
             open: AtomicUsize::new(0),
@@ -108,15 +110,12 @@ pub struct BadReplica(String);
 /// Held while a replica answers one request; dropped with the response body (or the failure).
 pub struct OpenStream {
     replica: Arc<Replica>,
-    metrics: Metrics,
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
         self.replica.open.fetch_sub(1, Ordering::Relaxed);
-        if !self.replica.departed() {
-            self.metrics.replica_stream_closed(&self.replica.label);
-        }
+        self.replica.series.streams.dec();
     }
 }
 
@@ -166,7 +165,7 @@ impl Replicas {
         });
         for addr in addrs {
             if !set.iter().any(|replica| replica.label == *addr) {
-                let replica = Arc::new(Replica::new(addr.clone()));
+                let replica = Arc::new(Replica::new(addr.clone(), &self.metrics));
                 tracing::info!(replica = %replica.label, "replica joined the upstream set");
                 self.metrics.replica_ready(&replica.label, true);
                 set.push(replica);
@@ -209,11 +208,10 @@ impl Replicas {
     /// Counts a request on `replica` until the returned guard is dropped.
     pub fn open(&self, replica: &Arc<Replica>) -> OpenStream {
         replica.open.fetch_add(1, Ordering::Relaxed);
-        self.metrics.replica_request(&replica.label);
-        self.metrics.replica_stream_opened(&replica.label);
+        replica.series.requests.inc();
+        replica.series.streams.inc();
         OpenStream {
             replica: Arc::clone(replica),
-            metrics: self.metrics.clone(),
         }
     }
 
