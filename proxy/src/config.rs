@@ -119,9 +119,11 @@ pub struct ProxyConfig {
     pub upstream: Upstream,
 
     /// What the proxy speaks to the upstream: http1 (HTTP/1.1, one pooled connection per request in
-    /// flight, as nginx does) or h2 (HTTP/2, many streams on one connection per replica, as Envoy
-    /// and cloud balancers can: one descriptor per client stream instead of two; h2c for http://, ALPN
-    /// h2 for https://). A client that leaves is told to the upstream by RST_STREAM instead of a close
+    /// flight, as nginx does) or h2 (HTTP/2, all streams to a replica on one connection per worker,
+    /// as Envoy and cloud balancers can: one descriptor per client stream instead of two; h2c for
+    /// http://, ALPN h2 for https://). A client that leaves is told to the upstream by RST_STREAM.
+    /// With h2, streams beyond the upstream's concurrent-stream limit wait for a place, and the
+    /// upstream gets the replica's address as :authority and the client's Host as X-Forwarded-Host
     #[arg(
         long,
         env = "PROXY_UPSTREAM_PROTOCOL",

@@ -39,10 +39,15 @@ pub fn soft_limit() -> Result<u64, nix::Error> {
     getrlimit(Resource::RLIMIT_NOFILE).map(|(soft, _)| soft)
 }
 
-/// How many client connections fit in `limit` descriptors: [`per_connection`] each after
-/// [`RESERVED`], and at least one.
-pub fn connections_within(limit: u64, protocol: UpstreamProtocol) -> usize {
-    let fit = limit.saturating_sub(RESERVED) / per_connection(protocol);
+/// Descriptors kept out of the budget for each worker thread: its runtime's epoll and eventfd, and
+/// its own upstream connections idle in its pool (or, over HTTP/2, its connection to each replica).
+pub const PER_WORKER: u64 = 8;
+
+/// How many client connections fit in `limit` descriptors with `workers` worker threads:
+/// [`per_connection`] each after [`RESERVED`] and [`PER_WORKER`] for each worker, and at least one.
+pub fn connections_within(limit: u64, protocol: UpstreamProtocol, workers: usize) -> usize {
+    let reserve = RESERVED + PER_WORKER * u64::try_from(workers).unwrap_or(u64::MAX / PER_WORKER);
+    let fit = limit.saturating_sub(reserve) / per_connection(protocol);
     usize::try_from(fit).unwrap_or(usize::MAX).max(1)
 }
 
@@ -52,19 +57,34 @@ mod tests {
 
     #[test]
     fn each_connection_gets_two_descriptors_after_the_reserve() {
-        assert_eq!(connections_within(1024, UpstreamProtocol::Http1), 480);
-        assert_eq!(connections_within(20_000, UpstreamProtocol::Http1), 9_968);
+        assert_eq!(connections_within(1024, UpstreamProtocol::Http1, 0), 480);
+        assert_eq!(
+            connections_within(20_000, UpstreamProtocol::Http1, 0),
+            9_968
+        );
     }
 
     #[test]
     fn over_http2_each_connection_gets_one_descriptor() {
-        assert_eq!(connections_within(20_000, UpstreamProtocol::H2), 19_936);
+        assert_eq!(connections_within(20_000, UpstreamProtocol::H2, 0), 19_936);
+    }
+
+    #[test]
+    fn each_worker_keeps_its_own_reserve() {
+        assert_eq!(connections_within(20_000, UpstreamProtocol::H2, 2), 19_920);
+        assert_eq!(
+            connections_within(20_000, UpstreamProtocol::Http1, 2),
+            9_960
+        );
     }
 
     #[test]
     fn a_tiny_limit_still_serves_one_connection() {
-        assert_eq!(connections_within(0, UpstreamProtocol::Http1), 1);
-        assert_eq!(connections_within(RESERVED + 1, UpstreamProtocol::H2), 1);
+        assert_eq!(connections_within(0, UpstreamProtocol::Http1, 1), 1);
+        assert_eq!(
+            connections_within(RESERVED + 1, UpstreamProtocol::H2, 1024),
+            1
+        );
     }
 
     #[test]

@@ -105,6 +105,12 @@ impl ClientError {
     }
 }
 
+/// HTTP/2's largest window (RFC 9113 6.9.1), for the connection every stream to a replica shares.
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+/// What one HTTP/2 stream from the upstream may have in flight, unread by its client: about what a
+/// loopback TCP connection would buffer for it over HTTP/1.1.
+const STREAM_WINDOW: u32 = 256 * 1024;
+
 /// How long an idle connection to the upstream stays pooled.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 
@@ -167,8 +173,15 @@ impl Parts {
                 .pool_idle_timeout(POOL_IDLE)
                 .pool_timer(TokioTimer::new());
             if self.protocol == UpstreamProtocol::H2 {
-                // Prior knowledge for http:// (h2c); https:// offers only h2 in its ALPN.
-                builder.http2_only(true).timer(TokioTimer::new());
+                // Prior knowledge for http:// (h2c); https:// offers only h2 in its ALPN. Every
+                // stream to a replica shares one connection, so its window must never be what
+                // stops them: a client that stops reading holds its own stream's window, at most
+                // STREAM_WINDOW, and no one else's.
+                builder
+                    .http2_only(true)
+                    .http2_initial_connection_window_size(CONNECTION_WINDOW)
+                    .http2_initial_stream_window_size(STREAM_WINDOW)
+                    .timer(TokioTimer::new());
             }
             builder.build(self.connector.clone())
         })
@@ -260,6 +273,12 @@ impl Service<Request<Incoming>> for Forward {
                     (None, None) => return Err(NoReplica.into()),
                 };
                 aim(&mut sending, &this.scheme, &replica)?;
+                if this.protocol == UpstreamProtocol::H2 {
+                    // Over HTTP/2 the replica's address is the `:authority`, and a `Host` naming
+                    // the client's site beside it would make a malformed request (RFC 9113 8.3.1);
+                    // the client's is in `X-Forwarded-Host`.
+                    sending.headers_mut().remove(http::header::HOST);
+                }
                 let open = this.replicas.open(&replica);
                 match this.client().request(sending).await {
                     Ok(mut response) => {

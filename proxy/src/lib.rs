@@ -201,7 +201,11 @@ impl Prepared {
             control,
         } = self;
         let timers = config.timers();
-        let max_connections = max_connections(config.max_connections, config.upstream_protocol);
+        let max_connections = max_connections(
+            config.max_connections,
+            config.upstream_protocol,
+            config.workers.threads(),
+        );
         metrics.max_connections(max_connections);
         if config.upstream_ca.is_some() && !config.upstream.is_https() {
             tracing::warn!(upstream = %config.upstream, "PROXY_UPSTREAM_CA is set but the upstream is plain http://: it is not used");
@@ -237,6 +241,7 @@ impl Prepared {
             replicas.clone(),
             config.upstream.clone(),
             connector.clone(),
+            config.upstream_protocol,
             config.health_interval,
             resolver,
         ));
@@ -272,9 +277,9 @@ impl Prepared {
 
 /// `PROXY_MAX_CONNECTIONS` as a number: `auto` from the descriptor limit now in force, and a warning
 /// when a number set by hand leaves no headroom for upstream connections.
-fn max_connections(setting: MaxConnections, protocol: UpstreamProtocol) -> usize {
+fn max_connections(setting: MaxConnections, protocol: UpstreamProtocol, workers: usize) -> usize {
     let fit = match descriptors::soft_limit() {
-        Ok(limit) => descriptors::connections_within(limit, protocol),
+        Ok(limit) => descriptors::connections_within(limit, protocol, workers),
         Err(err) => {
             tracing::warn!(%err, "cannot read RLIMIT_NOFILE: connections are capped only when PROXY_MAX_CONNECTIONS is set");
             usize::MAX

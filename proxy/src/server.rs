@@ -1,5 +1,6 @@
-//! The client side: the accept loop, one task per connection, HTTP/1.1 or HTTP/2 as the client speaks
-//! (hyper-util's auto builder), over TLS when the proxy terminates it, the `header`/`keepalive`
+//! The client side: the accept loop, one task per connection (run on a worker thread), HTTP/1.1 or
+//! HTTP/2 as the client speaks (found by ALPN or by its first bytes: [`Builders`]), over TLS when
+//! the proxy terminates it, the `header`/`keepalive`
 //! watchdog, the `send` timer, and a bounded graceful shutdown.
 //!
 //! The accept loop, its connection cap and the bounded drain are shared with the upstream
@@ -160,11 +161,13 @@ where
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl Builders {
-    /// The builder for a TLS connection: HTTP/2 is what its ALPN named (RFC 9113 3.3).
+    /// The builder for a TLS connection: what its ALPN named (RFC 9113 3.3), or, with none named,
+    /// the one that reads the first bytes (a client may speak HTTP/2 over TLS by prior knowledge).
     fn by_alpn(&self, alpn: Option<&[u8]>) -> Protocol<'_> {
         match alpn {
             Some(b"h2") => Protocol::Auto(&self.http2),
-            _ => Protocol::Http1(&self.http1),
+            Some(_) => Protocol::Http1(&self.http1),
+            None => Protocol::Auto(&self.either),
         }
     }
 

@@ -329,8 +329,8 @@ pub async fn disconnect_propagation(
 /// enough of the CPUs being measured to delay the very departures it timed.
 struct LogTail {
     file: Option<std::fs::File>,
-    /// A line whose end has not been written yet.
-    partial: String,
+    /// A line whose end has not been written yet (perhaps ending inside a character).
+    partial: Vec<u8>,
 }
 
 impl LogTail {
@@ -342,21 +342,23 @@ impl LogTail {
             .ok();
         Self {
             file,
-            partial: String::new(),
+            partial: Vec::new(),
         }
     }
 
     /// When the origin logged each "client gone" since the last call, by its log's timestamps.
     fn client_gone(&mut self) -> Vec<SystemTime> {
         use std::io::Read;
-        let mut fresh = String::new();
         if let Some(file) = &mut self.file {
-            let _ = file.read_to_string(&mut fresh);
+            let _ = file.read_to_end(&mut self.partial);
         }
-        self.partial.push_str(&fresh);
-        let complete = self.partial.rfind('\n').map_or(0, |end| end + 1);
-        let lines: String = self.partial.drain(..complete).collect();
-        lines
+        let complete = self
+            .partial
+            .iter()
+            .rposition(|&byte| byte == b'\n')
+            .map_or(0, |end| end + 1);
+        let lines: Vec<u8> = self.partial.drain(..complete).collect();
+        String::from_utf8_lossy(&lines)
             .lines()
             .filter(|line| line.contains("client gone"))
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use super::upstream::{Target, Upstream};
 use super::Replicas;
+use crate::config::UpstreamProtocol;
 use crate::timeouts::connect::ConnectTimeout;
 use crate::tls::upstream::UpstreamConnector;
 
@@ -107,15 +108,20 @@ pub async fn run(
     replicas: Replicas,
     upstream: Upstream,
     connector: UpstreamConnector,
+    protocol: UpstreamProtocol,
     interval: Option<Duration>,
     mut resolver: Resolver,
 ) {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_timer(TokioTimer::new())
         // A check on a fresh connection each time, as HAProxy's are: a pooled connection would
         // tell nothing of whether the replica still accepts.
         .pool_max_idle_per_host(0)
-        .build(ConnectTimeout::new(connector, Some(CHECK_TIMEOUT)));
+        // In the protocol requests go in: an origin may speak only that one.
+        .http2_only(protocol == UpstreamProtocol::H2);
+    let client: Client<_, Empty<Bytes>> =
+        builder.build(ConnectTimeout::new(connector, Some(CHECK_TIMEOUT)));
     let mut ticks = tokio::time::interval(interval.unwrap_or(RESOLVE_EVERY));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
