@@ -682,6 +682,22 @@ mod tests {
     }
 
     #[test]
+    fn workers_are_auto_or_a_count_within_bounds() {
+        assert_eq!(Workers::parse("auto").expect("auto"), Workers::Auto);
+        assert!(Workers::Auto.threads() >= 1);
+        assert_eq!(Workers::parse(" 3 ").expect("three").threads(), 3);
+        for bad in ["0", "1025", "1.5", "many"] {
+            let Err(ConfigError::Invalid(line)) = parse(&["--workers", bad]) else {
+                panic!("accepted {bad} workers");
+            };
+            assert!(line.contains("PROXY_WORKERS"), "{line}");
+            assert!(line.contains("1 to 1024"), "{line}");
+        }
+        let config = parse(&["--upstream-protocol", "h2"]).expect("h2 is a protocol");
+        assert_eq!(config.upstream_protocol, UpstreamProtocol::H2);
+    }
+
+    #[test]
     fn bad_upstream_is_refused() {
         let Err(ConfigError::Invalid(line)) = parse(&["--upstream", "ftp://example.test"]) else {
             panic!("accepted an ftp upstream");
