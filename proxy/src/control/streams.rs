@@ -155,10 +155,13 @@ impl Tracked {
     /// What `keepalive-lab ctl streams` shows: ages and times left in seconds.
     pub fn to_json(&self, now: Instant) -> Value {
         let seconds = |duration: Duration| duration.as_secs_f64();
+        // Read once: the stream's thread may set it meanwhile, and the status and the timers
+        // listed must tell the same story.
+        let headers = self.headers_at();
         let last_byte = self
             .since(self.last_byte_at.load(Ordering::Relaxed))
-            .or_else(|| self.headers_at());
-        let timers = self.timers_left(now);
+            .or(headers);
+        let timers = self.timers_left(now, headers);
         json!({
             "id": self.id,
             "client": self.client.map(|addr| addr.to_string()),
@@ -166,7 +169,7 @@ impl Tracked {
             "path": self.path,
             "replica": self.replica(),
             "age": seconds(now - self.started),
-            "status": if self.headers_at().is_some() { "streaming" } else { "waiting for headers" },
+            "status": if headers.is_some() { "streaming" } else { "waiting for headers" },
             "bytes": self.bytes(),
             "chunks": self.chunks(),
             "since_last_byte": last_byte.map(|at| seconds(now - at)),
@@ -177,7 +180,7 @@ impl Tracked {
     /// Each armed timer of the exchange and the seconds before it fires. Before headers the
     /// `first_byte`, `idle` and `max_duration` timers all run from the call; after them `idle` runs
     /// only while the proxy waits for the upstream, and is absent while a chunk is on its way.
-    fn timers_left(&self, now: Instant) -> Value {
+    fn timers_left(&self, now: Instant, headers: Option<Instant>) -> Value {
         let Some(timeouts) = self.timeouts.get() else {
             return json!({});
         };
@@ -191,7 +194,7 @@ impl Tracked {
             }
         };
         arm("max_duration", left(self.started, timeouts.max_duration));
-        if self.headers_at().is_none() {
+        if headers.is_none() {
             arm("first_byte", left(self.started, timeouts.first_byte));
             arm("idle", left(self.started, timeouts.idle));
         } else if let Some(since) = self.since(self.waiting_since.load(Ordering::Relaxed)) {
