@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use keepalive_kit::client::{get, open_stream, raw_request};
 use keepalive_kit::metrics::{metric, wait_for_metric};
-use keepalive_kit::servers::{origin_config, start_origin, start_origin_and_proxy, start_proxy};
+use keepalive_kit::servers::{
+    origin_config, start_origin, start_origin_and_proxy, start_proxy, start_proxy_configured,
+    Proxy, Running,
+};
 use keepalive_kit::timing::{assert_around, ms, quiet_timers, OFF};
-use keepalive_proxy::TimerSet;
+use keepalive_proxy::{TimerSet, UpstreamProtocol};
 
 const ACTIVE: &str = "origin_streams_active";
 const CLIENT_GONE: &str = "origin_streams_ended_total{reason=\"client_gone\"}";
@@ -35,11 +38,30 @@ async fn client_disconnect_through_the_proxy_ends_the_origins_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_idle_cut_ends_the_origins_stream_too() {
-    let (origin, proxy) = start_origin_and_proxy(TimerSet {
-        idle: ms(400),
-        ..quiet_timers()
+    let (origin, proxy) = start_origin_and_proxy(idle_400ms()).await;
+    idle_cut_ends_the_origins_stream(&origin, &proxy).await;
+}
+
+/// Over HTTP/2 the proxy's cut reaches the origin as a RST_STREAM on a connection that stays open,
+/// not as a closed connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_to_the_origin_the_idle_cut_ends_the_origins_stream_too() {
+    let origin = start_origin(origin_config()).await;
+    let proxy = start_proxy_configured(origin.addr, idle_400ms(), |config| {
+        config.upstream_protocol = UpstreamProtocol::H2;
     })
     .await;
+    idle_cut_ends_the_origins_stream(&origin, &proxy).await;
+}
+
+fn idle_400ms() -> TimerSet {
+    TimerSet {
+        idle: ms(400),
+        ..quiet_timers()
+    }
+}
+
+async fn idle_cut_ends_the_origins_stream(origin: &Running, proxy: &Proxy) {
     let transcript = raw_request(
         proxy.addr,
         &get("/polls/streamed?sleep=3", ""),
