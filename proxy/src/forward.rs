@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::header::HOST;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -214,6 +215,12 @@ impl Parts {
             let over_tls = parts.extensions.get::<ClientTls>().is_some();
             set_forwarded(&mut parts.headers, &client.forwarded_for, over_tls);
         }
+        if self.protocol == UpstreamProtocol::H2 {
+            // Over HTTP/2 the replica's address is the `:authority`, and a `Host` naming the
+            // client's site beside it would make a malformed request (RFC 9113 8.3.1); the client's
+            // is in `X-Forwarded-Host`, set above.
+            parts.headers.remove(HOST);
+        }
         append_via(&mut parts.headers, parts.version);
         parts.version = Version::HTTP_11;
         parts.uri = Uri::from(path.clone());
@@ -273,12 +280,6 @@ impl Service<Request<Incoming>> for Forward {
                     (None, None) => return Err(NoReplica.into()),
                 };
                 aim(&mut sending, &this.scheme, &replica)?;
-                if this.protocol == UpstreamProtocol::H2 {
-                    // Over HTTP/2 the replica's address is the `:authority`, and a `Host` naming
-                    // the client's site beside it would make a malformed request (RFC 9113 8.3.1);
-                    // the client's is in `X-Forwarded-Host`.
-                    sending.headers_mut().remove(http::header::HOST);
-                }
                 let open = this.replicas.open(&replica);
                 match this.client().request(sending).await {
                     Ok(mut response) => {

@@ -201,11 +201,10 @@ impl Prepared {
             control,
         } = self;
         let timers = config.timers();
-        let max_connections = max_connections(
-            config.max_connections,
-            config.upstream_protocol,
-            config.workers.threads(),
-        );
+        // Once: `auto` asks the system how many cores this process may use.
+        let threads = config.workers.threads();
+        let max_connections =
+            max_connections(config.max_connections, config.upstream_protocol, threads);
         metrics.max_connections(max_connections);
         if config.upstream_ca.is_some() && !config.upstream.is_https() {
             tracing::warn!(upstream = %config.upstream, "PROXY_UPSTREAM_CA is set but the upstream is plain http://: it is not used");
@@ -215,7 +214,7 @@ impl Prepared {
             tls = %tls.as_ref().map_or_else(|| "off".to_owned(), |tls| tls.source().to_string()),
             upstream = %config.upstream,
             upstream_protocol = config.upstream_protocol.as_str(),
-            workers = config.workers.threads(),
+            workers = threads,
             balance = config.balance.as_str(),
             health_interval = %show(config.health_interval),
             preset = config.preset.name(),
@@ -247,7 +246,6 @@ impl Prepared {
         ));
         let service = stack(&config, connector, replicas, metrics.clone(), &control);
         let mut listener = Listener::capped(listener, max_connections);
-        let threads = config.workers.threads();
         let workers = match Threads::start(threads) {
             Ok(workers) => {
                 listener = listener.spread_over(workers.spread());
