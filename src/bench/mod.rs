@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use clap::Args;
 use keepalive_common::duration::parse_duration;
+use keepalive_proxy::descriptors::per_connection;
+use keepalive_proxy::UpstreamProtocol;
 use serde::Serialize;
 
 use crate::stdout::{out, outln};
@@ -183,7 +185,7 @@ pub async fn run(args: BenchArgs) -> u8 {
 
 /// A soak run (see the `soak` module): exit 1 when something leaked.
 pub async fn soak(soak: Soak, progress: impl Fn(&str)) -> Result<SoakReport, BenchError> {
-    let streams = procs::raise_fd_limit(soak.streams, 2)?;
+    let streams = procs::raise_fd_limit(soak.streams, per_connection(UpstreamProtocol::Http1))?;
     if streams < soak.streams {
         progress(&format!(
             "the open-file limit fits {streams} streams through a proxy, not {}: raise it (ulimit -Hn, as root) for the full count",
@@ -236,8 +238,9 @@ pub async fn measure(args: &BenchArgs, progress: impl Fn(&str)) -> Result<Report
     };
     // The processes inherit this limit: HTTP/2 towards the origin costs the proxy one descriptor
     // per stream, HTTP/1.1 two, and nginx's two are shared among its worker processes.
-    let http1_streams = procs::raise_fd_limit(plan.streams, 2)?;
-    let streams = procs::raise_fd_limit(plan.streams, 1)?;
+    let http1_streams =
+        procs::raise_fd_limit(plan.streams, per_connection(UpstreamProtocol::Http1))?;
+    let streams = procs::raise_fd_limit(plan.streams, per_connection(UpstreamProtocol::H2))?;
     for (fit, how) in [(streams, "HTTP/2"), (http1_streams, "HTTP/1.1")] {
         if fit < plan.streams {
             progress(&format!(
@@ -265,8 +268,8 @@ async fn measure_in(
     let origin_log = scratch.join("origin.log");
     let origin = procs::origin(&origin_log)?;
     let long = Duration::from_secs(60);
-    let proxy = procs::proxy(origin.addr, long, "http1")?;
-    let proxy_h2 = procs::proxy(origin.addr, long, "h2")?;
+    let proxy = procs::proxy(origin.addr, long, UpstreamProtocol::Http1)?;
+    let proxy_h2 = procs::proxy(origin.addr, long, UpstreamProtocol::H2)?;
     let nginx = procs::nginx(origin.addr, workers, long)?;
 
     let (direct, _) = small_responses(plan, "direct", origin.addr, origin.pid(), progress)?;
@@ -285,7 +288,7 @@ async fn measure_in(
         plan.cut_streams,
         CUT_LIMIT.as_millis()
     ));
-    let proxy_cut = procs::proxy(origin.addr, CUT_LIMIT, "http1")?;
+    let proxy_cut = procs::proxy(origin.addr, CUT_LIMIT, UpstreamProtocol::Http1)?;
     let nginx_cut = procs::nginx(origin.addr, workers, CUT_LIMIT)?;
     let mut proxy_errors = idle_cut_errors(proxy_cut.addr, plan.cut_streams, CUT_LIMIT).await?;
     let mut nginx_errors = idle_cut_errors(nginx_cut.addr, plan.cut_streams, CUT_LIMIT).await?;
@@ -322,7 +325,7 @@ async fn measure_in(
         proxy_h2_kernel_us_per_request: proxy_h2_cpu.kernel_us,
         workers,
         streams: plan.streams,
-        streams_upstream_protocol: "h2",
+        streams_upstream_protocol: UpstreamProtocol::H2.as_str(),
         proxy_streams_cut: proxy_held.cut,
         nginx_streams_cut: nginx_held.cut,
         proxy_rss_mib: mib(proxy_held.rss_kib),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use keepalive_kit::ports;
 use keepalive_kit::program::{children, Program};
+use keepalive_proxy::UpstreamProtocol;
 
 use super::BenchError;
 
@@ -87,7 +88,11 @@ pub fn origin(log: &Path) -> Result<Process, BenchError> {
 
 /// keepalive-proxy in front of `upstream`, nginx's timers, idle as given, speaking `protocol`
 /// (`PROXY_UPSTREAM_PROTOCOL`) to it.
-pub fn proxy(upstream: SocketAddr, idle: Duration, protocol: &str) -> Result<Process, BenchError> {
+pub fn proxy(
+    upstream: SocketAddr,
+    idle: Duration,
+    protocol: UpstreamProtocol,
+) -> Result<Process, BenchError> {
     let addr = free_addr()?;
     let admin = free_addr()?;
     let mut command = Command::new(sibling("keepalive-proxy")?);
@@ -95,7 +100,7 @@ pub fn proxy(upstream: SocketAddr, idle: Duration, protocol: &str) -> Result<Pro
         .env("PROXY_ADDR", addr.to_string())
         .env("PROXY_ADMIN_ADDR", admin.to_string())
         .env("PROXY_UPSTREAM", format!("http://{upstream}"))
-        .env("PROXY_UPSTREAM_PROTOCOL", protocol)
+        .env("PROXY_UPSTREAM_PROTOCOL", protocol.as_str())
         .env("PROXY_PRESET", "nginx")
         .env("PROXY_IDLE_TIMEOUT", format!("{}ms", idle.as_millis()))
         .env(
@@ -107,8 +112,8 @@ pub fn proxy(upstream: SocketAddr, idle: Duration, protocol: &str) -> Result<Pro
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let name = match protocol {
-        "h2" => "keepalive-proxy (HTTP/2 to the origin)",
-        _ => "keepalive-proxy",
+        UpstreamProtocol::H2 => "keepalive-proxy (HTTP/2 to the origin)",
+        UpstreamProtocol::Http1 => "keepalive-proxy",
     };
     let program = Program::start(name, command)?;
     listening(name, program, addr, Some(admin))

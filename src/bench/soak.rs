@@ -19,6 +19,7 @@ use std::time::Duration;
 use http::Method;
 use keepalive_common::duration::display;
 use keepalive_kit::metrics;
+use keepalive_proxy::UpstreamProtocol;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -171,7 +172,11 @@ pub async fn run(
     let round_hold = soak.hold.clamp(SHORTEST, ROUND);
     let origin = procs::origin(&scratch.join("origin.log"))?;
     // An idle limit far above the 1 s heartbeat: a cut during the soak is news, not a timer.
-    let proxy = procs::proxy(origin.addr, Duration::from_secs(60), "http1")?;
+    let proxy = procs::proxy(
+        origin.addr,
+        Duration::from_secs(60),
+        UpstreamProtocol::Http1,
+    )?;
     let before = (now(&proxy).await, now(&origin).await);
     progress(&format!(
         "soak: {} heartbeated streams through keepalive-proxy for {}",
